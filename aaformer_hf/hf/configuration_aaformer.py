@@ -1,0 +1,136 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""AAformer model configuration."""
+from typing import Any, Dict
+
+from huggingface_hub.dataclasses import strict
+
+from .timm_backed import TimmBackedConfig
+
+__all__ = ['AAformerConfig']
+
+_CHOICES = {
+    'assignment': ('sinkhorn', 'nearest', 'stripes'),
+    'assignment_score': ('cosine', 'dot'),
+    'part_self_key': ('if_empty', 'always'),
+    'part_init': ('trunc_normal', 'cls'),
+    'embedding': ('after_bnneck', 'before_bnneck'),
+}
+
+
+@strict
+class AAformerConfig(TimmBackedConfig):
+    r"""
+    Configuration of an AAformer (Zhu et al., "AAformer: Auto-Aligned Transformer for Person Re-Identification",
+    TNNLS 2023). Defaults give the paper's ViT-B/16 model at 256x128 with [PART] groups {2, 3}.
+
+    Args:
+        image_size (`tuple[int, int]`, defaults to `(256, 128)`): Input height and width.
+        patch_size (`int`, defaults to 16): Patch size.
+        num_channels (`int`, defaults to 3): Image channels.
+        hidden_size (`int`, defaults to 768): Token width D.
+        num_hidden_layers (`int`, defaults to 12): Transformer layers.
+        num_attention_heads (`int`, defaults to 12): Attention heads (the part assignment runs in each).
+        intermediate_size (`int`, defaults to 3072): MLP hidden width.
+        qkv_bias (`bool`, defaults to `True`): Bias on the qkv projection.
+        part_groups (`tuple[int, ...]`, defaults to `(2, 3)`): [PART]s per granularity group; each group partitions
+            all patches independently. `()` gives the ViT-baseline.
+        assignment (`str`, defaults to `"sinkhorn"`): `"sinkhorn"` (AAformer), `"nearest"` (Table V baseline) or
+            `"stripes"` (fixed horizontal stripes, Table IV's PCB/MGN baselines).
+        assignment_score (`str`, defaults to `"cosine"`): `"cosine"` or `"dot"` (raw Q·K^T of Eq. 5). Not stated by
+            the paper.
+        sinkhorn_epsilon (`float`, defaults to 0.05): ε of Eq. 3.
+        sinkhorn_iters (`int`, defaults to 3): Sinkhorn-Knopp iterations.
+        part_self_key (`str`, defaults to `"if_empty"`): When a [PART] may attend to its own key: `"if_empty"` (only
+            when no patch is assigned to it) or `"always"`. Not stated by the paper.
+        patches_see_parts (`bool`, defaults to `True`): Whether CLS and patch queries attend to [PART] keys. Not
+            settled by the paper.
+        part_init (`str`, defaults to `"trunc_normal"`): `"trunc_normal"` or `"cls"` (pretrained CLS + noise). Not
+            stated by the paper.
+        part_pos_embed (`bool`, defaults to `False`): Learnable position embedding per [PART]. Not stated by the
+            paper.
+        embedding (`str`, defaults to `"after_bnneck"`): Re-ID embedding taken after or before the BNNeck
+            (`"before_bnneck"`). Not stated by the paper.
+        hidden_dropout_prob (`float`, defaults to 0.0): Dropout after attention projections and in MLPs.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): Dropout on attention probabilities.
+        drop_path_rate (`float`, defaults to 0.0): Stochastic depth rate.
+        classifier_dropout (`float`, defaults to 0.0): Dropout before the identity classifiers.
+        label_smoothing (`float`, defaults to 0.1): Label smoothing of the identity loss (Eq. 6).
+        initializer_range (`float`, defaults to 0.02): Std of the truncated normal init of linear layers.
+
+    Example:
+
+    ```python
+    >>> import aaformer_hf
+    >>> from transformers import AutoModel
+    >>> config = aaformer_hf.AAformerConfig(num_hidden_layers=2)
+    >>> model = AutoModel.from_config(config)
+    ```"""
+
+    model_type = 'aaformer'
+
+    image_size: list[int] | tuple[int, int] = (256, 128)
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    qkv_bias: bool = True
+    part_groups: list[int] | tuple[int, ...] = (2, 3)
+    assignment: str = 'sinkhorn'
+    assignment_score: str = 'cosine'
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    part_self_key: str = 'if_empty'
+    patches_see_parts: bool = True
+    part_init: str = 'trunc_normal'
+    part_pos_embed: bool = False
+    embedding: str = 'after_bnneck'
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    drop_path_rate: float | int = 0.0
+    classifier_dropout: float | int = 0.0
+    label_smoothing: float | int = 0.1
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        for field, allowed in _CHOICES.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f'AAformerConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}')
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f'AAformerConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads '
+                f'({self.num_attention_heads})')
+        self.image_size = tuple(self.image_size)
+        self.part_groups = tuple(self.part_groups)
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_parts(self) -> int:
+        return sum(self.part_groups)
+
+    def timm_kwargs(self) -> Dict[str, Any]:
+        return dict(
+            img_size=tuple(self.image_size),
+            patch_size=self.patch_size,
+            in_chans=self.num_channels,
+            embed_dim=self.hidden_size,
+            depth=self.num_hidden_layers,
+            num_heads=self.num_attention_heads,
+            mlp_ratio=self.intermediate_size / self.hidden_size,
+            qkv_bias=self.qkv_bias,
+            part_groups=tuple(self.part_groups),
+            assignment=self.assignment,
+            assignment_score=self.assignment_score,
+            sinkhorn_epsilon=self.sinkhorn_epsilon,
+            sinkhorn_iters=self.sinkhorn_iters,
+            part_self_key=self.part_self_key,
+            patches_see_parts=self.patches_see_parts,
+            part_init=self.part_init,
+            part_pos_embed=self.part_pos_embed,
+            embedding=self.embedding,
+            drop_rate=self.classifier_dropout,
+            proj_drop_rate=self.hidden_dropout_prob,
+            attn_drop_rate=self.attention_probs_dropout_prob,
+            drop_path_rate=self.drop_path_rate,
+        )

@@ -1,0 +1,170 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch AAformer model for transformers: thin wrappers around the timm ``AAformer`` (one implementation)."""
+from dataclasses import dataclass
+
+import torch
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from ..layers import TokenClassifiers
+from ..losses import identity_loss
+from ..models.aaformer import AAformer
+from .configuration_aaformer import AAformerConfig
+from .timm_backed import TimmBackedPreTrainedModel
+
+__all__ = ['AAformerPreTrainedModel', 'AAformerModel', 'AAformerForReID', 'AAformerModelOutput', 'AAformerReIDOutput']
+
+
+@dataclass
+class AAformerModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + P + N, hidden_size)`):
+        All tokens [CLS, PART_1..P, patches] after the final norm.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, (1 + P) * hidden_size)`):
+        The re-ID embedding: CLS and [PART]s concatenated, after (or before, per `config.embedding`) the BNNeck.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        Embeddings plus the output of every layer, each `(batch_size, 1 + P + N, hidden_size)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+        Attention probabilities of every layer, each `(batch_size, num_heads, 1 + P + N, 1 + P + N)`; [PART] rows
+        are zero outside the part's assigned patches.
+    assignments (`tuple(torch.BoolTensor)`, *optional*, returned when `output_assignments=True`):
+        Hard patch-to-part assignment of every layer, each `(batch_size, num_heads, P, N)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    assignments: tuple[torch.BoolTensor, ...] | None = None
+
+
+@dataclass
+class AAformerReIDOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        Identity loss of Eq. 6 (label-smoothed cross-entropy averaged over the CLS and [PART] classifiers).
+    logits (`torch.FloatTensor` of shape `(batch_size, 1 + P, num_labels)`):
+        Per-token identity logits.
+    embeddings (`torch.FloatTensor` of shape `(batch_size, (1 + P) * hidden_size)`):
+        The re-ID embedding (as `AAformerModel`'s `pooler_output`).
+    features (`torch.FloatTensor` of shape `(batch_size, 1 + P, hidden_size)`):
+        CLS and [PART] features before the BNNeck (what the triplet loss of Eq. 7 uses).
+    hidden_states, attentions, assignments: as in `AAformerModelOutput`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    assignments: tuple[torch.BoolTensor, ...] | None = None
+
+
+class AAformerPreTrainedModel(TimmBackedPreTrainedModel):
+    config: AAformerConfig
+    config_class = AAformerConfig
+    timm_model_class = AAformer
+    _no_split_modules = ['AAformerBlock']
+
+    @torch.no_grad()
+    def _init_weights(self, module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, AAformer):
+            init.trunc_normal_(module.pos_embed, std=0.02)
+            init.normal_(module.cls_token, std=1e-6)
+            if module.part_tokens is not None:
+                init.trunc_normal_(module.part_tokens, std=0.02)
+            if module.part_pos_embed is not None:
+                init.trunc_normal_(module.part_pos_embed, std=0.02)
+        elif isinstance(module, TokenClassifiers):
+            init.normal_(module.weight, std=0.001)
+
+    def _encode(self, pixel_values, output_attentions, output_hidden_states, output_assignments):
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        tokens = self.timm_model.forward_tokens(
+            pixel_values, output_hidden_states=bool(output_hidden_states),
+            output_attentions=bool(output_attentions), output_assignments=bool(output_assignments))
+        head = self.timm_model.forward_reid_head(tokens.last_hidden_state)
+        extras = dict(
+            hidden_states=tuple(tokens.hidden_states) if tokens.hidden_states is not None else None,
+            attentions=tuple(tokens.attentions) if tokens.attentions is not None else None,
+            assignments=tuple(tokens.assignments) if tokens.assignments is not None else None,
+        )
+        return tokens, head, extras
+
+
+class AAformerModel(AAformerPreTrainedModel):
+    """AAformer encoder; `pooler_output` is the re-ID embedding."""
+
+    def __init__(self, config: AAformerConfig):
+        super().__init__(config)
+        self.timm_model = self._build_timm_model(num_classes=0)
+        self.post_init()
+
+    def forward(
+            self,
+            pixel_values: torch.Tensor,
+            output_attentions: bool | None = None,
+            output_hidden_states: bool | None = None,
+            output_assignments: bool = False,
+            return_dict: bool | None = None,
+            **kwargs,
+    ) -> AAformerModelOutput | tuple:
+        r"""
+        output_assignments (`bool`, defaults to `False`):
+            Also return each layer's hard patch-to-part assignment `(batch_size, num_heads, P, N)`.
+
+        Example:
+
+        ```python
+        >>> import torch, aaformer_hf
+        >>> from transformers import AutoModel
+        >>> model = AutoModel.from_config(aaformer_hf.AAformerConfig(num_hidden_layers=2)).eval()
+        >>> model(torch.randn(1, 3, 256, 128)).pooler_output.shape
+        torch.Size([1, 4608])
+        ```"""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        tokens, head, extras = self._encode(pixel_values, output_attentions, output_hidden_states, output_assignments)
+        output = AAformerModelOutput(
+            last_hidden_state=tokens.last_hidden_state, pooler_output=self.timm_model.embed(head), **extras)
+        return output if return_dict else output.to_tuple()
+
+
+class AAformerForReID(AAformerPreTrainedModel):
+    """AAformer with BNNecks and one identity classifier per token (CLS and each [PART]), for training."""
+
+    def __init__(self, config: AAformerConfig):
+        super().__init__(config)
+        if config.num_labels < 1:
+            raise ValueError('AAformerForReID needs config.num_labels >= 1 (the number of training identities)')
+        self.timm_model = self._build_timm_model(num_classes=config.num_labels)
+        self.post_init()
+
+    def forward(
+            self,
+            pixel_values: torch.Tensor,
+            labels: torch.LongTensor | None = None,
+            output_attentions: bool | None = None,
+            output_hidden_states: bool | None = None,
+            output_assignments: bool = False,
+            return_dict: bool | None = None,
+            **kwargs,
+    ) -> AAformerReIDOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Identity labels in `[0, num_labels)`; when given, `loss` is the identity loss of Eq. 6.
+        output_assignments (`bool`, defaults to `False`):
+            Also return each layer's hard patch-to-part assignment.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        tokens, head, extras = self._encode(pixel_values, output_attentions, output_hidden_states, output_assignments)
+        loss = None
+        if labels is not None:
+            loss = identity_loss(head.logits, labels.to(head.logits.device), self.config.label_smoothing)
+        output = AAformerReIDOutput(
+            loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), features=head.features, **extras)
+        return output if return_dict else output.to_tuple()

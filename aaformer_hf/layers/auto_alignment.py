@@ -1,0 +1,204 @@
+"""Multi-head Auto-Alignment (MAA), the attention layer of AAformer (Zhu et al., TNNLS 2023, §III-B).
+
+In every head, the [PART] queries are prototypes and the patch keys are items: patches are assigned to parts
+(Sinkhorn-Knopp optimal transport by default, Eq. 3-5), and each [PART] query attends only to the keys/values of its
+own patches (Eq. 2). CLS and patch queries use ordinary self-attention (Eq. 1).
+
+Speed: CLS and patch rows go through one unmasked fused ``scaled_dot_product_attention`` over the whole sequence,
+exactly like a plain ViT; only the few [PART] rows take a second, small masked attention. A dense boolean mask over
+all rows would push the whole layer off the fused kernels.
+"""
+from typing import Literal, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign, stripe_assignment
+
+__all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'AssignmentScore', 'PartSelfKey']
+
+AssignmentMode = Literal['sinkhorn', 'nearest', 'stripes']
+AssignmentScore = Literal['cosine', 'dot']
+PartSelfKey = Literal['if_empty', 'always']
+
+
+def _autocast_off(device_type: str):
+    if torch.amp.is_autocast_available(device_type):
+        return torch.amp.autocast(device_type, enabled=False)
+    return torch.autocast('cpu', enabled=False)  # e.g. the meta device: nothing to switch off
+
+
+class MultiHeadAutoAlignment(nn.Module):
+    """Self-attention over [CLS, PART_1..P, patches] where [PART] rows attend only to their assigned patches.
+
+    With no parts (``part_groups=()``) this is exactly timm's ViT ``Attention`` (same parameters, same output).
+
+    Args:
+        dim: Token width D.
+        num_heads: Attention heads; assignment runs separately in every head (the "multi-head" of MAA).
+        qkv_bias: Bias on the qkv projection.
+        attn_drop: Dropout on attention probabilities.
+        proj_drop: Dropout after the output projection.
+        part_groups: Parts per granularity group, e.g. (2, 3); each group partitions all patches independently.
+        grid_size: Patch grid (rows, cols), used by the fixed-stripe assignment.
+        assignment: 'sinkhorn' (AAformer), 'nearest' (argmax without transport, Table V) or 'stripes' (fixed
+            horizontal stripes per group, Table IV's PCB/MGN partitions).
+        assignment_score: Similarity the assignment uses. 'cosine' (L2-normalised [PART] queries and patch keys, as
+            in SwAV) or 'dot' (raw Q·K^T as written in Eq. 5). The paper does not state a normalisation.
+        sinkhorn_epsilon: ε of Eq. 3 (0.05 in the paper).
+        sinkhorn_iters: Sinkhorn-Knopp iterations (3 in the paper).
+        part_self_key: Which non-patch key a [PART] query may see. 'if_empty' (default): only when no patch was
+            assigned to it, so Eq. 2 holds exactly whenever Φ_p is non-empty and an empty Φ_p never gives a softmax
+            over nothing; 'always': the part always also attends to its own key. The paper does not state a rule.
+        patches_see_parts: Whether CLS and patch queries may attend to [PART] keys. The paper says they use "the
+            original self-attention (Eq. 1)" over the sequence, which then contains the [PART]s, so the default is
+            True; the text does not settle it.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            part_groups: Sequence[int] = (),
+            grid_size: Tuple[int, int] = (16, 8),
+            assignment: AssignmentMode = 'sinkhorn',
+            assignment_score: AssignmentScore = 'cosine',
+            sinkhorn_epsilon: float = 0.05,
+            sinkhorn_iters: int = 3,
+            part_self_key: PartSelfKey = 'if_empty',
+            patches_see_parts: bool = True,
+            device=None,
+            dtype=None,
+    ) -> None:
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
+        if assignment not in ('sinkhorn', 'nearest', 'stripes'):
+            raise ValueError(f"assignment must be 'sinkhorn', 'nearest' or 'stripes', got {assignment!r}")
+        if assignment_score not in ('cosine', 'dot'):
+            raise ValueError(f"assignment_score must be 'cosine' or 'dot', got {assignment_score!r}")
+        if part_self_key not in ('if_empty', 'always'):
+            raise ValueError(f"part_self_key must be 'if_empty' or 'always', got {part_self_key!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.part_groups = tuple(int(g) for g in part_groups)
+        self.num_parts = sum(self.part_groups)
+        self.grid_size = tuple(grid_size)
+        self.assignment = assignment
+        self.assignment_score = assignment_score
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_iters = sinkhorn_iters
+        self.part_self_key = part_self_key
+        self.patches_see_parts = patches_see_parts
+
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._init_part_buffers(device)
+
+    def _init_part_buffers(self, device=None) -> None:
+        """Integer bookkeeping for the part groups; non-persistent (derived from the config, not weights)."""
+        if not self.num_parts:
+            return
+        names = ('group_gather_index', 'group_slot_size', 'group_of_part', 'slot_of_part')
+        for name, tensor in zip(names, PartGroupLayout.tensors(self.part_groups, device=device)):
+            self.register_buffer(name, tensor, persistent=False)
+        stripes = stripe_assignment(self.part_groups, self.grid_size, device=device)
+        self.register_buffer('stripe_mask', stripes, persistent=False)
+
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute derived buffers, e.g. after the module was built on the meta device."""
+        device = self.qkv.weight.device
+        self._init_part_buffers(device)
+
+    def _layout(self) -> PartGroupLayout:
+        return PartGroupLayout.from_tensors(
+            self.part_groups, self.group_gather_index, self.group_slot_size, self.group_of_part, self.slot_of_part)
+
+    @torch.no_grad()
+    def assign(self, q_parts: torch.Tensor, k_patches: torch.Tensor) -> torch.Tensor:
+        """Hard assignment of patches to parts per head: (B, H, P, d), (B, H, N, d) -> (B, H, P, N) bool.
+
+        Runs without gradient, in float32 with autocast off, whatever the model's dtype.
+        """
+        if self.assignment == 'stripes':
+            b, h, p, _ = q_parts.shape
+            return self.stripe_mask.expand(b, h, p, k_patches.shape[-2])
+        with _autocast_off(q_parts.device.type):
+            q, k = q_parts.float(), k_patches.float()
+            if self.assignment_score == 'cosine':
+                q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            scores = q @ k.transpose(-2, -1)
+            if self.assignment == 'nearest':
+                return nearest_assign(scores, self._layout())
+            return sinkhorn_assign(scores, self._layout(), self.sinkhorn_epsilon, self.sinkhorn_iters)
+
+    def part_key_mask(self, assigned: torch.Tensor) -> torch.Tensor:
+        """Keys each [PART] query may attend to: (B, H, P, N) assignment -> (B, H, P, L) bool over the sequence."""
+        b, h, p, _ = assigned.shape
+        if self.part_self_key == 'always':
+            self_key = torch.ones(b, h, p, dtype=torch.bool, device=assigned.device)
+        else:
+            self_key = ~assigned.any(dim=-1)
+        cls_key = torch.zeros(b, h, p, 1, dtype=torch.bool, device=assigned.device)
+        return torch.cat([cls_key, torch.diag_embed(self_key), assigned], dim=-1)
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            output_attentions: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Returns (output (B, L, D), attention probabilities (B, H, L, L) if asked, assignment (B, H, P, N) or None).
+        """
+        b, seq_len, dim = x.shape
+        p = self.num_parts
+        qkv = self.qkv(x).reshape(b, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        drop = self.attn_drop.p if self.training else 0.
+
+        assigned = None
+        if p:
+            assigned = self.assign(q[:, :, 1:1 + p], k[:, :, 1 + p:])
+            part_keys = self.part_key_mask(assigned)
+
+        if output_attentions:
+            out, probs = self._dense_attention(q, k, v, part_keys if p else None)
+        else:
+            probs = None
+            if p and not self.patches_see_parts:
+                keys = torch.cat([k[:, :, :1], k[:, :, 1 + p:]], dim=2)
+                values = torch.cat([v[:, :, :1], v[:, :, 1 + p:]], dim=2)
+                out = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            out = out.transpose(1, 2)  # (B, L, H, d)
+            if p:
+                # Eq. 2: the [PART] rows, recomputed with each part restricted to its own patches
+                part_out = F.scaled_dot_product_attention(
+                    q[:, :, 1:1 + p], k, v, attn_mask=part_keys, dropout_p=drop)
+                out = torch.cat([out[:, :1], part_out.transpose(1, 2), out[:, 1 + p:]], dim=1)
+        out = out.reshape(b, seq_len, dim)
+        out = self.proj_drop(self.proj(out))
+        return out, probs, assigned
+
+    def _dense_attention(self, q, k, v, part_keys: Optional[torch.Tensor]):
+        """Explicit attention with one (B, H, L, L) mask; returns probabilities too. Slow path for inspection."""
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        p = self.num_parts
+        if part_keys is not None:
+            b, h, seq_len, _ = logits.shape
+            allowed = torch.ones(b, h, seq_len, seq_len, dtype=torch.bool, device=q.device)
+            if not self.patches_see_parts:
+                allowed[:, :, :, 1:1 + p] = False
+            allowed[:, :, 1:1 + p] = part_keys
+            logits = logits.masked_fill(~allowed, float('-inf'))
+        probs = logits.softmax(dim=-1)
+        out = self.attn_drop(probs) @ v
+        return out.transpose(1, 2), probs

@@ -1,0 +1,181 @@
+"""Part assignment for Multi-head Auto-Alignment (AAformer §III-B, Eq. 3-5).
+
+Patches (items) are assigned to [PART] queries (prototypes) by a few Sinkhorn-Knopp iterations on the
+equal-partition transport polytope (Eq. 4), then rounded to a hard assignment. Parts come in *granularity groups*;
+each group partitions all patches on its own, so every group is an independent transport problem.
+
+All functions are batched over any leading dims (batch, heads) and solve every group at once: groups are padded to the
+largest group size and padded rows are excluded from column sums and from the argmax, so the number of kernels per
+layer does not grow with the number of groups.
+
+Numerics: the iterations run in the log domain, so no finite input can overflow or underflow into inf/NaN (with raw
+dot-product scores exp(s / 0.05) overflows fp32 as soon as s > 4.4). Everything is computed in float32. Callers run
+the assignment under ``torch.no_grad()`` with autocast off (see ``MultiHeadAutoAlignment``): it is a discrete
+decision and no gradient flows through it, as in SwAV.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    'PartGroupLayout', 'sinkhorn_plan', 'sinkhorn_assign', 'nearest_assign', 'stripe_assignment',
+]
+
+
+@dataclass(frozen=True)
+class PartGroupLayout:
+    """How P part rows (ordered group by group) map onto a padded (G, P_max) layout.
+
+    Build with ``PartGroupLayout.build(sizes)``; modules keep the integer tensors as buffers and rebuild the layout
+    with ``from_tensors`` so no host-to-device copy happens per forward.
+    """
+    sizes: Tuple[int, ...]
+    gather_index: Optional[torch.Tensor]  # (G * P_max,) part row of each padded slot; None when groups are equal
+    slot_group_size: torch.Tensor  # (G, P_max) long: size of the slot's group, 0 on padding slots
+    part_group: torch.Tensor  # (P,) long: group of each part
+    part_slot: torch.Tensor  # (P, 1) long: position of each part within its group
+
+    @staticmethod
+    def tensors(sizes: Sequence[int], device=None):
+        """The integer tensors of a layout: (gather_index, slot_group_size, part_group, part_slot)."""
+        sizes = tuple(int(s) for s in sizes)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f'part group sizes must be positive integers, got {sizes}')
+        p_max = max(sizes)
+        gather, slot_size, part_group, part_slot = [], [], [], []
+        start = 0
+        for g, size in enumerate(sizes):
+            gather += list(range(start, start + size)) + [0] * (p_max - size)
+            slot_size += [size] * size + [0] * (p_max - size)
+            part_group += [g] * size
+            part_slot += list(range(size))
+            start += size
+        as_long = dict(dtype=torch.long, device=device)
+        return (
+            torch.tensor(gather, **as_long),
+            torch.tensor(slot_size, **as_long).view(len(sizes), p_max),
+            torch.tensor(part_group, **as_long),
+            torch.tensor(part_slot, **as_long).view(-1, 1),
+        )
+
+    @classmethod
+    def from_tensors(cls, sizes: Sequence[int], gather_index, slot_group_size, part_group, part_slot):
+        sizes = tuple(int(s) for s in sizes)
+        equal = all(s == sizes[0] for s in sizes)
+        return cls(sizes, None if equal else gather_index, slot_group_size, part_group, part_slot)
+
+    @classmethod
+    def build(cls, sizes: Sequence[int], device=None) -> 'PartGroupLayout':
+        return cls.from_tensors(sizes, *cls.tensors(sizes, device=device))
+
+    @property
+    def num_parts(self) -> int:
+        return sum(self.sizes)
+
+
+def _as_layout(groups, device) -> PartGroupLayout:
+    return groups if isinstance(groups, PartGroupLayout) else PartGroupLayout.build(groups, device=device)
+
+
+def _to_groups(scores: torch.Tensor, layout: PartGroupLayout) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(..., P, N) -> (..., G, P_max, N), plus the (G, P_max, 1) additive mask that is -inf on padding rows."""
+    if layout.num_parts != scores.shape[-2]:
+        raise ValueError(
+            f'part groups {layout.sizes} hold {layout.num_parts} parts but scores have {scores.shape[-2]} part rows')
+    g, p_max = layout.slot_group_size.shape
+    if layout.gather_index is not None:
+        scores = scores.index_select(-2, layout.gather_index)
+    grouped = scores.reshape(*scores.shape[:-2], g, p_max, scores.shape[-1])
+    valid = layout.slot_group_size.unsqueeze(-1) > 0
+    pad_bias = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device).masked_fill(~valid, float('-inf'))
+    return grouped, pad_bias
+
+
+def _log_sinkhorn(log_kernel: torch.Tensor, pad_bias: torch.Tensor, layout: PartGroupLayout, num_iters: int,
+                  final_column_step: bool) -> torch.Tensor:
+    """SwAV-order Sinkhorn-Knopp in the log domain on grouped (..., G, P_max, N) log-kernels.
+
+    Each iteration scales rows first (each part's total mass 1/P_g), then columns (each patch's total mass 1/N within
+    every group), the order of SwAV's ``distributed_sinkhorn``. SwAV's initial division by the global sum is omitted:
+    the first row scaling cancels any global factor exactly.
+    """
+    # padding slots get group size 1 (log mass 0): any finite value works, they never enter a column sum
+    log_row_mass = -layout.slot_group_size.clamp(min=1).to(log_kernel.dtype).log().unsqueeze(-1)
+    log_col_mass = -math.log(log_kernel.shape[-1])
+    log_q = log_kernel
+    for it in range(num_iters):
+        log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True) + log_row_mass
+        if it < num_iters - 1 or final_column_step:
+            log_q = log_q - torch.logsumexp(log_q + pad_bias, dim=-2, keepdim=True) + log_col_mass
+    return log_q
+
+
+def _round_to_parts(grouped: torch.Tensor, pad_bias: torch.Tensor, layout: PartGroupLayout) -> torch.Tensor:
+    """Argmax rounding within each group -> (..., P, N) bool, exactly one True per patch in every group."""
+    winner = (grouped + pad_bias).argmax(dim=-2)  # (..., G, N)
+    return winner.index_select(-2, layout.part_group) == layout.part_slot
+
+
+def sinkhorn_plan(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters: int = 3) -> torch.Tensor:
+    """Soft transport plan Y* of Eq. 5 for each group after ``num_iters`` Sinkhorn-Knopp iterations.
+
+    Args:
+        scores: (..., P, N) similarities between P part prototypes (ordered group by group) and N patches.
+        groups: number of parts in each granularity group (summing to P), or a ``PartGroupLayout``.
+        epsilon: entropic regularisation ε of Eq. 3 (the paper uses 0.05).
+        num_iters: Sinkhorn-Knopp iterations (the paper uses 3).
+
+    Returns:
+        (..., P, N) float32 plan. Within each group every column sums to 1/N exactly (the last step is a column step)
+        and every row sum converges to 1/P_g as iterations grow: the transport polytope of Eq. 4.
+    """
+    if num_iters < 1:
+        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
+    layout = _as_layout(groups, scores.device)
+    grouped, pad_bias = _to_groups(scores.float() / epsilon, layout)
+    log_q = _log_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step=True)
+    plan = log_q.exp()
+    rows = [plan[..., g, :size, :] for g, size in enumerate(layout.sizes)]
+    return torch.cat(rows, dim=-2)
+
+
+def sinkhorn_assign(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters: int = 3) -> torch.Tensor:
+    """Hard patch-to-part assignment: the Sinkhorn plan rounded to each patch's argmax part within each group.
+
+    The final column scaling multiplies a group's column by one factor, which cannot change its argmax, so it is
+    skipped (the result equals rounding ``sinkhorn_plan``).
+
+    Returns:
+        (..., P, N) bool; within each group the subsets Φ_p are mutually exclusive and cover all N patches.
+    """
+    if num_iters < 1:
+        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
+    layout = _as_layout(groups, scores.device)
+    grouped, pad_bias = _to_groups(scores.float() / epsilon, layout)
+    log_q = _log_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step=False)
+    return _round_to_parts(log_q, pad_bias, layout)
+
+
+def nearest_assign(scores: torch.Tensor, groups) -> torch.Tensor:
+    """Nearest-neighbour assignment (Table V's ablation): each patch goes to its most similar part within each group,
+    with no transport constraint. Returns (..., P, N) bool."""
+    layout = _as_layout(groups, scores.device)
+    grouped, pad_bias = _to_groups(scores.float(), layout)
+    return _round_to_parts(grouped, pad_bias, layout)
+
+
+def stripe_assignment(group_sizes: Sequence[int], grid_size: Tuple[int, int], device=None) -> torch.Tensor:
+    """Fixed horizontal stripes (PCB / MGN partitions, Table IV's "PT" rows) as a (P, N) bool mask.
+
+    Group g with n_g parts splits the H patch rows into n_g bands: patch row r goes to band floor(r * n_g / H).
+    Patches are in raster (row-major) order, as ``PatchEmbed`` produces them.
+    """
+    h, w = grid_size
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    masks = []
+    for n_g in group_sizes:
+        band = torch.div(rows * n_g, h, rounding_mode='floor')
+        masks.append(band.unsqueeze(0) == torch.arange(n_g, device=device).unsqueeze(1))
+    return torch.cat(masks, dim=0)

@@ -1,0 +1,24 @@
+"""Re-ID losses. The AAformer identity loss (Eq. 6) is here now; the triplet loss and the full objective (Eq. 7-8)
+come with the training issue."""
+import torch
+import torch.nn.functional as F
+
+__all__ = ['identity_loss']
+
+
+def identity_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
+    """Eq. 6: label-smoothed cross-entropy of each token's own classifier, averaged over the tokens.
+
+    Args:
+        logits: (B, T, C) per-token identity logits (T = CLS + [PART]s), or (B, C) for a single token.
+        labels: (B,) identity indices in [0, C).
+        label_smoothing: ε of label smoothing (0.1 as in BoT, which the paper follows).
+    """
+    if logits.ndim == 2:
+        logits = logits.unsqueeze(1)
+    b, t, c = logits.shape
+    if labels.shape != (b,):
+        raise ValueError(f'labels must have shape ({b},), got {tuple(labels.shape)}')
+    # mean over B*T terms = mean over tokens of each token's batch-mean loss
+    return F.cross_entropy(
+        logits.reshape(b * t, c).float(), labels.repeat_interleave(t), label_smoothing=label_smoothing)

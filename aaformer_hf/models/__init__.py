@@ -1,0 +1,1 @@
+from .aaformer import AAformer, AAformerTokens, ReIDHeadOutput, checkpoint_filter_fn
