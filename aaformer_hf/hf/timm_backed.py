@@ -52,8 +52,9 @@ class TimmBackedConfig(PreTrainedConfig):
 
 
 class TimmBackedPreTrainedModel(PreTrainedModel):
-    """Shared plumbing: the timm module lives in ``self.timm_model``; gradient checkpointing and weight init go
-    through it. Subclasses set ``config_class`` and ``timm_model_class``."""
+    """Shared plumbing: the timm module lives in ``self.timm_model``. Its transformer blocks are
+    ``GradientCheckpointingLayer``s, so transformers' activation checkpointing works as for in-library models.
+    Subclasses set ``config_class`` and ``timm_model_class``."""
 
     timm_model_class: ClassVar[Type[nn.Module]]
     base_model_prefix = TIMM_MODULE_PREFIX
@@ -64,9 +65,6 @@ class TimmBackedPreTrainedModel(PreTrainedModel):
 
     def _build_timm_model(self, num_classes: int) -> nn.Module:
         return self.timm_model_class(**self.config.timm_kwargs(), num_classes=num_classes)
-
-    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
-        self.timm_model.set_grad_checkpointing(enable)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.timm_model.patch_embed

@@ -25,6 +25,7 @@ from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import init_weights_vit_timm
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..layers import (
     AssignmentMode, AssignmentScore, BNNeck, MultiHeadAutoAlignment, PartSelfKey, TokenClassifiers,
@@ -52,8 +53,12 @@ class ReIDHeadOutput(NamedTuple):
     logits: Optional[torch.Tensor]  # (B, T, C) per-token identity logits, None without classifiers
 
 
-class AAformerBlock(nn.Module):
-    """Pre-norm transformer layer with Multi-head Auto-Alignment in place of self-attention (§III-A)."""
+class AAformerBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer layer with Multi-head Auto-Alignment in place of self-attention (§III-A).
+
+    A ``GradientCheckpointingLayer`` (a plain ``nn.Module`` unless transformers switches checkpointing on), so the
+    transformers wrappers support activation checkpointing; timm's ``set_grad_checkpointing`` works independently.
+    """
 
     def __init__(
             self,

@@ -1,0 +1,92 @@
+"""transformers' common model and config tests (ModelTesterMixin, ConfigTester from the installed transformers'
+sdist) on a tiny AAformer, plus the tests ViT's own test file adds for vision models."""
+import unittest
+
+import torch
+from torch import nn
+
+import aaformer_hf
+from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel
+from .upstream import import_transformers_tests
+
+common, config_common = import_transformers_tests()
+ModelTesterMixin, floats_tensor = common.ModelTesterMixin, common.floats_tensor
+ConfigTester = config_common.ConfigTester
+
+
+class AAformerModelTester:
+    """A 2-layer, 32-wide AAformer at 32x16 with 8x8 patches (4x2 = 8 patches) and [PART] groups {2, 3}."""
+
+    def __init__(self, parent, batch_size=13, image_size=(32, 16), patch_size=8, num_channels=3, is_training=True,
+                 hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 part_groups=(2, 3), num_labels=10):
+        self.parent = parent
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.is_training = is_training
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.part_groups = part_groups
+        self.num_labels = num_labels
+        num_patches = (image_size[0] // patch_size) * (image_size[1] // patch_size)
+        self.seq_length = 1 + sum(part_groups) + num_patches
+
+    def get_config(self):
+        return AAformerConfig(
+            image_size=self.image_size, patch_size=self.patch_size, num_channels=self.num_channels,
+            hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
+            part_groups=self.part_groups, num_labels=self.num_labels)
+
+    def prepare_config_and_inputs_for_common(self):
+        pixel_values = floats_tensor([self.batch_size, self.num_channels, *self.image_size])
+        return self.get_config(), {'pixel_values': pixel_values}
+
+
+class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (AAformerModel, AAformerForReID)
+    test_resize_embeddings = False
+    has_attentions = True
+    test_torch_exportable = True
+
+    def setUp(self):
+        self.model_tester = AAformerModelTester(self)
+        self.config_tester = ConfigTester(self, config_class=AAformerConfig, has_text_modality=False, hidden_size=48)
+
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        # the mixin picks label-taking classes from transformers' own name tables, which never list external models
+        inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=False)
+        if return_labels and model_class is AAformerForReID:
+            inputs_dict['labels'] = torch.zeros(self.model_tester.batch_size, dtype=torch.long)
+        return inputs_dict
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
+
+    def test_training(self):
+        self.all_model_classes = (AAformerForReID,)  # the base model has no loss
+        super().test_training()
+
+    def check_training_gradient_checkpointing(self, gradient_checkpointing_kwargs=None):
+        self.all_model_classes = (AAformerForReID,)
+        super().check_training_gradient_checkpointing(gradient_checkpointing_kwargs)
+
+    def test_model_get_set_embeddings(self):
+        # vision model: the input embedding is the patch projection, not an nn.Embedding (as in ViT's tests)
+        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(config)
+            self.assertIsInstance(model.get_input_embeddings(), nn.Module)
+            self.assertIsNone(model.get_output_embeddings())
+
+    @unittest.skip(reason='AAformer takes images, not inputs_embeds (vision model)')
+    def test_inputs_embeds(self):
+        pass
+
+    @unittest.skip(reason='AAformer takes images, not inputs_embeds (vision model)')
+    def test_inputs_embeds_matches_input_ids(self):
+        pass
