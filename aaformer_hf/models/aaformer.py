@@ -293,7 +293,7 @@ class AAformer(nn.Module):
                 raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
             self.global_pool = global_pool
         ref = self.bnneck.weight
-        self.head = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype)
+        self.head = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype).train(self.training)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]

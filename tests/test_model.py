@@ -1,0 +1,156 @@
+"""AAformer model behaviour: Eq. 2 at layer level, the ViT-baseline against timm's VisionTransformer, gradients,
+reduced precision, empty parts, torch.compile."""
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import aaformer_hf  # noqa: F401
+from aaformer_hf.layers import MultiHeadAutoAlignment
+
+X = dict(img_size=(64, 32), patch_size=8, embed_dim=32, depth=2, num_heads=4)  # 8x4 = 32 patches
+
+
+def tiny(**kwargs):
+    torch.manual_seed(0)
+    return timm.create_model('aaformer_tiny', **{**X, **kwargs})
+
+
+def test_part_output_depends_only_on_its_patches():
+    """Eq. 2: perturbing the values of patches outside Φ_p leaves [PART] p's output unchanged (the assignment only
+    reads queries and keys, so it is unaffected), while CLS and the parts owning those patches change."""
+    torch.manual_seed(0)
+    p, n, dim, heads = 5, 32, 32, 1
+    attn = MultiHeadAutoAlignment(dim, num_heads=heads, qkv_bias=True, part_groups=(2, 3), grid_size=(8, 4)).eval()
+    x = torch.randn(2, 1 + p + n, dim)
+    out, _, assigned = attn(x)
+    part = 3
+    outside = ~assigned[0, 0, part]  # patches of sample 0 not assigned to [PART] 3
+    assert outside.any() and (~outside).any()
+
+    def perturb_values(module, inputs, qkv):
+        qkv = qkv.clone()
+        v = qkv[..., 2 * dim:]
+        v[0, 1 + p:][outside] += 10 * torch.randn_like(v[0, 1 + p:][outside])
+        return qkv
+
+    handle = attn.qkv.register_forward_hook(perturb_values)
+    out2, _, assigned2 = attn(x)
+    handle.remove()
+    assert torch.equal(assigned, assigned2)
+    torch.testing.assert_close(out2[0, 1 + part], out[0, 1 + part])  # [PART] 3: untouched
+    torch.testing.assert_close(out2[1], out[1])  # the other sample: untouched
+    assert not torch.allclose(out2[0, 0], out[0, 0])  # CLS sees all patches
+    assert not torch.allclose(out2[0, 1], out[0, 1])  # group 1 covers every patch, so some part there changed
+
+
+@pytest.mark.parametrize('patches_see_parts', [True, False])
+@pytest.mark.parametrize('part_self_key', ['if_empty', 'always'])
+def test_split_fused_path_equals_one_dense_mask(patches_see_parts, part_self_key):
+    """The fast path (unmasked fused attention + a small masked one for [PART] rows) equals a single explicit softmax
+    over one dense (L, L) mask."""
+    model = tiny(patches_see_parts=patches_see_parts, part_self_key=part_self_key).eval()
+    x = torch.randn(2, 3, 64, 32)
+    fast = model.forward_features(x)
+    dense = model.forward_tokens(x, output_attentions=True).last_hidden_state
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_rows_respect_the_assignment():
+    model = tiny(patches_see_parts=False).eval()
+    out = model.forward_tokens(torch.randn(2, 3, 64, 32), output_attentions=True, output_assignments=True)
+    p = model.num_parts
+    for probs, assigned in zip(out.attentions, out.assignments):
+        assert assigned.shape == (2, 4, p, 32)
+        part_rows = probs[:, :, 1:1 + p]
+        assert torch.equal(part_rows[..., 1 + p:] > 0, assigned)  # only assigned patches get weight
+        assert (part_rows[..., :1 + p] == 0).all()  # parts are never empty here, so no CLS/part keys
+        assert (probs[:, :, [0] + list(range(1 + p, probs.shape[-1])), 1:1 + p] == 0).all()  # flag honoured
+        for group in (assigned[:, :, :2], assigned[:, :, 2:]):
+            assert (group.sum(2) == 1).all()
+
+
+def test_vit_baseline_reproduces_timm_vision_transformer():
+    ours = tiny(part_groups=()).eval()
+    vit = VisionTransformer(
+        img_size=(64, 32), patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0, global_pool='token',
+        qkv_bias=True).eval()
+    state = {k: v for k, v in ours.state_dict().items() if not k.startswith(('bnneck', 'head'))}
+    vit.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 64, 32)
+    torch.testing.assert_close(ours.forward_features(x), vit.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_part_tokens_and_every_parameter():
+    model = tiny(num_classes=7).train()
+    logits = model(torch.randn(4, 3, 64, 32))
+    assert logits.shape == (4, 1 + 5, 7)
+    logits.logsumexp(-1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+    assert model.part_tokens.grad.abs().sum(-1).gt(0).all()  # every [PART] token individually
+
+
+@pytest.mark.parametrize('score', ['cosine', 'dot'])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_reduced_precision_gives_no_nan(score, dtype):
+    model = tiny(assignment_score=score).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)  # large activations: raw scores far beyond exp(s / 0.05)'s float range
+    x = torch.randn(2, 3, 64, 32) * 3
+    out = model.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model.float()(x)
+    assert torch.isfinite(out).all()
+
+
+def test_empty_part_attends_to_itself_without_nan():
+    # 8 patch rows split into 12 stripes: some stripes get no patch row at all
+    model = tiny(assignment='stripes', part_groups=(12,)).eval()
+    out = model.forward_tokens(torch.randn(2, 3, 64, 32), output_attentions=True, output_assignments=True)
+    assert torch.isfinite(out.last_hidden_state).all()
+    empty = ~out.assignments[0][0, 0].any(-1)
+    assert empty.sum() == 4
+    probs = out.attentions[0][0, 0]
+    for part in empty.nonzero().flatten().tolist():
+        assert probs[1 + part, 1 + part] == 1  # the empty part's only key is its own
+    model_fast = model.forward_features(torch.randn(2, 3, 64, 32))
+    assert torch.isfinite(model_fast).all()
+
+
+@pytest.mark.parametrize('assignment,groups', [('nearest', (2, 3)), ('stripes', (6,)), ('stripes', (2, 3))])
+def test_ablation_baselines_run(assignment, groups):
+    model = tiny(assignment=assignment, part_groups=groups).eval()
+    emb = model(torch.randn(2, 3, 64, 32))
+    assert emb.shape == (2, (1 + sum(groups)) * 32)
+
+
+def test_embedding_side_of_bnneck():
+    x = torch.randn(4, 3, 64, 32)
+    after = tiny().eval()
+    before = tiny(embedding='before_bnneck').eval()
+    before.load_state_dict(after.state_dict())
+    with torch.no_grad():
+        after.bnneck.running_mean.normal_()
+        before.bnneck.running_mean.copy_(after.bnneck.running_mean)
+    tokens = before.forward_features(x)[:, :6].flatten(1)
+    torch.testing.assert_close(before(x), tokens)
+    torch.testing.assert_close(after(x), after.bnneck(tokens))
+
+
+def test_torch_compile_matches_eager():
+    model = tiny().eval()
+    x = torch.randn(2, 3, 64, 32)
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_arguments_name_the_field():
+    with pytest.raises(ValueError, match='assignment'):
+        tiny(assignment='kmeans')
+    with pytest.raises(ValueError, match='embedding'):
+        tiny(embedding='middle')
+    with pytest.raises(TypeError):
+        tiny(not_an_arg=1)
