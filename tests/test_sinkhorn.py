@@ -142,3 +142,26 @@ def test_bad_groups_raise():
         sinkhorn_assign(torch.randn(4, 10), (2, 3))
     with pytest.raises(ValueError, match='positive'):
         sinkhorn_assign(torch.randn(2, 10), (2, 0))
+
+
+@pytest.mark.parametrize('sizes', [(2, 3), (6,)])
+def test_exp_domain_equals_log_domain_for_cosine_scores(sizes):
+    torch.manual_seed(8)
+    scores = torch.rand(4, 12, sum(sizes), 128) * 2 - 1
+    for iters in (1, 3, 50):
+        torch.testing.assert_close(
+            sinkhorn_plan(scores, sizes, num_iters=iters, log_domain=False),
+            sinkhorn_plan(scores, sizes, num_iters=iters), rtol=1e-4, atol=1e-9)
+    assert torch.equal(sinkhorn_assign(scores, sizes, log_domain=False), sinkhorn_assign(scores, sizes))
+    # and against the plain float64 reference, extreme cosines included
+    scores[0, 0, 0] = 1.0
+    scores[0, 0, 1] = -1.0
+    plan = sinkhorn_plan(scores, sizes, log_domain=False)
+    np.testing.assert_allclose(plan[0, 0, :sizes[0]].numpy(), swav_reference(scores[0, 0, :sizes[0]].numpy(), 0.05, 3),
+                               rtol=1e-4, atol=1e-12)
+
+
+def test_exp_domain_never_nan_even_outside_its_exact_range():
+    scores = torch.rand(2, 5, 128) * 2 - 1
+    plan = sinkhorn_plan(scores, (2, 3), epsilon=0.005, log_domain=False)  # e^(-400) underflows: clamped, not NaN
+    assert torch.isfinite(plan).all()

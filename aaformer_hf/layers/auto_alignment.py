@@ -133,12 +133,22 @@ class MultiHeadAutoAlignment(nn.Module):
             return self.stripe_mask.expand(b, h, p, k_patches.shape[-2])
         with _autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
+            epsilon = self.sinkhorn_epsilon if self.assignment == 'sinkhorn' else 1.0
             if self.assignment_score == 'cosine':
-                q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            scores = q @ k.transpose(-2, -1)
+                # normalise the few [PART] queries (with 1/ε folded in) before the matmul and divide the small
+                # (P, N) product by the key norms after it: cheaper than normalising all N keys
+                q = F.normalize(q, dim=-1) / epsilon
+                inv_key_norm = k.norm(dim=-1).clamp(min=1e-12).reciprocal()
+                scores = (q @ k.transpose(-2, -1)) * inv_key_norm.unsqueeze(-2)
+            else:
+                scores = (q / epsilon) @ k.transpose(-2, -1)
             if self.assignment == 'nearest':
                 return nearest_assign(scores, self._layout())
-            return sinkhorn_assign(scores, self._layout(), self.sinkhorn_epsilon, self.sinkhorn_iters)
+            # scores are already divided by ε; cosine ones are bounded, where the cheaper exp-domain iterations
+            # are exact (see sinkhorn.py)
+            return sinkhorn_assign(
+                scores, self._layout(), epsilon=1.0, num_iters=self.sinkhorn_iters,
+                log_domain=self.assignment_score != 'cosine' or self.sinkhorn_epsilon < 0.05)
 
     def part_key_mask(self, assigned: torch.Tensor) -> torch.Tensor:
         """Keys each [PART] query may attend to: (B, H, P, N) assignment -> (B, H, P, L) bool over the sequence."""
@@ -180,9 +190,11 @@ class MultiHeadAutoAlignment(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             out = out.transpose(1, 2)  # (B, L, H, d)
             if p:
-                # Eq. 2: the [PART] rows, recomputed with each part restricted to its own patches
-                part_out = F.scaled_dot_product_attention(
-                    q[:, :, 1:1 + p], k, v, attn_mask=part_keys, dropout_p=drop)
+                # Eq. 2: the few [PART] rows, recomputed with each part restricted to its own patches; an explicit
+                # small softmax, since fused kernels are slow (CPU) or no faster (GPU) with a mask this short
+                logits = (q[:, :, 1:1 + p] * self.scale) @ k.transpose(-2, -1)
+                probs_parts = logits.masked_fill(~part_keys, float('-inf')).softmax(dim=-1)
+                part_out = self.attn_drop(probs_parts) @ v
                 out = torch.cat([out[:, :1], part_out.transpose(1, 2), out[:, 1 + p:]], dim=1)
         out = out.reshape(b, seq_len, dim)
         out = self.proj_drop(self.proj(out))

@@ -8,10 +8,14 @@ All functions are batched over any leading dims (batch, heads) and solve every g
 largest group size and padded rows are excluded from column sums and from the argmax, so the number of kernels per
 layer does not grow with the number of groups.
 
-Numerics: the iterations run in the log domain, so no finite input can overflow or underflow into inf/NaN (with raw
-dot-product scores exp(s / 0.05) overflows fp32 as soon as s > 4.4). Everything is computed in float32. Callers run
-the assignment under ``torch.no_grad()`` with autocast off (see ``MultiHeadAutoAlignment``): it is a discrete
-decision and no gradient flows through it, as in SwAV.
+Numerics: everything is computed in float32. By default the iterations run in the log domain, so no finite input
+can overflow or underflow into inf/NaN (with raw dot-product scores exp(s / 0.05) overflows fp32 as soon as
+s > 4.4). For bounded scores (cosine similarities, |s| <= 1) ``log_domain=False`` runs the same iterations on
+exp((s - row max) / ε), about 3x fewer and cheaper kernels: the per-row shift is exact for the row-first order (each
+row is rescaled before anything else reads it), entries stay within [e^(-2/ε), 1] and sums are clamped away from
+zero, so that path cannot produce inf/NaN either. Callers run the assignment under ``torch.no_grad()`` with
+autocast off (see ``MultiHeadAutoAlignment``): it is a discrete decision and no gradient flows through it, as in
+SwAV.
 """
 import math
 from dataclasses import dataclass
@@ -112,13 +116,42 @@ def _log_sinkhorn(log_kernel: torch.Tensor, pad_bias: torch.Tensor, layout: Part
     return log_q
 
 
-def _round_to_parts(grouped: torch.Tensor, pad_bias: torch.Tensor, layout: PartGroupLayout) -> torch.Tensor:
+def _exp_sinkhorn(scaled: torch.Tensor, pad_bias: torch.Tensor, layout: PartGroupLayout, num_iters: int,
+                  final_column_step: bool) -> torch.Tensor:
+    """The same iterations as ``_log_sinkhorn`` on Q = exp(scaled - row max), for bounded scores. Padding rows are
+    zero, so they drop out of column sums by themselves. Returns Q (not its log)."""
+    tiny = torch.finfo(scaled.dtype).tiny
+    row_mass = (1.0 / layout.slot_group_size.clamp(min=1).to(scaled.dtype)).unsqueeze(-1)
+    col_mass = 1.0 / scaled.shape[-1]
+    q = (scaled - scaled.amax(dim=-1, keepdim=True) + pad_bias).exp()
+    for it in range(num_iters):
+        q = q * (row_mass / q.sum(dim=-1, keepdim=True).clamp(min=tiny))
+        if it < num_iters - 1 or final_column_step:
+            q = q * (col_mass / q.sum(dim=-2, keepdim=True).clamp(min=tiny))
+    return q
+
+
+def _iterate(scores, layout, epsilon, num_iters, final_column_step, log_domain):
+    """Grouped plan after ``num_iters`` iterations, as log Q (log domain) or Q, plus the padding bias."""
+    if num_iters < 1:
+        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
+    grouped, pad_bias = _to_groups(scores.float() / epsilon, layout)
+    if log_domain:
+        return _log_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step), pad_bias
+    return _exp_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step), pad_bias
+
+
+def _round_to_parts(grouped: torch.Tensor, pad_bias: Optional[torch.Tensor], layout: PartGroupLayout) -> torch.Tensor:
     """Argmax rounding within each group -> (..., P, N) bool, exactly one True per patch in every group."""
-    winner = (grouped + pad_bias).argmax(dim=-2)  # (..., G, N)
+    # max(...).indices rather than argmax: much faster on CPU when reducing a short, strided dim
+    if pad_bias is not None:
+        grouped = grouped + pad_bias
+    winner = grouped.max(dim=-2).indices  # (..., G, N)
     return winner.index_select(-2, layout.part_group) == layout.part_slot
 
 
-def sinkhorn_plan(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters: int = 3) -> torch.Tensor:
+def sinkhorn_plan(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters: int = 3,
+                  log_domain: bool = True) -> torch.Tensor:
     """Soft transport plan Y* of Eq. 5 for each group after ``num_iters`` Sinkhorn-Knopp iterations.
 
     Args:
@@ -126,36 +159,35 @@ def sinkhorn_plan(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters
         groups: number of parts in each granularity group (summing to P), or a ``PartGroupLayout``.
         epsilon: entropic regularisation ε of Eq. 3 (the paper uses 0.05).
         num_iters: Sinkhorn-Knopp iterations (the paper uses 3).
+        log_domain: Iterate in the log domain (safe for any finite scores). False is faster and exact for bounded
+            scores such as cosine similarities with ε >= 0.05.
 
     Returns:
         (..., P, N) float32 plan. Within each group every column sums to 1/N exactly (the last step is a column step)
         and every row sum converges to 1/P_g as iterations grow: the transport polytope of Eq. 4.
     """
-    if num_iters < 1:
-        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
     layout = _as_layout(groups, scores.device)
-    grouped, pad_bias = _to_groups(scores.float() / epsilon, layout)
-    log_q = _log_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step=True)
-    plan = log_q.exp()
+    q, _ = _iterate(scores, layout, epsilon, num_iters, True, log_domain)
+    plan = q.exp() if log_domain else q
     rows = [plan[..., g, :size, :] for g, size in enumerate(layout.sizes)]
     return torch.cat(rows, dim=-2)
 
 
-def sinkhorn_assign(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters: int = 3) -> torch.Tensor:
+def sinkhorn_assign(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters: int = 3,
+                    log_domain: bool = True) -> torch.Tensor:
     """Hard patch-to-part assignment: the Sinkhorn plan rounded to each patch's argmax part within each group.
 
     The final column scaling multiplies a group's column by one factor, which cannot change its argmax, so it is
-    skipped (the result equals rounding ``sinkhorn_plan``).
+    skipped (the result equals rounding ``sinkhorn_plan``). Arguments as for ``sinkhorn_plan``.
 
     Returns:
         (..., P, N) bool; within each group the subsets Φ_p are mutually exclusive and cover all N patches.
     """
-    if num_iters < 1:
-        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
     layout = _as_layout(groups, scores.device)
-    grouped, pad_bias = _to_groups(scores.float() / epsilon, layout)
-    log_q = _log_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step=False)
-    return _round_to_parts(log_q, pad_bias, layout)
+    q, pad_bias = _iterate(scores, layout, epsilon, num_iters, False, log_domain)
+    # Q and log Q have the same argmax. In the exp domain padding rows are exactly 0 and come last in their group,
+    # so max() never picks one over a real row: no bias needed
+    return _round_to_parts(q, pad_bias if log_domain else None, layout)
 
 
 def nearest_assign(scores: torch.Tensor, groups) -> torch.Tensor:
