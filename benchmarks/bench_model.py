@@ -51,7 +51,8 @@ def main():
     torch.manual_seed(0)
     baseline = timm.create_model('vit_base_patch16_224', img_size=(256, 128), num_classes=0).to(device)
     model = timm.create_model(args.model, num_classes=0).to(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == 'bf16' else nullcontext)
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == 'bf16' else nullcontext()
     x = torch.randn(args.batch, 3, 256, 128, device=device)
 
     def runners(net):
