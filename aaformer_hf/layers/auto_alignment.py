@@ -8,6 +8,7 @@ Speed: CLS and patch rows go through one unmasked fused ``scaled_dot_product_att
 exactly like a plain ViT; only the few [PART] rows take a second, small masked attention. A dense boolean mask over
 all rows would push the whole layer off the fused kernels.
 """
+from contextlib import nullcontext
 from typing import Literal, Optional, Sequence, Tuple
 
 import torch
@@ -23,10 +24,14 @@ AssignmentScore = Literal['cosine', 'dot']
 PartSelfKey = Literal['if_empty', 'always']
 
 
+_AUTOCAST_DEVICES = frozenset({'cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia'})
+
+
 def _autocast_off(device_type: str):
-    if torch.amp.is_autocast_available(device_type):
-        return torch.amp.autocast(device_type, enabled=False)
-    return torch.autocast('cpu', enabled=False)  # e.g. the meta device: nothing to switch off
+    # a plain set lookup rather than torch.amp.is_autocast_available, which torch.compile cannot trace
+    if device_type in _AUTOCAST_DEVICES:
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()  # e.g. the meta device: nothing to switch off
 
 
 class MultiHeadAutoAlignment(nn.Module):
