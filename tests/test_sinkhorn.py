@@ -29,12 +29,13 @@ def groups_of(plan: torch.Tensor, sizes):
         start += size
 
 
+@pytest.mark.parametrize('log_domain', [True, False])
 @pytest.mark.parametrize('sizes', [(2, 3), (6,), (3, 3), (1, 4)])
-def test_converged_plan_matches_pot(sizes):
+def test_converged_plan_matches_pot(sizes, log_domain):
     torch.manual_seed(0)
     n, eps = 40, 0.05
     scores = torch.rand(sum(sizes), n, dtype=torch.float64) * 2 - 1
-    plan = sinkhorn_plan(scores, sizes, epsilon=eps, num_iters=3000).double()
+    plan = sinkhorn_plan(scores, sizes, epsilon=eps, num_iters=3000, log_domain=log_domain).double()
     for group_plan, group_scores in zip(groups_of(plan, sizes), groups_of(scores, sizes)):
         p_g = group_scores.shape[0]
         reference = ot.sinkhorn(

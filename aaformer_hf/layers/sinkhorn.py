@@ -84,7 +84,7 @@ def _as_layout(groups, device) -> PartGroupLayout:
 
 
 def _to_groups(scores: torch.Tensor, layout: PartGroupLayout) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(..., P, N) -> (..., G, P_max, N), plus the (G, P_max, 1) additive mask that is -inf on padding rows."""
+    """(..., P, N) -> (..., G, P_max, N), plus the (G, P_max, 1) bool mask of real (non-padding) rows."""
     if layout.num_parts != scores.shape[-2]:
         raise ValueError(
             f'part groups {layout.sizes} hold {layout.num_parts} parts but scores have {scores.shape[-2]} part rows')
@@ -92,19 +92,23 @@ def _to_groups(scores: torch.Tensor, layout: PartGroupLayout) -> Tuple[torch.Ten
     if layout.gather_index is not None:
         scores = scores.index_select(-2, layout.gather_index)
     grouped = scores.reshape(*scores.shape[:-2], g, p_max, scores.shape[-1])
-    valid = layout.slot_group_size.unsqueeze(-1) > 0
-    pad_bias = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device).masked_fill(~valid, float('-inf'))
-    return grouped, pad_bias
+    return grouped, layout.slot_group_size.unsqueeze(-1) > 0
 
 
-def _log_sinkhorn(log_kernel: torch.Tensor, pad_bias: torch.Tensor, layout: PartGroupLayout, num_iters: int,
+def _pad_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask: 0 on real rows, -inf on padding rows."""
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, float('-inf'))
+
+
+def _log_sinkhorn(log_kernel: torch.Tensor, valid: torch.Tensor, layout: PartGroupLayout, num_iters: int,
                   final_column_step: bool) -> torch.Tensor:
-    """SwAV-order Sinkhorn-Knopp in the log domain on grouped (..., G, P_max, N) log-kernels.
+    """SwAV-order Sinkhorn-Knopp in the log domain on grouped (..., G, P_max, N) log-kernels; returns log Q.
 
     Each iteration scales rows first (each part's total mass 1/P_g), then columns (each patch's total mass 1/N within
     every group), the order of SwAV's ``distributed_sinkhorn``. SwAV's initial division by the global sum is omitted:
     the first row scaling cancels any global factor exactly.
     """
+    pad_bias = _pad_bias(valid, log_kernel.dtype)
     # padding slots get group size 1 (log mass 0): any finite value works, they never enter a column sum
     log_row_mass = -layout.slot_group_size.clamp(min=1).to(log_kernel.dtype).log().unsqueeze(-1)
     log_col_mass = -math.log(log_kernel.shape[-1])
@@ -116,36 +120,41 @@ def _log_sinkhorn(log_kernel: torch.Tensor, pad_bias: torch.Tensor, layout: Part
     return log_q
 
 
-def _exp_sinkhorn(scaled: torch.Tensor, pad_bias: torch.Tensor, layout: PartGroupLayout, num_iters: int,
-                  final_column_step: bool) -> torch.Tensor:
-    """The same iterations as ``_log_sinkhorn`` on Q = exp(scaled - row max), for bounded scores. Padding rows are
-    zero, so they drop out of column sums by themselves. Returns Q (not its log)."""
+def _exp_sinkhorn(scaled: torch.Tensor, layout: PartGroupLayout, num_iters: int, final_column_step: bool):
+    """The same iterations on K = exp(scaled - row max), for bounded scores, as scaling vectors: Q = diag(u) K diag(v)
+    with u (..., G, P_max, 1) and v (..., G, 1, N); v is None when no column step ran.
+
+    Masses are scaled by N (rows N/P_g, columns 1) to save a multiply per step: the plan is exactly Q / N. Padding
+    rows have mass 0, hence u = 0, so they drop out of column sums. Sums are clamped away from zero, so nothing
+    becomes inf/NaN even outside the bounded range.
+    """
     tiny = torch.finfo(scaled.dtype).tiny
-    row_mass = (1.0 / layout.slot_group_size.clamp(min=1).to(scaled.dtype)).unsqueeze(-1)
-    col_mass = 1.0 / scaled.shape[-1]
-    q = (scaled - scaled.amax(dim=-1, keepdim=True) + pad_bias).exp()
+    n = scaled.shape[-1]
+    size = layout.slot_group_size.unsqueeze(-1).to(scaled.dtype)
+    row_mass = torch.where(size > 0, n / size.clamp(min=1), 0.0)  # N / P_g, 0 on padding rows
+    kernel = (scaled - scaled.amax(dim=-1, keepdim=True)).exp()  # the row shift is exact: rows are scaled first
+    u = row_mass / kernel.sum(dim=-1, keepdim=True)  # each row has an entry of 1: no clamp needed
+    v = None
     for it in range(num_iters):
-        q = q * (row_mass / q.sum(dim=-1, keepdim=True).clamp(min=tiny))
+        if it:
+            u = row_mass / (kernel @ v.transpose(-2, -1)).clamp_(min=tiny)
         if it < num_iters - 1 or final_column_step:
-            q = q * (col_mass / q.sum(dim=-2, keepdim=True).clamp(min=tiny))
-    return q
+            v = (u.transpose(-2, -1) @ kernel).clamp_(min=tiny).reciprocal_()
+    return kernel, u, v
 
 
-def _iterate(scores, layout, epsilon, num_iters, final_column_step, log_domain):
-    """Grouped plan after ``num_iters`` iterations, as log Q (log domain) or Q, plus the padding bias."""
+def _grouped_scores(scores: torch.Tensor, layout: PartGroupLayout, epsilon: float, num_iters: int):
     if num_iters < 1:
         raise ValueError(f'num_iters must be >= 1, got {num_iters}')
-    grouped, pad_bias = _to_groups(scores.float() / epsilon, layout)
-    if log_domain:
-        return _log_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step), pad_bias
-    return _exp_sinkhorn(grouped, pad_bias, layout, num_iters, final_column_step), pad_bias
+    scores = scores.float()
+    return _to_groups(scores if epsilon == 1.0 else scores / epsilon, layout)
 
 
-def _round_to_parts(grouped: torch.Tensor, pad_bias: Optional[torch.Tensor], layout: PartGroupLayout) -> torch.Tensor:
+def _round_to_parts(grouped: torch.Tensor, layout: PartGroupLayout, pad_bias: Optional[torch.Tensor] = None):
     """Argmax rounding within each group -> (..., P, N) bool, exactly one True per patch in every group."""
-    # max(...).indices rather than argmax: much faster on CPU when reducing a short, strided dim
     if pad_bias is not None:
         grouped = grouped + pad_bias
+    # max(...).indices rather than argmax: much faster on CPU when reducing a short, strided dim
     winner = grouped.max(dim=-2).indices  # (..., G, N)
     return winner.index_select(-2, layout.part_group) == layout.part_slot
 
@@ -167,8 +176,12 @@ def sinkhorn_plan(scores: torch.Tensor, groups, epsilon: float = 0.05, num_iters
         and every row sum converges to 1/P_g as iterations grow: the transport polytope of Eq. 4.
     """
     layout = _as_layout(groups, scores.device)
-    q, _ = _iterate(scores, layout, epsilon, num_iters, True, log_domain)
-    plan = q.exp() if log_domain else q
+    grouped, valid = _grouped_scores(scores, layout, epsilon, num_iters)
+    if log_domain:
+        plan = _log_sinkhorn(grouped, valid, layout, num_iters, final_column_step=True).exp()
+    else:
+        kernel, u, v = _exp_sinkhorn(grouped, layout, num_iters, final_column_step=True)
+        plan = u * kernel * v / grouped.shape[-1]
     rows = [plan[..., g, :size, :] for g, size in enumerate(layout.sizes)]
     return torch.cat(rows, dim=-2)
 
@@ -184,18 +197,22 @@ def sinkhorn_assign(scores: torch.Tensor, groups, epsilon: float = 0.05, num_ite
         (..., P, N) bool; within each group the subsets Φ_p are mutually exclusive and cover all N patches.
     """
     layout = _as_layout(groups, scores.device)
-    q, pad_bias = _iterate(scores, layout, epsilon, num_iters, False, log_domain)
-    # Q and log Q have the same argmax. In the exp domain padding rows are exactly 0 and come last in their group,
-    # so max() never picks one over a real row: no bias needed
-    return _round_to_parts(q, pad_bias if log_domain else None, layout)
+    grouped, valid = _grouped_scores(scores, layout, epsilon, num_iters)
+    if log_domain:
+        log_q = _log_sinkhorn(grouped, valid, layout, num_iters, final_column_step=False)
+        return _round_to_parts(log_q, layout, _pad_bias(valid, log_q.dtype))
+    # Q = u K v without the final column factor v, which cannot change a column's argmax. Padding rows have u = 0 and
+    # come last in their group, so max() never prefers one to a real row (all > 0)
+    kernel, u, _ = _exp_sinkhorn(grouped, layout, num_iters, final_column_step=False)
+    return _round_to_parts(u * kernel, layout)
 
 
 def nearest_assign(scores: torch.Tensor, groups) -> torch.Tensor:
     """Nearest-neighbour assignment (Table V's ablation): each patch goes to its most similar part within each group,
     with no transport constraint. Returns (..., P, N) bool."""
     layout = _as_layout(groups, scores.device)
-    grouped, pad_bias = _to_groups(scores.float(), layout)
-    return _round_to_parts(grouped, pad_bias, layout)
+    grouped, valid = _to_groups(scores.float(), layout)
+    return _round_to_parts(grouped, layout, _pad_bias(valid, grouped.dtype))
 
 
 def stripe_assignment(group_sizes: Sequence[int], grid_size: Tuple[int, int], device=None) -> torch.Tensor:
