@@ -101,11 +101,14 @@ def main():
 
     assign_all()
     rows = {'inference': [], 'train step': [], 'sinkhorn share': []}
-    for _ in range(args.rounds):
-        b_inf = timed(base_infer, device, args.repeats)
-        o_inf = timed(ours_infer, device, args.repeats)
-        b_tr = timed(base_train, device, args.repeats)
-        o_tr = timed(ours_train, device, args.repeats)
+    for r in range(args.rounds):
+        # alternate which model runs first, so drift in machine state does not favour one
+        if r % 2:
+            o_inf, b_inf = timed(ours_infer, device, args.repeats), timed(base_infer, device, args.repeats)
+            o_tr, b_tr = timed(ours_train, device, args.repeats), timed(base_train, device, args.repeats)
+        else:
+            b_inf, o_inf = timed(base_infer, device, args.repeats), timed(ours_infer, device, args.repeats)
+            b_tr, o_tr = timed(base_train, device, args.repeats), timed(ours_train, device, args.repeats)
         sk = timed(assign_all, device, args.repeats)
         rows['inference'].append((b_inf, o_inf))
         rows['train step'].append((b_tr, o_tr))

@@ -154,3 +154,20 @@ def test_bad_arguments_name_the_field():
         tiny(embedding='middle')
     with pytest.raises(TypeError):
         tiny(not_an_arg=1)
+
+
+@pytest.mark.parametrize('score', ['cosine', 'dot'])
+@pytest.mark.parametrize('groups', [(2, 3), (3, 3), (4,)])
+def test_layer_assignment_equals_sinkhorn_on_its_scores(score, groups):
+    """The layer's fast path (padded queries, 1/ε folded in, exp-domain iterations) against the log-domain Sinkhorn
+    on similarities computed plainly."""
+    from aaformer_hf.layers import sinkhorn_assign
+    torch.manual_seed(0)
+    attn = MultiHeadAutoAlignment(64, num_heads=4, part_groups=groups, assignment_score=score)
+    q, k = torch.randn(3, 4, sum(groups), 16), torch.randn(3, 4, 128, 16)
+    if score == 'cosine':
+        scores = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).transpose(-2, -1)
+    else:
+        q, k = q * 0.2, k * 0.2  # keep raw scores where float32 rounding cannot flip an argmax
+        scores = q @ k.transpose(-2, -1)
+    assert torch.equal(attn.assign(q, k), sinkhorn_assign(scores, groups, epsilon=0.05, num_iters=3))

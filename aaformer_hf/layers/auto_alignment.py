@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign, stripe_assignment
+from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped, stripe_assignment
 
 __all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'AssignmentScore', 'PartSelfKey']
 
@@ -138,22 +138,27 @@ class MultiHeadAutoAlignment(nn.Module):
             return self.stripe_mask.expand(b, h, p, k_patches.shape[-2])
         with _autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
-            epsilon = self.sinkhorn_epsilon if self.assignment == 'sinkhorn' else 1.0
-            if self.assignment_score == 'cosine':
-                # normalise the few [PART] queries (with 1/ε folded in) before the matmul and divide the small
-                # (P, N) product by the key norms after it: cheaper than normalising all N keys
-                q = F.normalize(q, dim=-1) / epsilon
-                inv_key_norm = k.norm(dim=-1).clamp(min=1e-12).reciprocal()
-                scores = (q @ k.transpose(-2, -1)) * inv_key_norm.unsqueeze(-2)
-            else:
-                scores = (q / epsilon) @ k.transpose(-2, -1)
             if self.assignment == 'nearest':
-                return nearest_assign(scores, self._layout())
-            # scores are already divided by ε; cosine ones are bounded, where the cheaper exp-domain iterations
-            # are exact (see sinkhorn.py)
-            return sinkhorn_assign(
-                scores, self._layout(), epsilon=1.0, num_iters=self.sinkhorn_iters,
+                return nearest_assign(self._scores(q, k, 1.0), self._layout())
+            layout = self._layout()
+            if layout.gather_index is not None:
+                # pad the few queries into the (G, P_max) layout rather than the larger score matrix
+                q = q.index_select(-2, layout.gather_index)
+            scores = self._scores(q, k, self.sinkhorn_epsilon)
+            grouped = scores.view(*scores.shape[:-2], *layout.slot_group_size.shape, scores.shape[-1])
+            # cosine scores are bounded, where the cheaper exp-domain iterations are exact (see sinkhorn.py)
+            return sinkhorn_assign_grouped(
+                grouped, layout, self.sinkhorn_iters,
                 log_domain=self.assignment_score != 'cosine' or self.sinkhorn_epsilon < 0.05)
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Similarities / ε between queries (..., P, d) and keys (..., N, d) -> (..., P, N), in q's dtype."""
+        if self.assignment_score == 'dot':
+            return (q / epsilon) @ k.transpose(-2, -1)
+        # normalise the few queries (1/ε folded in) before the matmul and divide the small product by the key
+        # norms after it: cheaper than normalising all N keys
+        q = q / (q.norm(dim=-1, keepdim=True).clamp(min=1e-12) * epsilon)
+        return (q @ k.transpose(-2, -1)) / k.norm(dim=-1).clamp(min=1e-12).unsqueeze(-2)
 
     def part_key_mask(self, assigned: torch.Tensor) -> torch.Tensor:
         """Keys each [PART] query may attend to: (B, H, P, N) assignment -> (B, H, P, L) bool over the sequence."""
