@@ -103,3 +103,19 @@ def test_api_surface():
 def test_embedding_with_num_classes_zero():
     model = timm.create_model('aaformer_tiny', num_classes=0).eval()
     assert model(torch.randn(1, 3, 256, 128)).shape == (1, 6 * 64)
+
+
+def test_default_pretrained_tag_resolves_through_the_hub_cache(tmp_path):
+    """The real default path, offline: create_model(pretrained=True) fetches the ImageNet ViT named in the cfg via
+    huggingface_hub, here from a pre-populated cache (a random ViT-S/16 standing in for the ImageNet weights)."""
+    torch.manual_seed(0)
+    vit = timm.create_model('vit_small_patch16_224')
+    repo = tmp_path / 'models--timm--vit_small_patch16_224.augreg_in21k_ft_in1k'
+    sha = 'a' * 40
+    (repo / 'snapshots' / sha).mkdir(parents=True)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(sha)
+    save_file(vit.state_dict(), repo / 'snapshots' / sha / 'model.safetensors')
+    model = timm.create_model('aaformer_small', pretrained=True, cache_dir=str(tmp_path))
+    assert model.pretrained_cfg['hf_hub_id'] == 'timm/vit_small_patch16_224.augreg_in21k_ft_in1k'
+    torch.testing.assert_close(model.state_dict()['blocks.3.attn.qkv.weight'], vit.state_dict()['blocks.3.attn.qkv.weight'])
