@@ -5,7 +5,6 @@ import unittest
 import torch
 from torch import nn
 
-import aaformer_hf
 from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel
 from .upstream import import_transformers_tests
 

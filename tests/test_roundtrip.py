@@ -8,7 +8,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
-import aaformer_hf
 from aaformer_hf import AAformerConfig, AAformerForReID, AAformerImageProcessor, AutoModelForPersonReID
 
 TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=256)
