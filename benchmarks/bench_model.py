@@ -1,7 +1,8 @@
 """AAformer vs timm's ViT-B/16 at 256x128: inference, training step, and the Sinkhorn's share of the forward.
 
-Both models run in this one process on the same device, dtype and batch, interleaved round by round, and the script
-prints medians and ratios. Targets (issue #2): inference <= 1.06x ViT-B, training step <= 1.10x, Sinkhorn <= 2% of
+All models run in this one process on the same device, dtype and batch, interleaved round by round, and the script
+prints medians and ratios. Besides plain ViT-B (129 tokens) it times ViT-B with as many register tokens as AAformer
+has [PART]s (134 tokens, plain attention), which separates the cost of the longer sequence from that of MAA. Targets (issue #2): inference <= 1.06x ViT-B, training step <= 1.10x, Sinkhorn <= 2% of
 the forward.
 
     python benchmarks/bench_model.py                          # CPU, fp32, batch 8
@@ -49,8 +50,16 @@ def main():
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    baseline = timm.create_model('vit_base_patch16_224', img_size=(256, 128), num_classes=0).to(device)
     model = timm.create_model(args.model, num_classes=0).to(device)
+    vit = dict(model_name='vit_base_patch16_224', img_size=(256, 128), num_classes=0)
+    # the same sequence length with plain attention: ViT-B plus register tokens in place of the [PART]s, to separate
+    # the cost of longer sequences from the cost of the auto-alignment
+    contenders = {
+        'ViT-B': timm.create_model(**vit).to(device),
+        f'ViT-B+{model.num_parts}reg': timm.create_model(**vit, reg_tokens=model.num_parts).to(device),
+        args.model: model,
+    }
+
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == 'bf16' else nullcontext()
     x = torch.randn(args.batch, 3, 256, 128, device=device)
@@ -71,13 +80,13 @@ def main():
             out.float().pow(2).mean().backward()
             net.zero_grad(set_to_none=True)
 
-        return infer, train_step
+        return dict(inference=infer, train_step=train_step)
 
-    base_infer, base_train = runners(baseline)
-    ours_infer, ours_train = runners(model)
-    for fn in (base_infer, ours_infer, base_train, ours_train):  # warm-up (and compilation)
-        fn()
-        fn()
+    runs = {name: runners(net) for name, net in contenders.items()}
+    for fns in runs.values():  # warm-up (and compilation)
+        for fn in fns.values():
+            fn()
+            fn()
 
     # the assignment alone, on each layer's real [PART] queries and patch keys
     blocks = model.blocks
@@ -100,34 +109,34 @@ def main():
             blk.attn.assign(q, k)
 
     assign_all()
-    rows = {'inference': [], 'train step': [], 'sinkhorn share': []}
+    names = list(runs)
+    times = {(name, task): [] for name in names for task in ('inference', 'train_step')}
+    share = []
     for r in range(args.rounds):
-        # alternate which model runs first, so drift in machine state does not favour one
-        if r % 2:
-            o_inf, b_inf = timed(ours_infer, device, args.repeats), timed(base_infer, device, args.repeats)
-            o_tr, b_tr = timed(ours_train, device, args.repeats), timed(base_train, device, args.repeats)
-        else:
-            b_inf, o_inf = timed(base_infer, device, args.repeats), timed(ours_infer, device, args.repeats)
-            b_tr, o_tr = timed(base_train, device, args.repeats), timed(ours_train, device, args.repeats)
-        sk = timed(assign_all, device, args.repeats)
-        rows['inference'].append((b_inf, o_inf))
-        rows['train step'].append((b_tr, o_tr))
-        rows['sinkhorn share'].append((o_inf, sk))
+        order = names if r % 2 == 0 else names[::-1]  # alternate the order so machine drift favours no one
+        for task in ('inference', 'train_step'):
+            for name in order:
+                times[name, task].append(timed(runs[name][task], device, args.repeats))
+        share.append(timed(assign_all, device, args.repeats) / times[args.model, 'inference'][-1])
 
     print(f'machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads '
           f'{torch.get_num_threads()}, device {device}'
           + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''))
     print(f'batch {args.batch}, dtype {args.dtype}, compile {args.compile}, {args.rounds} interleaved rounds, '
-          f'{args.model} vs vit_base_patch16_224 @256x128')
-    for name in ('inference', 'train step'):
-        base_t = statistics.median(r[0] for r in rows[name])
-        ours_t = statistics.median(r[1] for r in rows[name])
-        ratio = statistics.median(r[1] / r[0] for r in rows[name])
-        print(f'{name:<12} ViT-B {base_t * 1e3:9.2f} ms   {args.model} {ours_t * 1e3:9.2f} ms   ratio {ratio:.3f}x')
-    share = statistics.median(r[1] / r[0] for r in rows['sinkhorn share'])
-    sk_t = statistics.median(r[1] for r in rows['sinkhorn share'])
-    print(f'assignment (scores + Sinkhorn + rounding, all {len(blocks)} layers) {sk_t * 1e3:.2f} ms = '
-          f'{100 * share:.2f}% of the {args.model} forward')
+          f'256x128; ratios are medians of per-round ratios')
+    for task in ('inference', 'train_step'):
+        base = times[names[0], task]
+        cells = []
+        for name in names:
+            ratio = statistics.median(t / b for t, b in zip(times[name, task], base))
+            cells.append(f'{name} {statistics.median(times[name, task]) * 1e3:8.2f} ms ({ratio:.3f}x)')
+        print(f'{task:<11} ' + '   '.join(cells))
+    ours, same_len = times[args.model, 'inference'], times[names[1], 'inference']
+    print(f'{args.model} / {names[1]} (cost of auto-alignment at equal length): inference '
+          f'{statistics.median(a / b for a, b in zip(ours, same_len)):.3f}x, train step '
+          f'{statistics.median(a / b for a, b in zip(times[args.model, "train_step"], times[names[1], "train_step"])):.3f}x')
+    print(f'assignment (scores + Sinkhorn + rounding, all {len(blocks)} layers, eager) = '
+          f'{100 * statistics.median(share):.2f}% of the {args.model} forward')
 
 
 if __name__ == '__main__':

@@ -180,6 +180,10 @@ class MultiHeadAutoAlignment(nn.Module):
         b, seq_len, dim = x.shape
         p = self.num_parts
         qkv = self.qkv(x).reshape(b, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if p:
+            # one copy into (3, B, H, L, d): the [PART] matmuls then need no copies of k and v of their own, and
+            # the fused attention none of its inputs
+            qkv = qkv.contiguous()
         q, k, v = qkv.unbind(0)
         drop = self.attn_drop.p if self.training else 0.
 
