@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped, stripe_assignment
+from .triton_assign import sinkhorn_assign_cosine_triton, triton_available
 
 __all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'AssignmentScore', 'PartSelfKey']
 
@@ -60,6 +61,10 @@ class MultiHeadAutoAlignment(nn.Module):
             original self-attention (Eq. 1)" over the sequence, which then contains the [PART]s, so the default is
             True; the text does not settle it.
     """
+
+    # on CUDA with Triton, the Sinkhorn assignment runs as one fused kernel (triton_assign.py); set False for the
+    # PyTorch path everywhere
+    fused_assignment: bool = True
 
     def __init__(
             self,
@@ -115,6 +120,8 @@ class MultiHeadAutoAlignment(nn.Module):
         names = ('group_gather_index', 'group_slot_size', 'group_of_part', 'slot_of_part')
         for name, tensor in zip(names, PartGroupLayout.tensors(self.part_groups, device=device)):
             self.register_buffer(name, tensor, persistent=False)
+        sizes = [self.part_groups[g] for g in range(len(self.part_groups)) for _ in range(self.part_groups[g])]
+        self.register_buffer('group_size_of_part', torch.tensor(sizes, device=device), persistent=False)
         stripes = stripe_assignment(self.part_groups, self.grid_size, device=device)
         self.register_buffer('stripe_mask', stripes, persistent=False)
 
@@ -136,6 +143,13 @@ class MultiHeadAutoAlignment(nn.Module):
         if self.assignment == 'stripes':
             b, h, p, _ = q_parts.shape
             return self.stripe_mask.expand(b, h, p, k_patches.shape[-2])
+        if (self.fused_assignment and self.assignment == 'sinkhorn' and self.assignment_score == 'cosine'
+                and self.sinkhorn_epsilon >= 0.05 and triton_available(q_parts)
+                and not torch.compiler.is_compiling()):
+            # one kernel instead of ~25 launch-bound ones (eager GPU); torch.compile fuses the PyTorch path itself
+            return sinkhorn_assign_cosine_triton(
+                q_parts, k_patches, self.group_of_part, self.group_size_of_part, len(self.part_groups),
+                self.sinkhorn_epsilon, self.sinkhorn_iters)
         with _autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
             if self.assignment == 'nearest':
