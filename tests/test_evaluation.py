@@ -62,3 +62,20 @@ def test_bad_input_names_the_field():
         evaluate(np.zeros((2, 4)), np.zeros((3, 4)), [1, 2], [1, 2, 3], [0, 0], [0, 1])
     with pytest.raises(ValueError, match='no query has a positive'):
         evaluate(np.zeros((1, 4)), np.zeros((2, 4)), [1], [2, 3], [0], [0, 1])
+
+
+def test_exact_ties_are_ordered_by_gallery_index_like_a_stable_sort():
+    rng = np.random.default_rng(2)
+    # small integer features: every distance is exact in float64 whatever the BLAS, so ties are real ties in both
+    # implementations (duplicated images, and many coincidences besides)
+    base = rng.integers(-3, 4, size=(60, 8)).astype(np.float64)
+    gf = np.concatenate([base, base[:30]])
+    g_pids = np.concatenate([rng.integers(0, 6, 60), rng.integers(0, 6, 30)])
+    g_cams = rng.integers(0, 3, 90)
+    qf = rng.integers(-3, 4, size=(15, 8)).astype(np.float64)
+    q_pids, q_cams = rng.integers(0, 6, 15), rng.integers(0, 3, 15)
+    fast = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    ref = evaluate_reference(qf, gf, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    np.testing.assert_allclose(fast['cmc'], ref['cmc'], atol=1e-12)
+    assert fast['mAP'] == pytest.approx(ref['mAP'], abs=1e-12)
+    assert fast['mINP'] == pytest.approx(ref['mINP'], abs=1e-12)
