@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from aaformer_hf import evaluation
 from aaformer_hf.evaluation import evaluate, flip_features
 from benchmarks.reid_eval_reference import evaluate_reference
 
@@ -26,12 +27,16 @@ def test_hand_computed_case():
     np.testing.assert_allclose(out['cmc'], [0.5, 1, 1, 1, 1, 1])
 
 
+@pytest.mark.parametrize('budget', [0, 10 ** 9])  # force the sorting path, then the comparing path
+@pytest.mark.parametrize('clustered', [False, True])
 @pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
 @pytest.mark.parametrize('chunk_size', [1, 7, 1000])
-def test_matches_numpy_reference(metric, chunk_size):
+def test_matches_numpy_reference(metric, chunk_size, clustered, budget, monkeypatch):
+    monkeypatch.setattr(evaluation, '_COMPARE_BUDGET', budget)
     rng = np.random.default_rng(0)
-    qf, gf = rng.normal(size=(40, 16)), rng.normal(size=(300, 16))
     q_pids, g_pids = rng.integers(0, 12, 40), rng.integers(0, 12, 300)
+    centres = rng.normal(size=(12, 16)) * (3 if clustered else 0)  # clustered: positives near the top
+    qf, gf = centres[q_pids] + rng.normal(size=(40, 16)), centres[g_pids] + rng.normal(size=(300, 16))
     q_cams, g_cams = rng.integers(0, 4, 40), rng.integers(0, 4, 300)
     fast = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric, chunk_size=chunk_size)
     ref = evaluate_reference(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric)
@@ -64,7 +69,9 @@ def test_bad_input_names_the_field():
         evaluate(np.zeros((1, 4)), np.zeros((2, 4)), [1], [2, 3], [0], [0, 1])
 
 
-def test_exact_ties_are_ordered_by_gallery_index_like_a_stable_sort():
+@pytest.mark.parametrize('budget', [0, 10 ** 9])
+def test_exact_ties_are_ordered_by_gallery_index_like_a_stable_sort(budget, monkeypatch):
+    monkeypatch.setattr(evaluation, '_COMPARE_BUDGET', budget)
     rng = np.random.default_rng(2)
     # small integer features: every distance is exact in float64 whatever the BLAS, so ties are real ties in both
     # implementations (duplicated images, and many coincidences besides)
