@@ -1,3 +1,3 @@
-"""Re-ID data: dataset loaders and the PK sampler; transforms and the synthetic generator follow (issue #3)."""
+"""Re-ID data: dataset loaders, the PK sampler and a synthetic Market-layout generator (``data.synthetic``)."""
 from .datasets import ReIDDatasetError, load_reid_dataset
 from .sampler import PKSampler
