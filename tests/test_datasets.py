@@ -52,3 +52,29 @@ def test_errors_name_the_path(tmp_path):
         load_reid_dataset('market1501', tmp_path)
     with pytest.raises(ValueError, match='unknown dataset'):
         load_reid_dataset('imagenet', tmp_path)
+
+
+@pytest.mark.parametrize('version', ['V1', 'V2'])
+def test_msmt17_lists(tmp_path, version):
+    train_dir, test_dir = ('train', 'test') if version == 'V1' else ('mask_train_v2', 'mask_test_v2')
+    train = ['0000/0000_000_01_0303morning_0015_0.jpg 0', '0000/0000_001_05_0303morning_0016_0.jpg 0',
+             '0001/0001_000_02_0303noon_0101_1.jpg 1']
+    val = ['0002/0002_000_03_0303afternoon_0200_0.jpg 2']
+    query = ['0000/0000_000_12_0303morning_0500_0.jpg 0']
+    gallery = ['0000/0000_010_13_0303morning_0501_1.jpg 0', '0007/0007_000_01_0303morning_0600_0.jpg 7']
+    for folder, lines in ((train_dir, train + val), (test_dir, query + gallery)):
+        for line in lines:
+            relative = line.split()[0]
+            write(tmp_path / folder / relative.split('/')[0], [relative.split('/')[1]])
+    for name, lines in (('train', train), ('val', val), ('query', query), ('gallery', gallery)):
+        (tmp_path / f'list_{name}.txt').write_text('\n'.join(lines) + '\n')
+    ds = load_reid_dataset('msmt17', tmp_path)
+    assert list(ds['train']['pid']) == [0, 0, 1] and list(ds['train']['camid']) == [0, 4, 1]
+    assert list(ds['query']['camid']) == [11] and list(ds['gallery']['pid']) == [0, 7]
+    with_val = load_reid_dataset('msmt17', tmp_path, include_val=True)
+    assert len(with_val['train']) == 4 and list(with_val['train']['pid_original'])[-1] == 2
+    (tmp_path / 'list_query.txt').write_text('0000/not_msmt.jpg 0\n')
+    with pytest.raises(ReIDDatasetError, match='list_query.txt:1: expected'):
+        load_reid_dataset('msmt17', tmp_path)
+    with pytest.raises(ValueError, match='unknown option'):
+        load_reid_dataset('market1501', tmp_path, include_val=True)

@@ -5,8 +5,8 @@ Columns: ``image`` (``datasets.Image``, decoded lazily and always to RGB), ``pid
 gallery keep their original ids. As in every toolkit, junk images (pid -1) are dropped and distractors (pid 0) stay
 in the gallery.
 
-So far: Market-1501 and DukeMTMC-reID (and Occluded-Duke, which uses DukeMTMC's file names). MSMT17, CUHK03-NP,
-custom folders and Hub datasets follow (issue #3).
+So far: Market-1501, DukeMTMC-reID, Occluded-Duke (DukeMTMC's file names) and MSMT17 V1/V2. CUHK03-NP, custom
+folders and Hub datasets follow (issue #3).
 """
 import re
 from pathlib import Path
@@ -76,19 +76,71 @@ def _standard_layout(root: Path, parse) -> datasets.DatasetDict:
     })
 
 
-_LOADERS: Dict[str, Callable[[Path], datasets.DatasetDict]] = {
+def _msmt_list(list_file: Path, image_dir: Path) -> List[Tuple[str, int, int]]:
+    """MSMT17 list lines: ``0000/0000_000_01_0303morning_0015_0.jpg 0`` (path under the image folder, pid); the
+    camera is the file name's third field."""
+    if not list_file.is_file():
+        raise ReIDDatasetError(f'{list_file}: list file not found')
+    records = []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            relative, pid = line.split()
+            cam = int(Path(relative).name.split('_')[2])
+            pid = int(pid)
+        except (ValueError, IndexError):
+            raise ReIDDatasetError(f'{list_file}:{number}: expected "<path> <pid>" with an MSMT17 file name, got '
+                                   f'{line!r}') from None
+        records.append((str(image_dir / relative), pid, cam - 1))
+    if not records:
+        raise ReIDDatasetError(f'{list_file}: no images listed')
+    return records
+
+
+def _msmt17(root: Path, include_val: bool = False) -> datasets.DatasetDict:
+    """MSMT17 V1 (``train/``, ``test/``) or V2 (``mask_train_v2/``, ``mask_test_v2/``) with its list files.
+
+    ``include_val`` adds ``list_val.txt`` (identities of the training set) to training. Off by default, as in
+    torchreid and fast-reid; TransReID and CLIP-ReID turn it on, which is one reason papers' numbers differ.
+    """
+    v2 = (root / 'mask_train_v2').is_dir()
+    train_dir, test_dir = (root / 'mask_train_v2', root / 'mask_test_v2') if v2 else (root / 'train', root / 'test')
+    for folder in (train_dir, test_dir):
+        if not folder.is_dir():
+            raise ReIDDatasetError(f'{folder}: folder not found (expected MSMT17 V1 train/ test/ or V2 mask_*_v2/)')
+    train = _msmt_list(root / 'list_train.txt', train_dir)
+    if include_val:
+        train += _msmt_list(root / 'list_val.txt', train_dir)
+    return datasets.DatasetDict({
+        'train': _to_dataset(train, relabel=True),
+        'query': _to_dataset(_msmt_list(root / 'list_query.txt', test_dir), relabel=False),
+        'gallery': _to_dataset(_msmt_list(root / 'list_gallery.txt', test_dir), relabel=False),
+    })
+
+
+_LOADERS: Dict[str, Callable[..., datasets.DatasetDict]] = {
     'market1501': lambda root: _standard_layout(root, _market_name),
     'dukemtmc': lambda root: _standard_layout(root, _duke_name),
     'occluded_duke': lambda root: _standard_layout(root, _duke_name),
+    'msmt17': _msmt17,
 }
 
 
-def load_reid_dataset(name: str, root) -> datasets.DatasetDict:
-    """Load a re-ID dataset from ``root`` (the folder holding ``bounding_box_train/``, ``query/`` and
-    ``bounding_box_test/``) as a ``DatasetDict`` with splits ``train``, ``query`` and ``gallery``."""
+def load_reid_dataset(name: str, root, **options) -> datasets.DatasetDict:
+    """Load a re-ID dataset from ``root`` as a ``DatasetDict`` with splits ``train``, ``query`` and ``gallery``.
+
+    ``root`` holds ``bounding_box_train/``, ``query/`` and ``bounding_box_test/`` (Market-1501, DukeMTMC-reID,
+    Occluded-Duke) or MSMT17's image folders and list files. Options: ``include_val`` (MSMT17 only).
+    """
     if name not in _LOADERS:
         raise ValueError(f'unknown dataset {name!r}; available: {", ".join(sorted(_LOADERS))}')
     root = Path(root)
     if not root.is_dir():
         raise ReIDDatasetError(f'{root}: dataset folder not found')
-    return _LOADERS[name](root)
+    try:
+        return _LOADERS[name](root, **options)
+    except TypeError as error:
+        if options and 'unexpected keyword' in str(error):
+            raise ValueError(f'unknown option(s) {sorted(options)} for dataset {name!r}') from None
+        raise
