@@ -37,11 +37,6 @@ def synthetic_person(seed: int = 0, size=(128, 256)) -> Image.Image:
     return img
 
 
-def part_counts(assigned: torch.Tensor) -> torch.Tensor:
-    """(H, P, N) assignment -> (H, P) number of patches per part in each head."""
-    return assigned.sum(-1)
-
-
 def assignment_png(image: Image.Image, assigned: torch.Tensor, groups: Sequence[int], grid, path: Path) -> None:
     """Image beside one panel per group; each patch coloured by its part (majority over heads)."""
     h, w = grid
@@ -89,7 +84,7 @@ def main(argv=None) -> None:
     print(f'embedding  {tuple(embedding.shape[1:])} = (1 CLS + {model.num_parts} [PART]s) x {model.embed_dim}')
     if model.num_parts:
         last = tokens.assignments[-1][0]  # (H, P, N)
-        counts = part_counts(last)
+        counts = last.sum(-1)  # (H, P) patches per part in each head
         n = last.shape[-1]
         print(f'patches per [PART] in the last layer ({n} patches, {last.shape[0]} heads; mean [min-max] over heads):')
         part = 0

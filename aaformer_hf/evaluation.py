@@ -33,14 +33,26 @@ def _tensor(x: ArrayLike, device, dtype) -> torch.Tensor:
     return torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x)).to(device=device, dtype=dtype)
 
 
+class _GalleryDistance:
+    """Distances from query chunks to one gallery; the gallery's norms are computed once, not per chunk."""
+
+    def __init__(self, gallery: torch.Tensor, metric: str) -> None:
+        if metric not in ('euclidean', 'cosine'):
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        self.metric = metric
+        self.gallery_t = (F.normalize(gallery, dim=1) if metric == 'cosine' else gallery).t()
+        self.gallery_sq = gallery.pow(2).sum(1).unsqueeze(0) if metric == 'euclidean' else None
+
+    def __call__(self, query: torch.Tensor) -> torch.Tensor:
+        if self.metric == 'cosine':
+            return 1 - F.normalize(query, dim=1) @ self.gallery_t
+        dist = query.pow(2).sum(1, keepdim=True) + self.gallery_sq
+        return torch.addmm(dist, query, self.gallery_t, beta=1, alpha=-2).clamp_(min=0)
+
+
 def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 'euclidean') -> torch.Tensor:
     """(Q, D) x (G, D) -> (Q, G) distances: 'euclidean' (squared, as the toolkits rank by) or 'cosine' (1 - cos)."""
-    if metric == 'euclidean':
-        dist = query.pow(2).sum(1, keepdim=True) + gallery.pow(2).sum(1).unsqueeze(0)
-        return torch.addmm(dist, query, gallery.t(), beta=1, alpha=-2).clamp_(min=0)
-    if metric == 'cosine':
-        return 1 - F.normalize(query, dim=1) @ F.normalize(gallery, dim=1).t()
-    raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    return _GalleryDistance(gallery, metric)(query)
 
 
 def flip_features(embed, images: torch.Tensor) -> torch.Tensor:
@@ -174,6 +186,7 @@ def evaluate(
         qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
 
     max_rank = min(max_rank, gf.shape[0])
+    distance = _GalleryDistance(gf, metric)
     index = _IdentityIndex(g_pids)
     totals = dict(cmc=torch.zeros(max_rank, dtype=torch.float64, device=device), ap=0.0, inp=0.0, valid=0)
     for start in range(0, qf.shape[0], chunk_size):
@@ -183,7 +196,7 @@ def evaluate(
         if not has_positive.any():
             continue
         rows = has_positive.nonzero().squeeze(1) + start
-        dist = pairwise_distance(qf[rows], gf, metric)
+        dist = distance(qf[rows])
         ranks = _positive_ranks(dist, same_index[rows - start], same_valid[rows - start], q_cams[rows], g_cams)
         _accumulate(totals, ranks, max_rank)
     num_valid = totals['valid']

@@ -5,7 +5,9 @@ import ot
 import pytest
 import torch
 
-from aaformer_hf.layers import nearest_assign, sinkhorn_assign, sinkhorn_plan, stripe_assignment
+from aaformer_hf.layers import (
+    MultiHeadAutoAlignment, nearest_assign, sinkhorn_assign, sinkhorn_plan, stripe_assignment,
+)
 
 
 def swav_reference(scores: np.ndarray, epsilon: float, iters: int) -> np.ndarray:
@@ -143,6 +145,9 @@ def test_bad_groups_raise():
         sinkhorn_assign(torch.randn(4, 10), (2, 3))
     with pytest.raises(ValueError, match='positive'):
         sinkhorn_assign(torch.randn(2, 10), (2, 0))
+    with pytest.raises(ValueError, match='num_iters'):
+        MultiHeadAutoAlignment(16, num_heads=2, part_groups=(2,), sinkhorn_iters=0).assign(
+            torch.randn(1, 2, 2, 8), torch.randn(1, 2, 10, 8))
 
 
 @pytest.mark.parametrize('sizes', [(2, 3), (6,)])

@@ -120,8 +120,8 @@ class MultiHeadAutoAlignment(nn.Module):
         names = ('group_gather_index', 'group_slot_size', 'group_of_part', 'slot_of_part')
         for name, tensor in zip(names, PartGroupLayout.tensors(self.part_groups, device=device)):
             self.register_buffer(name, tensor, persistent=False)
-        sizes = [self.part_groups[g] for g in range(len(self.part_groups)) for _ in range(self.part_groups[g])]
-        self.register_buffer('group_size_of_part', torch.tensor(sizes, device=device), persistent=False)
+        self.register_buffer(
+            'group_size_of_part', self.group_slot_size[:, 0].index_select(0, self.group_of_part), persistent=False)
         stripes = stripe_assignment(self.part_groups, self.grid_size, device=device)
         self.register_buffer('stripe_mask', stripes, persistent=False)
 

@@ -145,9 +145,13 @@ def _exp_sinkhorn(scaled: torch.Tensor, layout: PartGroupLayout, num_iters: int,
     return kernel, u, v
 
 
-def _grouped_scores(scores: torch.Tensor, layout: PartGroupLayout, epsilon: float, num_iters: int):
+def _check_iters(num_iters: int) -> None:
     if num_iters < 1:
         raise ValueError(f'num_iters must be >= 1, got {num_iters}')
+
+
+def _grouped_scores(scores: torch.Tensor, layout: PartGroupLayout, epsilon: float, num_iters: int):
+    _check_iters(num_iters)
     scores = scores.float()
     return _to_groups(scores if epsilon == 1.0 else scores / epsilon, layout)
 
@@ -207,6 +211,7 @@ def sinkhorn_assign_grouped(grouped: torch.Tensor, layout: PartGroupLayout, num_
                             log_domain: bool = True) -> torch.Tensor:
     """``sinkhorn_assign`` on scores already divided by ε and laid out as (..., G, P_max, N) (rows in
     ``layout.gather_index`` order, padding rows arbitrary), e.g. computed from gathered [PART] queries."""
+    _check_iters(num_iters)
     valid = layout.slot_group_size.unsqueeze(-1) > 0
     if log_domain:
         log_q = _log_sinkhorn(grouped, valid, layout, num_iters, final_column_step=False)
