@@ -78,3 +78,77 @@ def test_msmt17_lists(tmp_path, version):
         load_reid_dataset('msmt17', tmp_path)
     with pytest.raises(ValueError, match='unknown option'):
         load_reid_dataset('market1501', tmp_path, include_val=True)
+
+
+@pytest.mark.parametrize('variant', ['labeled', 'detected'])
+def test_cuhk03_np(tmp_path, variant):
+    base = tmp_path / 'cuhk03-np' / variant
+    write(base / 'bounding_box_train', ['0001_c1_1.png', '0001_c2_6.png', '0003_c1_2.png'])
+    write(base / 'query', ['0002_c1_1.png'])
+    write(base / 'bounding_box_test', ['0002_c2_6.png', '0004_c1_1.png'])
+    ds = load_reid_dataset('cuhk03', tmp_path / 'cuhk03-np', variant=variant)
+    assert list(ds['train']['pid']) == [0, 0, 1] and list(ds['train']['camid']) == [0, 1, 0]
+    assert list(ds['gallery']['pid']) == [2, 4] and ds['query'][0]['path'].endswith(f'{variant}/query/0002_c1_1.png')
+    other = 'detected' if variant == 'labeled' else 'labeled'
+    with pytest.raises(ReIDDatasetError, match=f'{other}: folder not found'):
+        load_reid_dataset('cuhk03', tmp_path / 'cuhk03-np', variant=other)
+    with pytest.raises(ValueError, match='variant must be'):
+        load_reid_dataset('cuhk03', tmp_path / 'cuhk03-np', variant='both')
+
+
+def test_custom_folder_layout(tmp_path):
+    write(tmp_path / 'train' / '17' / '0', ['a.jpg', 'b.jpg'])
+    write(tmp_path / 'train' / '5' / '2', ['c.png'], mode='P')
+    write(tmp_path / 'query' / '9' / '1', ['q.jpg'])
+    write(tmp_path / 'gallery' / '9' / '0', ['g.jpg'], mode='RGBA')
+    write(tmp_path / 'gallery' / '0' / '3', ['h.jpg'])
+    ds = load_reid_dataset('folder', tmp_path)
+    # sorted by path: train/17/... before train/5/...
+    assert list(ds['train']['pid_original']) == [17, 17, 5] and list(ds['train']['pid']) == [1, 1, 0]
+    assert list(ds['train']['camid']) == [0, 0, 2] and ds['train'][2]['image'].mode == 'RGB'
+    assert list(ds['gallery']['pid']) == [0, 9] and ds['gallery'][1]['image'].mode == 'RGB'
+    write(tmp_path / 'query' / 'alice' / '1', ['x.jpg'])
+    with pytest.raises(ReIDDatasetError, match=r'alice/1/x.jpg: expected <split>/<pid>/<camid>/<image>'):
+        load_reid_dataset('folder', tmp_path)
+
+
+def test_datasets_repo_local_and_saved(tmp_path):
+    import datasets
+    write(tmp_path / 'img', ['a.png', 'b.png', 'c.png'])
+    image = lambda n: str(tmp_path / 'img' / n)  # noqa: E731
+    features = datasets.Features({'image': datasets.Image(), 'pid': datasets.Value('int64'),
+                                  'camid': datasets.Value('int64')})
+    splits = {'train': ([image('a.png'), image('b.png')], [30, 12], [0, 1]),
+              'query': ([image('c.png')], [4], [0]), 'gallery': ([image('a.png')], [4], [1])}
+    dsd = datasets.DatasetDict({name: datasets.Dataset.from_dict(
+        {'image': paths, 'pid': pids, 'camid': cams}, features=features) for name, (paths, pids, cams) in splits.items()})
+    dsd.save_to_disk(str(tmp_path / 'saved'))
+    for name, (_, pids, _) in splits.items():  # a local repo of parquet files, as `datasets` would find on the Hub
+        (tmp_path / 'repo' / 'data').mkdir(parents=True, exist_ok=True)
+        dsd[name].to_parquet(str(tmp_path / 'repo' / 'data' / f'{name}-00000-of-00001.parquet'))
+    for source in (tmp_path / 'saved', tmp_path / 'repo'):
+        ds = load_reid_dataset('hub', source)
+        assert list(ds['train']['pid']) == [1, 0] and list(ds['train']['pid_original']) == [30, 12]
+        assert list(ds['query']['pid']) == [4] and ds['gallery'][0]['image'].mode == 'RGB'
+    broken = datasets.DatasetDict({'train': dsd['train'], 'query': dsd['query'].remove_columns('camid'),
+                                   'gallery': dsd['gallery']})
+    broken.save_to_disk(str(tmp_path / 'broken'))
+    with pytest.raises(ReIDDatasetError, match=r"\[query\]: missing column\(s\) \['camid'\]"):
+        load_reid_dataset('hub', tmp_path / 'broken')
+
+
+def test_truncated_and_unreadable_images(tmp_path, caplog):
+    write(tmp_path / 'bounding_box_train', ['0002_c1s1_000451_03.jpg', '0003_c1s1_000451_03.jpg',
+                                            '0004_c2s1_000551_01.jpg'])
+    write(tmp_path / 'query', ['0001_c1s1_001051_00.jpg'])
+    write(tmp_path / 'bounding_box_test', ['0001_c2s1_000301_01.jpg'])
+    whole = (tmp_path / 'bounding_box_train' / '0003_c1s1_000451_03.jpg').read_bytes()
+    (tmp_path / 'bounding_box_train' / '0003_c1s1_000451_03.jpg').write_bytes(whole[:len(whole) // 2])
+    (tmp_path / 'bounding_box_train' / '0002_c1s1_000451_03.jpg').write_bytes(b'not an image')
+    with pytest.raises(ReIDDatasetError, match=r'2 unreadable or truncated image\(s\) in train: .*0002_c1s1.*0003_c1s1'):
+        load_reid_dataset('market1501', tmp_path)
+    with caplog.at_level('WARNING'):
+        ds = load_reid_dataset('market1501', tmp_path, skip_bad_images=True)
+    assert 'skipped 2 unreadable or truncated image(s) in train' in caplog.text
+    assert list(ds['train']['pid_original']) == [4] and list(ds['train']['pid']) == [0]
+    assert len(load_reid_dataset('market1501', tmp_path, verify_images=False)['train']) == 3

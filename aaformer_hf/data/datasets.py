@@ -5,16 +5,27 @@ Columns: ``image`` (``datasets.Image``, decoded lazily and always to RGB), ``pid
 gallery keep their original ids. As in every toolkit, junk images (pid -1) are dropped and distractors (pid 0) stay
 in the gallery.
 
-So far: Market-1501, DukeMTMC-reID, Occluded-Duke (DukeMTMC's file names) and MSMT17 V1/V2. CUHK03-NP, custom
-folders and Hub datasets follow (issue #3).
+Layouts: Market-1501, DukeMTMC-reID, Occluded-Duke (DukeMTMC's file names), MSMT17 V1/V2, CUHK03-NP (labeled or
+detected), a custom folder layout (``folder``) and any ``datasets`` repo, on the Hub or saved locally, that has
+``train``/``query``/``gallery`` splits with ``image``/``pid``/``camid`` columns (``hub``).
+
+Every image is opened and fully decoded once at load time (threads, with a progress bar), so an unreadable or
+truncated file fails here, naming its path, rather than in epoch 37. ``skip_bad_images=True`` drops such files
+instead and logs how many and which; ``verify_images=False`` skips the check.
 """
+import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import datasets
+from PIL import Image
+from tqdm.auto import tqdm
 
-__all__ = ['load_reid_dataset', 'ReIDDatasetError']
+__all__ = ['load_reid_dataset', 'ReIDDatasetError', 'DATASET_NAMES']
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 
@@ -36,6 +47,14 @@ def _duke_name(path: Path) -> Tuple[int, int]:
     match = re.match(r'^(-?\d+)_c(\d+)_f\d+$', path.stem)
     if not match:
         raise ReIDDatasetError(f'{path}: file name does not follow the DukeMTMC-reID pattern PPPP_cC_fFFFFFFF')
+    return int(match.group(1)), int(match.group(2))
+
+
+def _cuhk03_name(path: Path) -> Tuple[int, int]:
+    # CUHK03-NP: 0001_c1_1.png: person 1, camera 1 (of the pair), image 1
+    match = re.match(r'^(\d+)_c(\d+)_\d+$', path.stem)
+    if not match:
+        raise ReIDDatasetError(f'{path}: file name does not follow the CUHK03-NP pattern PPPP_cC_N')
     return int(match.group(1)), int(match.group(2))
 
 
@@ -119,28 +138,150 @@ def _msmt17(root: Path, include_val: bool = False) -> datasets.DatasetDict:
     })
 
 
+def _cuhk03(root: Path, variant: str = 'labeled') -> datasets.DatasetDict:
+    """CUHK03-NP, the 767/700-identity protocol of Zhong et al. (CVPR 2017), in the Market layout under
+    ``labeled/`` (hand-drawn boxes) or ``detected/`` (DPM boxes); ``root`` may also be that subfolder itself.
+
+    ``variant`` defaults to 'labeled' (fast-reid's default; torchreid defaults to detected): papers report both,
+    so say which one a number is for.
+    """
+    if variant not in ('labeled', 'detected'):
+        raise ValueError(f"cuhk03 variant must be 'labeled' or 'detected', got {variant!r}")
+    folder = root / variant if (root / variant).is_dir() else root
+    if not (folder / 'bounding_box_train').is_dir():
+        raise ReIDDatasetError(f'{root / variant}: folder not found (expected CUHK03-NP\'s {variant}/ with '
+                               'bounding_box_train/, query/, bounding_box_test/)')
+    return _standard_layout(folder, _cuhk03_name)
+
+
+def _folder_split(folder: Path) -> List[Tuple[str, int, int]]:
+    if not folder.is_dir():
+        raise ReIDDatasetError(f'{folder}: folder not found')
+    records = []
+    for path in sorted(folder.glob('*/*/*')):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        pid_name, cam_name = path.parent.parent.name, path.parent.name
+        if not (pid_name.isdigit() and cam_name.isdigit()):
+            raise ReIDDatasetError(f'{path}: expected <split>/<pid>/<camid>/<image> with non-negative integer pid '
+                                   'and camid folders')
+        records.append((str(path), int(pid_name), int(cam_name)))
+    if not records:
+        raise ReIDDatasetError(f'{folder}: no images (expected <pid>/<camid>/<image> below it)')
+    return records
+
+
+def _folder(root: Path) -> datasets.DatasetDict:
+    """A custom layout: ``root/{train,query,gallery}/<pid>/<camid>/<image>``, pid and camid (0-based) being
+    non-negative integer folder names. Query and gallery identities must share ids; pid 0 is an ordinary identity
+    here (no junk/distractor convention)."""
+    return datasets.DatasetDict({split: _to_dataset(_folder_split(root / split), relabel=split == 'train')
+                                 for split in ('train', 'query', 'gallery')})
+
+
+def _relabel(ds: datasets.Dataset) -> datasets.Dataset:
+    """pid := rank of pid_original among the split's distinct ids (0..C-1)."""
+    mapping = {pid: label for label, pid in enumerate(sorted(set(ds['pid_original'])))}
+    return ds.map(lambda pid: {'pid': mapping[pid]}, input_columns='pid_original', desc='relabel')
+
+
+def _from_datasets_repo(source: str, **load_options) -> datasets.DatasetDict:
+    """A ``datasets`` repo (Hub id or local path; a folder written by ``save_to_disk`` also works) with splits
+    train/query/gallery and columns image/pid/camid. Training ids are relabelled 0..C-1 as for the other layouts."""
+    path = Path(source)
+    if (path / 'dataset_dict.json').is_file():
+        loaded = datasets.load_from_disk(str(path))
+    else:
+        loaded = datasets.load_dataset(source, **load_options)
+    missing = {'train', 'query', 'gallery'} - set(loaded)
+    if missing:
+        raise ReIDDatasetError(f'{source}: missing split(s) {sorted(missing)}; found {sorted(loaded)}')
+    out = {}
+    for split in ('train', 'query', 'gallery'):
+        ds = loaded[split]
+        lacking = {'image', 'pid', 'camid'} - set(ds.column_names)
+        if lacking:
+            raise ReIDDatasetError(f'{source} [{split}]: missing column(s) {sorted(lacking)}')
+        ds = ds.cast_column('image', datasets.Image(mode='RGB'))
+        if split == 'train':
+            ds = _relabel(ds.add_column('pid_original', list(ds['pid'])))
+        out[split] = ds
+    return datasets.DatasetDict(out)
+
+
 _LOADERS: Dict[str, Callable[..., datasets.DatasetDict]] = {
     'market1501': lambda root: _standard_layout(root, _market_name),
     'dukemtmc': lambda root: _standard_layout(root, _duke_name),
     'occluded_duke': lambda root: _standard_layout(root, _duke_name),
     'msmt17': _msmt17,
+    'cuhk03': _cuhk03,
+    'folder': _folder,
 }
+DATASET_NAMES = tuple(sorted(_LOADERS)) + ('hub',)
 
 
-def load_reid_dataset(name: str, root, **options) -> datasets.DatasetDict:
-    """Load a re-ID dataset from ``root`` as a ``DatasetDict`` with splits ``train``, ``query`` and ``gallery``.
-
-    ``root`` holds ``bounding_box_train/``, ``query/`` and ``bounding_box_test/`` (Market-1501, DukeMTMC-reID,
-    Occluded-Duke) or MSMT17's image folders and list files. Options: ``include_val`` (MSMT17 only).
-    """
-    if name not in _LOADERS:
-        raise ValueError(f'unknown dataset {name!r}; available: {", ".join(sorted(_LOADERS))}')
-    root = Path(root)
-    if not root.is_dir():
-        raise ReIDDatasetError(f'{root}: dataset folder not found')
+def _check_image(path: str) -> Optional[str]:
+    """None if the file decodes completely, else the reason."""
     try:
-        return _LOADERS[name](root, **options)
-    except TypeError as error:
-        if options and 'unexpected keyword' in str(error):
-            raise ValueError(f'unknown option(s) {sorted(options)} for dataset {name!r}') from None
-        raise
+        with Image.open(path) as image:
+            image.load()  # full decode: catches truncated files, which Image.verify() lets through
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        return f'{type(error).__name__}: {error}'
+    return None
+
+
+def _verify_images(dsd: datasets.DatasetDict, skip: bool, workers: int = 8) -> datasets.DatasetDict:
+    out = {}
+    for split, ds in dsd.items():
+        if 'path' not in ds.column_names:  # images embedded in a datasets repo: decoded on access instead
+            out[split] = ds
+            continue
+        paths = ds['path']
+        with ThreadPoolExecutor(workers) as pool:
+            reasons = list(tqdm(pool.map(_check_image, paths), total=len(paths), desc=f'checking {split} images',
+                                leave=False, disable=len(paths) < 1000))
+        bad = [(p, r) for p, r in zip(paths, reasons) if r is not None]
+        if bad and not skip:
+            listing = '; '.join(f'{p} ({r})' for p, r in bad[:5])
+            raise ReIDDatasetError(f'{len(bad)} unreadable or truncated image(s) in {split}: {listing}'
+                                   f'{" ..." if len(bad) > 5 else ""} (pass skip_bad_images=True to drop them)')
+        if bad:
+            logger.warning('skipped %d unreadable or truncated image(s) in %s: %s', len(bad), split,
+                           ', '.join(p for p, _ in bad))
+            keep = [i for i, r in enumerate(reasons) if r is None]
+            if not keep:
+                raise ReIDDatasetError(f'{split}: every image is unreadable')
+            ds = ds.select(keep)
+            if split == 'train':  # dropped images may take identities with them: relabel again
+                ds = _relabel(ds)
+        out[split] = ds
+    return datasets.DatasetDict(out)
+
+
+def load_reid_dataset(name: str, root, verify_images: bool = True, skip_bad_images: bool = False,
+                      **options) -> datasets.DatasetDict:
+    """Load a re-ID dataset as a ``DatasetDict`` with splits ``train``, ``query`` and ``gallery``.
+
+    Args:
+        name: one of ``DATASET_NAMES``: market1501, dukemtmc, occluded_duke, msmt17, cuhk03, folder, hub.
+        root: the dataset folder (for ``hub``: a Hub dataset id or a local ``datasets`` folder).
+        verify_images: decode every image file once now, so a bad file fails here with its path.
+        skip_bad_images: drop unreadable/truncated files instead of failing (they are counted and logged).
+        options: ``include_val`` (msmt17), ``variant`` ('labeled' | 'detected', cuhk03), or ``datasets.load_dataset``
+            keyword arguments (hub, e.g. ``revision``).
+    """
+    if name == 'hub':
+        dsd = _from_datasets_repo(str(root), **options)
+    else:
+        if name not in _LOADERS:
+            raise ValueError(f'unknown dataset {name!r}; available: {", ".join(DATASET_NAMES)}')
+        root = Path(root)
+        if not root.is_dir():
+            raise ReIDDatasetError(f'{root}: dataset folder not found')
+        try:
+            dsd = _LOADERS[name](root, **options)
+        except TypeError as error:
+            if options and 'unexpected keyword' in str(error):
+                raise ValueError(f'unknown option(s) {sorted(options)} for dataset {name!r}') from None
+            raise
+    return _verify_images(dsd, skip_bad_images) if verify_images else dsd
