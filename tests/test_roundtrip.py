@@ -115,3 +115,20 @@ def test_feature_extraction_pipeline_returns_the_reid_embedding(tmp_path):
     embedding = torch.tensor(extractor(image))
     expected = model(AAformerImageProcessor()(image, return_tensors='pt')['pixel_values']).pooler_output
     torch.testing.assert_close(embedding.reshape(expected.shape), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(assignment='stripes', part_groups=(6,), drop_path_rate=0.1),
+                                    dict(part_groups=(), attn_drop_rate=0.1, embedding='before_bnneck')])
+def test_config_from_timm_model(tmp_path, pixels, kwargs):
+    """A model made (and trained) through timm is described by a config, wrapped, saved and reloaded unchanged."""
+    timm_model = timm.create_model('aaformer_tiny', num_classes=9, **kwargs).eval()
+    config = AAformerConfig.from_timm_model(timm_model, num_labels=9)
+    assert config.num_hidden_layers == 4 and config.hidden_size == 64 and config.intermediate_size == 256
+    rebuilt = timm.create_model('aaformer_tiny', num_classes=9, **{
+        k: v for k, v in config.timm_kwargs().items() if k not in ('embed_dim', 'depth', 'num_heads')})
+    assert repr(rebuilt) == repr(timm_model)  # same architecture, dropout rates included
+    model = AAformerForReID(config)
+    model.load_state_dict(timm_model.state_dict())
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForPersonReID.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(pixels).logits, timm_model(pixels), atol=0, rtol=0)

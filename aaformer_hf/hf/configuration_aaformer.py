@@ -109,6 +109,28 @@ class AAformerConfig(TimmBackedConfig):
     def num_parts(self) -> int:
         return sum(self.part_groups)
 
+    @classmethod
+    def from_timm_model(cls, model, **kwargs) -> 'AAformerConfig':
+        """The config describing an existing timm ``AAformer`` (e.g. one made by ``timm.create_model`` and trained),
+        so it can be wrapped by the transformers classes and saved with ``save_pretrained``. ``kwargs`` add or
+        override fields (e.g. ``num_labels``, ``id2label``)."""
+        block, attn = model.blocks[0], model.blocks[0].attn
+        last_drop_path = getattr(model.blocks[-1].drop_path1, 'drop_prob', 0.0)
+        fields = dict(
+            image_size=tuple(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size[0],
+            num_channels=model.in_chans, hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks),
+            num_attention_heads=attn.num_heads, intermediate_size=block.mlp.fc1.out_features,
+            qkv_bias=attn.qkv.bias is not None, part_groups=model.part_groups, assignment=attn.assignment,
+            assignment_score=attn.assignment_score, sinkhorn_epsilon=attn.sinkhorn_epsilon,
+            sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
+            patches_see_parts=attn.patches_see_parts, part_init=model.part_init,
+            part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
+            hidden_dropout_prob=attn.proj_drop.p, attention_probs_dropout_prob=attn.attn_drop.p,
+            drop_path_rate=last_drop_path, classifier_dropout=model.head_drop.p)
+        if model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1] or model.pos_drop.p:
+            raise ValueError('AAformerConfig describes square patches and no position dropout')
+        return cls(**{**fields, **kwargs})
+
     def timm_kwargs(self) -> Dict[str, Any]:
         return dict(
             img_size=tuple(self.image_size),
