@@ -100,6 +100,9 @@ class AAformerPreTrainedModel(TimmBackedPreTrainedModel):
 class AAformerModel(AAformerPreTrainedModel):
     """AAformer encoder; `pooler_output` is the re-ID embedding."""
 
+    # a re-ID checkpoint's identity classifiers are expected, unused weights for the encoder
+    _keys_to_ignore_on_load_unexpected = [r'head\.weight']
+
     def __init__(self, config: AAformerConfig):
         super().__init__(config)
         self.timm_model = self._build_timm_model(num_classes=0)

@@ -447,7 +447,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
     ViT checkpoints (ImageNet): drop the ImageNet head, resample the position grid (e.g. 14x14 -> 16x8) with the old
     grid size given explicitly, and keep the model's freshly initialised [PART] tokens, BNNeck and classifiers (or
     initialise [PART]s from the CLS token when ``part_init='cls'``). AAformer checkpoints load as they are, with the
-    position grid resampled if the resolution differs.
+    position grid resampled if the resolution differs and the identity classifiers dropped when the model has none or
+    has them for another number of identities.
     """
     state_dict = state_dict.get('state_dict', state_dict)
     state_dict = state_dict.get('model', state_dict)
@@ -456,6 +457,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
     out = {}
     for k, v in state_dict.items():
         if is_vit and (k.startswith('head.') or k.startswith('fc_norm.') or k.startswith('head_drop')):
+            continue
+        if k.startswith('head.') and (k not in own or own[k].shape != v.shape):
+            # a trained re-ID checkpoint's identity classifiers, loaded as a feature extractor (num_classes=0) or
+            # for other identities: the classifiers belong to the training identities, keep the model's own
+            _logger.info('not loading %s %s: the model has %s', k, tuple(v.shape),
+                         tuple(own[k].shape) if k in own else 'no identity classifier')
             continue
         if k == 'pos_embed' and v.shape != own['pos_embed'].shape:
             v = resample_abs_pos_embed(

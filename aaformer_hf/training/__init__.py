@@ -1,0 +1,33 @@
+"""Training: the config (YAML + flags), PK loaders with position-seeded augmentation, and the accelerate loop."""
+from typing import Optional, Sequence
+
+from .config import BASELINES, TrainConfig, parse_config
+from .loop import FAMILIES, Family, build_model, lr_at, train
+
+__all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'format_summary', 'lr_at', 'main',
+           'parse_config', 'train']
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """``examples/train.py``'s entry point: parse the config and flags, train, print the final table."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
+    summary = train(parse_config(argv))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    rows = [('R1', 'rank1'), ('R5', 'rank5'), ('R10', 'rank10'), ('mAP', 'mAP'), ('mINP', 'mINP')]
+    lines = ['| ' + ' | '.join(name for name, _ in rows) + ' |', '|' + '---:|' * len(rows),
+             '| ' + ' | '.join(f'{100 * summary[key]:.1f}' for _, key in rows) + ' |',
+             f'{summary["num_valid_queries"]} valid queries, {summary["epochs"]} epochs' + (
+                 f', {summary["images_per_second"]:.1f} images/s (data wait {100 * summary["data_wait_share"]:.0f} %)'
+                 if summary['images_per_second'] else ''),
+             f'model folder: {summary["model_dir"]}  (AutoModel.from_pretrained or timm pretrained_cfg_overlay file)']
+    return '\n'.join(lines)

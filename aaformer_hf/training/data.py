@@ -1,0 +1,99 @@
+"""Training and evaluation loaders: PK batches whose augmentation is a pure function of (seed, epoch, position).
+
+Seeding every item's augmentation from its position in the epoch (not from a worker's RNG stream) makes a resumed run
+see exactly the images an uninterrupted one would, whatever the number of workers and wherever it resumed.
+"""
+import random
+from typing import Callable, Iterator, Optional, Tuple
+
+import datasets
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data import PKSampler
+
+__all__ = ['ReIDItems', 'SeededEpochSampler', 'train_loader', 'eval_loader']
+
+
+class ReIDItems(Dataset):
+    """A re-ID ``datasets.Dataset`` as (pixels, pid, camid) items. A key is an index, or (index, seed) to run the
+    transform under that seed (the caller's RNG state is left as it was)."""
+
+    def __init__(self, dataset: datasets.Dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _load(self, index: int):
+        try:
+            return self.dataset[index]
+        except Exception as error:  # name the file: PIL's own message does not
+            path = self.dataset[index:index + 1].get('path', ['?'])
+            raise RuntimeError(f'cannot load item {index} ({path[0]}): {error}') from error
+
+    def __getitem__(self, key) -> Tuple[torch.Tensor, int, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        row = self._load(int(index))
+        if seed is None:
+            pixels = self.transform(row['image'])
+        else:
+            python_state = random.getstate()  # timm's RandomErasing draws from `random`, torchvision from torch
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                pixels = self.transform(row['image'])
+            random.setstate(python_state)
+        return pixels, row['pid'], row['camid']
+
+
+class SeededEpochSampler(Sampler):
+    """This process's items of one PK epoch as (index, seed) keys, from batch ``start_batch`` on."""
+
+    def __init__(self, pk: PKSampler, seed: int) -> None:
+        self.pk, self.seed = pk, seed
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+        self.pk.set_epoch(epoch)
+
+    @property
+    def batch_size(self) -> int:
+        return self.pk.ids_per_batch * self.pk.num_instances
+
+    def __len__(self) -> int:
+        return len(self.pk) - self.start_batch * self.batch_size
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        skip = self.start_batch * self.batch_size
+        base = ((self.seed * 1_000_003 + self.epoch) * 4_099 + self.pk.rank) * 10_000_019
+        for position, index in enumerate(self.pk):
+            if position >= skip:
+                yield index, (base + position) % 2 ** 63
+
+
+def _loader_kwargs(num_workers: int, seed: int) -> dict:
+    return dict(num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                # an explicit generator: creating an iterator must not draw from the global RNG (exact resume)
+                generator=torch.Generator().manual_seed(seed))
+
+
+def train_loader(dataset: datasets.Dataset, transform: Callable, batch_size: int, num_instances: int, seed: int,
+                 num_workers: int, num_replicas: int = 1, rank: int = 0) -> Tuple[DataLoader, SeededEpochSampler]:
+    """PK batches of ``batch_size`` (over all processes) for this process; returns the loader and its sampler."""
+    if batch_size % (num_instances * num_replicas):
+        raise ValueError(f'batch_size ({batch_size}) must be divisible by num_instances x processes '
+                         f'({num_instances} x {num_replicas})')
+    per_process = batch_size // num_replicas
+    pk = PKSampler(dataset['pid'], per_process, num_instances, seed=seed, num_replicas=num_replicas, rank=rank)
+    sampler = SeededEpochSampler(pk, seed)
+    loader = DataLoader(ReIDItems(dataset, transform), batch_size=per_process, sampler=sampler, drop_last=True,
+                        **_loader_kwargs(num_workers, seed))
+    return loader, sampler
+
+
+def eval_loader(dataset: datasets.Dataset, transform: Callable, batch_size: int, num_workers: int,
+                seed: Optional[int] = 0) -> DataLoader:
+    return DataLoader(ReIDItems(dataset, transform), batch_size=batch_size, shuffle=False,
+                      **_loader_kwargs(num_workers, seed))

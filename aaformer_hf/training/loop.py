@@ -1,0 +1,280 @@
+"""The training loop behind ``accelerate launch examples/train.py``: one CPU, one GPU or many.
+
+A model family plugs in through ``FAMILIES``: its timm class maps to its transformers config and re-ID class and its
+objective; everything else (data, schedule, checkpoints, evaluation, saving) is shared.
+"""
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple, Type
+
+import timm
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from timm.optim import create_optimizer_v2
+from tqdm.auto import tqdm
+
+from ..data import build_transforms, load_reid_dataset
+from ..data.synthetic import generate_market_layout
+from ..evaluation import evaluate
+from ..hf import AAformerConfig, AAformerForReID, AAformerImageProcessor
+from ..losses import AAformerLoss
+from ..models.aaformer import AAformer
+from .config import TrainConfig
+from .data import eval_loader, train_loader
+
+__all__ = ['Family', 'FAMILIES', 'train', 'lr_at', 'build_model']
+
+logger = logging.getLogger(__name__)
+STATE_FILE = 'trainer_state.json'
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a model family trains: its transformers config / re-ID classes and its objective."""
+    config_class: Type
+    reid_class: Type
+    make_loss: Callable[[TrainConfig], nn.Module]
+
+
+FAMILIES: Dict[Type[nn.Module], Family] = {
+    AAformer: Family(AAformerConfig, AAformerForReID, lambda c: AAformerLoss(
+        label_smoothing=c.label_smoothing, margin=c.triplet_margin, id_weight=c.id_loss_weight,
+        triplet_weight=c.triplet_loss_weight)),
+}
+
+
+def lr_at(step: float, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Learning rate after ``step`` optimiser steps: linear warm-up from warmup_lr to lr, then cosine to min_lr."""
+    epoch = step / steps_per_epoch
+    if epoch < config.warmup_epochs:
+        return config.warmup_lr + (config.lr - config.warmup_lr) * epoch / config.warmup_epochs
+    span = max(config.epochs - config.warmup_epochs, 1e-12)
+    progress = min((epoch - config.warmup_epochs) / span, 1.0)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[int, str]] = None):
+    """The timm model (pretrained through timm's own loading path when asked), wrapped by its family's
+    transformers re-ID class so the result saves with ``save_pretrained`` in the shared weight layout."""
+    overlay = dict(file=str(config.pretrained_file)) if config.pretrained_file else None
+    if config.pretrained_file and not Path(config.pretrained_file).is_file():
+        raise FileNotFoundError(f'{config.pretrained_file}: pretrained_file not found')
+    timm_model = timm.create_model(
+        config.model, pretrained=config.pretrained or bool(overlay), num_classes=num_classes,
+        pretrained_cfg_overlay=overlay, **config.model_kwargs())
+    family = FAMILIES.get(type(timm_model))
+    if family is None:
+        raise ValueError(f'{config.model!r} is not a model family this trainer knows '
+                         f'({", ".join(f.__name__ for f in FAMILIES)})')
+    hf_config = family.config_class.from_timm_model(
+        timm_model, num_labels=num_classes, label_smoothing=config.label_smoothing, id2label=id2label)
+    model = family.reid_class(hf_config)
+    model.load_state_dict(timm_model.state_dict())
+    return model, timm_model.pretrained_cfg, family
+
+
+def _load_data(config: TrainConfig):
+    if config.dataset == 'synthetic':
+        root = Path(config.data_root)
+        if not root.exists():
+            logger.info('generating the SYNTHETIC dataset into %s', root)
+            generate_market_layout(root, seed=config.seed)
+        return load_reid_dataset('market1501', root, **config.dataset_options)
+    return load_reid_dataset(config.dataset, config.data_root, **config.dataset_options)
+
+
+def _checkpoints(output_dir: Path):
+    """Complete checkpoint folders, oldest first (by optimiser step)."""
+    found = []
+    for folder in (output_dir / 'checkpoints').glob('*'):
+        state = folder / STATE_FILE
+        if folder.is_dir() and state.is_file():
+            found.append((json.loads(state.read_text())['global_step'], folder))
+    return [folder for _, folder in sorted(found)]
+
+
+@torch.no_grad()
+def extract(model, loader, accelerator: Accelerator, flip: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embeddings, pids and camids of a (prepared) loader, gathered from every process without padding."""
+    model.eval()
+    feats, pids, cams = [], [], []
+    embed = lambda x: model(pixel_values=x).embeddings  # noqa: E731
+    for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=not accelerator.is_local_main_process):
+        emb = (embed(pixels) + embed(pixels.flip(-1))) / 2 if flip else embed(pixels)
+        emb, pid, cam = accelerator.gather_for_metrics((emb.float().contiguous(), pid, cam))
+        feats.append(emb.cpu()), pids.append(pid.cpu()), cams.append(cam.cpu())
+    return torch.cat(feats), torch.cat(pids), torch.cat(cams)
+
+
+def run_evaluation(model, query_loader, gallery_loader, accelerator: Accelerator, config: TrainConfig
+                   ) -> Dict[str, Any]:
+    qf, q_pids, q_cams = extract(model, query_loader, accelerator, config.flip_test)
+    gf, g_pids, g_cams = extract(model, gallery_loader, accelerator, config.flip_test)
+    result = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=config.eval_metric,
+                      normalize=config.eval_normalize)
+    cmc = result['cmc']
+    return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
+            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': result['mAP'], 'mINP': result['mINP'],
+            'num_valid_queries': result['num_valid_queries']}
+
+
+def _save_model(model, accelerator: Accelerator, folder: Path, pretrained_cfg: Dict[str, Any]) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(folder)
+        AAformerImageProcessor.from_timm_pretrained_cfg(pretrained_cfg).save_pretrained(folder)
+    accelerator.wait_for_everyone()
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Train and evaluate; returns (and writes to ``output_dir/metrics.json``) the final evaluation."""
+    if config.push_to_hub:
+        from ..hub import check_push_supported
+        check_push_supported(config.hub_model_id)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to if config.with_tracking else None, project_dir=config.output_dir)
+    output_dir = Path(config.output_dir)
+    if config.batch_size % (config.num_instances * accelerator.num_processes):
+        raise ValueError(f'batch_size ({config.batch_size}) must be divisible by num_instances x processes '
+                         f'({config.num_instances} x {accelerator.num_processes})')
+    set_seed(config.seed)
+    data = _load_data(config)
+    originals = data['train']['pid_original']
+    id2label = {label: str(pid) for label, pid in sorted(set(zip(data['train']['pid'], originals)))}
+    model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
+    criterion = family.make_loss(config)
+
+    loader, sampler = train_loader(
+        data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
+        config.seed, config.num_workers, accelerator.num_processes, accelerator.process_index)
+    test_transform = build_transforms(pretrained_cfg, train=False)
+    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, config.num_workers)
+    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, config.num_workers)
+    micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
+    steps_per_epoch = micro_per_epoch // config.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
+
+    optimizer = create_optimizer_v2(model.timm_model, 'sgd', lr=config.lr, weight_decay=config.weight_decay,
+                                    momentum=config.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_at(step, steps_per_epoch, config) / config.lr)
+    # the train loader is not prepared: the PK sampler already deals whole identities to each process
+    model, optimizer, query_loader, gallery_loader = accelerator.prepare(
+        model, optimizer, query_loader, gallery_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    if config.with_tracking:
+        accelerator.init_trackers('aaformer_hf', config={
+            k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v)
+            for k, v in config.to_dict().items()})
+
+    state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
+    if config.resume_from_checkpoint:
+        folder = Path(config.resume_from_checkpoint)
+        if config.resume_from_checkpoint == 'latest':
+            found = _checkpoints(output_dir)
+            if not found:
+                raise FileNotFoundError(f'{output_dir / "checkpoints"}: no checkpoint to resume from')
+            folder = found[-1]
+        if not (folder / STATE_FILE).is_file():
+            raise FileNotFoundError(f'{folder}: not a complete checkpoint (no {STATE_FILE})')
+        accelerator.load_state(str(folder))
+        state = json.loads((folder / STATE_FILE).read_text())
+        accelerator.print(f'resumed from {folder}: epoch {state["epoch"]}, step {state["step_in_epoch"]}')
+
+    def save_checkpoint(name: str) -> None:
+        final, partial = output_dir / 'checkpoints' / name, output_dir / 'checkpoints' / f'.incomplete-{name}'
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)  # a folder is a checkpoint only once complete
+            if config.checkpoints_total_limit:
+                for old in _checkpoints(output_dir)[:-config.checkpoints_total_limit]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def evaluate_now(epoch: int) -> Dict[str, Any]:
+        metrics = run_evaluation(model, query_loader, gallery_loader, accelerator, config)
+        accelerator.print(f'epoch {epoch}: ' + '  '.join(
+            f'{k} {v:.4f}' for k, v in metrics.items() if k != 'num_valid_queries'))
+        if config.with_tracking:
+            accelerator.log({f'eval/{k}': v for k, v in metrics.items()}, step=state['global_step'])
+        if state['best'] is None or metrics['mAP'] > state['best']['mAP']:
+            state['best'] = dict(metrics, epoch=epoch)
+            _save_model(model, accelerator, output_dir / 'best_model', pretrained_cfg)
+        return metrics
+
+    images, compute_time, wait_time = 0, 0.0, 0.0
+    metrics: Optional[Dict[str, Any]] = None
+    epochs = 0 if config.eval_only else config.epochs
+    every_steps = None if config.checkpointing_steps in (None, 'epoch') else int(config.checkpointing_steps)
+    accumulation = config.gradient_accumulation_steps
+    progress = tqdm(total=epochs * steps_per_epoch, initial=state['global_step'], desc='training',
+                    disable=not accelerator.is_local_main_process)
+    for epoch in range(state['epoch'], epochs):
+        model.train()
+        sampler.set_epoch(epoch, start_batch=state['step_in_epoch'] * accumulation)
+        batches = iter(loader)
+        for micro in range(state['step_in_epoch'] * accumulation, micro_per_epoch):
+            started = time.perf_counter()
+            pixels, pids, _ = next(batches)
+            pixels, pids = pixels.to(accelerator.device, non_blocking=True), pids.to(accelerator.device)
+            waited = time.perf_counter()
+            sync = (micro + 1) % accumulation == 0
+            with nullcontext() if sync else accelerator.no_sync(model):
+                out = model(pixel_values=pixels)
+                losses = criterion(out.logits, out.features, pids)
+                accelerator.backward(losses['loss'] / accumulation)
+            if sync:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state['global_step'] += 1
+                state['step_in_epoch'] = (micro + 1) // accumulation
+                progress.update(1)
+                progress.set_postfix(loss=f'{losses["loss"].item():.3f}', epoch=epoch)
+                if config.with_tracking:
+                    accelerator.log({'train/' + k: v.item() for k, v in losses.items()}
+                                    | {'train/lr': scheduler.get_last_lr()[0]}, step=state['global_step'])
+            images += pixels.shape[0] * accelerator.num_processes
+            wait_time += waited - started
+            compute_time += time.perf_counter() - waited
+            if sync and every_steps and state['global_step'] % every_steps == 0:
+                save_checkpoint(f'step_{state["global_step"]}')
+        del batches
+        state['epoch'], state['step_in_epoch'] = epoch + 1, 0
+        if config.checkpointing_steps == 'epoch':
+            save_checkpoint(f'epoch_{epoch + 1}')
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
+            metrics = evaluate_now(epoch + 1)
+    progress.close()
+    if metrics is None:  # resumed after the last epoch, or eval_only
+        metrics = evaluate_now(state['epoch'])
+
+    _save_model(model, accelerator, output_dir / 'model', pretrained_cfg)
+    elapsed = wait_time + compute_time
+    summary = dict(metrics, epochs=state['epoch'], images_per_second=images / elapsed if elapsed else None,
+                   data_wait_share=wait_time / elapsed if elapsed else None, best=state['best'],
+                   model=config.model, baseline=config.baseline, dataset=config.dataset,
+                   processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))
+    if accelerator.is_main_process:
+        (output_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
+    if config.with_tracking:
+        accelerator.end_training()
+    if config.push_to_hub:
+        from ..hub import push_model_folder
+        push_model_folder(output_dir / 'model', config.hub_model_id)
+    return summary

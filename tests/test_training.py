@@ -1,0 +1,139 @@
+"""Training: the schedule by hand, bad input before training, a tiny end-to-end run that learns, exact
+kill-and-resume (with a different number of loader workers), two CPU processes, and the saved model's front doors."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from aaformer_hf.data.synthetic import generate_market_layout
+from aaformer_hf.training import TrainConfig, lr_at, parse_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = str(ROOT / 'examples' / 'train.py')
+
+
+@pytest.fixture(scope='module')
+def synthetic_root(tmp_path_factory):
+    """A small SYNTHETIC Market-layout set: 24 training identities, 12 test identities."""
+    return generate_market_layout(tmp_path_factory.mktemp('synthetic') / 'market', train_ids=24, test_ids=12,
+                                  images_per_id=6, distractors=4, junk=2, seed=3)
+
+
+def tiny(root, out, **overrides):
+    values = dict(model='aaformer_tiny', pretrained=False, dataset='market1501', data_root=str(root),
+                  output_dir=str(out), epochs=3, warmup_epochs=1, batch_size=16, num_instances=4, eval_every=100,
+                  num_workers=0, eval_batch_size=64, checkpointing_steps=None)
+    values.update(overrides)
+    return values
+
+
+def flags(values):
+    out = []
+    for key, value in values.items():
+        out += [f'--{key}', json.dumps(value) if isinstance(value, dict) else str(value)]
+    return out
+
+
+def test_schedule_by_hand():
+    config = TrainConfig(data_root='x')  # the paper's recipe: 10 warm-up epochs 8e-4 -> 8e-3, cosine to 120
+    assert lr_at(0, 100, config) == pytest.approx(8e-4)
+    assert lr_at(500, 100, config) == pytest.approx(8e-4 + 0.5 * (8e-3 - 8e-4))
+    assert lr_at(1000, 100, config) == pytest.approx(8e-3)
+    assert lr_at(6500, 100, config) == pytest.approx(1.6e-5 + 0.5 * (8e-3 - 1.6e-5))  # half-way through the cosine
+    assert lr_at(12000, 100, config) == pytest.approx(1.6e-5)
+    assert lr_at(1000 + 110 * 100 / 3, 100, config) == pytest.approx(
+        1.6e-5 + 0.5 * (8e-3 - 1.6e-5) * (1 + math.cos(math.pi / 3)))
+
+
+def test_bad_input_fails_before_training(tmp_path, synthetic_root):
+    config_file = tmp_path / 'bad.yaml'
+    config_file.write_text('model: aaformer_tiny\nlearning_rate: 0.1\n')
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown config key\(s\) \['learning_rate'\]"):
+        parse_config(['--config', str(config_file), '--data_root', 'x'])
+    with pytest.raises(ValueError, match=r'batch_size \(30\) must be a positive multiple of num_instances \(4\)'):
+        parse_config(['--data_root', 'x', '--batch_size', '30'])
+    with pytest.raises(ValueError, match='baseline must be one of'):
+        parse_config(['--data_root', 'x', '--baseline', 'resnet'])
+    from aaformer_hf.data import ReIDDatasetError
+    with pytest.raises(ReIDDatasetError, match='missing: dataset folder not found'):
+        train(TrainConfig(**tiny(tmp_path / 'missing', tmp_path / 'out')))
+    with pytest.raises(NotImplementedError, match='pushing to the Hub is not implemented yet'):
+        train(TrainConfig(**tiny(synthetic_root, tmp_path / 'out'), push_to_hub=True))
+    assert not (tmp_path / 'out').exists()  # nothing was trained or written
+    # flags override the file, dict fields take JSON
+    config_file.write_text('model: aaformer_tiny\nepochs: 7\nbaseline: pcb\n')
+    config = parse_config(['--config', str(config_file), '--data_root', 'x', '--epochs', '2',
+                           '--model_args', '{"drop_path_rate": 0.1}', '--flip_test', '--warmup_epochs', '1'])
+    assert config.epochs == 2 and config.flip_test and config.model_kwargs() == dict(
+        drop_path_rate=0.1, assignment='stripes', part_groups=(6,))
+
+
+def test_tiny_run_learns_and_saves_both_front_doors(tmp_path, synthetic_root):
+    untrained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'untrained', eval_only=True)))
+    trained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'run', epochs=6)))
+    assert trained['mAP'] > untrained['mAP'] + 0.15, (untrained['mAP'], trained['mAP'])
+    metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    assert metrics['epochs'] == 6 and metrics['images_per_second'] > 0 and metrics['num_valid_queries'] == 12
+    assert metrics['mAP'] == pytest.approx(trained['mAP'])
+    # the model folder: transformers' AutoModel and timm both load it and give the same embedding
+    model_dir = tmp_path / 'run' / 'model'
+    encoder = AutoModel.from_pretrained(model_dir).eval()
+    timm_model = timm.create_model('aaformer_tiny', pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=str(model_dir / 'model.safetensors'))).eval()
+    pixels = torch.randn(2, 3, 256, 128)
+    torch.testing.assert_close(encoder(pixel_values=pixels).pooler_output, timm_model(pixels), atol=0, rtol=0)
+    assert (tmp_path / 'run' / 'best_model' / 'model.safetensors').is_file()
+
+
+def _run(args, env=None, **kwargs):
+    return subprocess.Popen([sys.executable, TRAIN_SCRIPT, *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_kill_and_resume_is_exact(tmp_path, synthetic_root):
+    common = tiny(synthetic_root, None, epochs=3, checkpointing_steps=2)
+    whole = dict(common, output_dir=str(tmp_path / 'whole'))
+    out = _run(flags(whole)).communicate()[0]
+    assert (tmp_path / 'whole' / 'model' / 'model.safetensors').is_file(), out[-3000:]
+
+    # the same run, killed (SIGKILL) once its first checkpoint exists, resumed with 2 loader workers instead of 0
+    broken = dict(common, output_dir=str(tmp_path / 'broken'))
+    process = _run(flags(broken))
+    first = tmp_path / 'broken' / 'checkpoints' / 'step_2'
+    deadline = time.time() + 300
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, 'the run ended before it could be interrupted'
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (tmp_path / 'broken' / 'model').exists()
+    resumed = _run(flags(dict(broken, resume_from_checkpoint='latest', num_workers=2))).communicate()[0]
+    assert 'resumed from' in resumed, resumed[-3000:]
+    a = load_file(tmp_path / 'whole' / 'model' / 'model.safetensors')
+    b = load_file(tmp_path / 'broken' / 'model' / 'model.safetensors')
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different
+
+
+def test_two_cpu_processes(tmp_path, synthetic_root):
+    values = tiny(synthetic_root, tmp_path / 'ddp', epochs=2, batch_size=16)
+    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29531',
+               TRAIN_SCRIPT, *flags(values)]
+    done = subprocess.run(command, env={**os.environ, 'ACCELERATE_USE_CPU': 'true', 'OMP_NUM_THREADS': '1'},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((tmp_path / 'ddp' / 'metrics.json').read_text())
+    # every query evaluated exactly once although each process saw half of them (gather_for_metrics)
+    assert metrics['processes'] == 2 and metrics['num_valid_queries'] == 12
+    assert (tmp_path / 'ddp' / 'model' / 'model.safetensors').is_file()
