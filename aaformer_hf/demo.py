@@ -1,10 +1,11 @@
-"""Demo: build an AAformer, embed one image, and show how its patches were assigned to [PART]s.
+"""Demo: embed one image with an AAformer and show how its patches were assigned to [PART]s.
 
-    python -m aaformer_hf.demo                       # the embedded default: a SYNTHETIC person image, tiny model, CPU
+    python -m aaformer_hf.demo                       # a SYNTHETIC person image, a tiny model with random weights, CPU
+    python -m aaformer_hf.demo --model_dir outputs/synthetic/model --image data/synthetic_market/query/<a file>
     python -m aaformer_hf.demo --image me.jpg --model aaformer_base
 
-The default model has random weights (no pretrained re-ID weights ship yet), so the assignment shows the mechanism,
-not learned body parts. Writes a PNG of the last layer's assignment next to the image.
+With random weights the assignment shows the mechanism, not learned body parts; ``--model_dir`` takes a trained
+model folder (``save_pretrained``, e.g. what examples/train.py writes). Writes a PNG of the last layer's assignment.
 """
 import argparse
 from pathlib import Path
@@ -15,7 +16,7 @@ import timm
 import torch
 from PIL import Image, ImageDraw
 
-from .hf import AAformerImageProcessor
+from .hf import AAformerImageProcessor, AAformerModel
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -60,6 +61,7 @@ def assignment_png(image: Image.Image, assigned: torch.Tensor, groups: Sequence[
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='aaformer_tiny', help='timm model name (default: aaformer_tiny)')
+    parser.add_argument('--model_dir', type=Path, help='a trained model folder (save_pretrained); overrides --model')
     parser.add_argument('--image', type=Path, help='an image file (default: a synthetic person)')
     parser.add_argument('--output_dir', type=Path, default=Path('outputs/demo'))
     parser.add_argument('--seed', type=int, default=0)
@@ -72,14 +74,22 @@ def main(argv=None) -> None:
         image, source = Image.open(args.image).convert('RGB'), str(args.image)
     else:
         image, source = synthetic_person(args.seed), 'SYNTHETIC person image (generated, not a real photo)'
-    model = timm.create_model(args.model).eval()
-    processor = AAformerImageProcessor.from_timm_pretrained_cfg(model.pretrained_cfg)
+    if args.model_dir is not None:
+        if not (args.model_dir / 'config.json').is_file():
+            raise SystemExit(f'error: not a model folder (no config.json): {args.model_dir}')
+        model = AAformerModel.from_pretrained(args.model_dir).timm_model.eval()
+        processor = AAformerImageProcessor.from_pretrained(args.model_dir)
+        name = f'{args.model_dir} (trained)'
+    else:
+        model = timm.create_model(args.model).eval()
+        processor = AAformerImageProcessor.from_timm_pretrained_cfg(model.pretrained_cfg)
+        name = f'{args.model} (random init: shows the mechanism, not learned parts)'
     pixels = processor(image, return_tensors='pt')['pixel_values']
     with torch.no_grad():
         tokens = model.forward_tokens(pixels, output_assignments=True)
         embedding = model.forward_head(tokens.last_hidden_state, pre_logits=True)
 
-    print(f'model      {args.model} (random init: shows the mechanism, not learned parts)')
+    print(f'model      {name}')
     print(f'image      {source}')
     print(f'embedding  {tuple(embedding.shape[1:])} = (1 CLS + {model.num_parts} [PART]s) x {model.embed_dim}')
     if model.num_parts:

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ['evaluate', 'pairwise_distance', 'flip_features']
+from .reranking import re_rank
+
+__all__ = ['evaluate', 'pairwise_distance', 'flip_features', 're_rank']
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -150,6 +152,7 @@ def evaluate(
         chunk_size: int = 256,
         device: Optional[Union[str, torch.device]] = None,
         dtype: torch.dtype = torch.float64,
+        distmat: Optional[ArrayLike] = None,
 ) -> Dict[str, Union[np.ndarray, float, int]]:
     """Rank the gallery for every query and score it under the Market-1501 protocol.
 
@@ -164,6 +167,8 @@ def evaluate(
         dtype: precision of the distances. float64 (default) ranks exactly as a float64 reference does; float32 is
             about twice as fast, but squared distances of raw features collide at float32 resolution often enough
             to reorder a few near-ties.
+        distmat: a precomputed (Q, G) distance matrix to rank by instead of distances of the features (e.g. from
+            ``re_rank``); the features are then not used and may be None.
 
     Returns:
         dict with ``cmc`` (numpy float array, CMC@1..max_rank), ``mAP``, ``mINP``, ``num_valid_queries`` and
@@ -173,6 +178,13 @@ def evaluate(
         raise ValueError('max_rank and chunk_size must be >= 1')
     device = torch.device(device) if device is not None else (
         query_features.device if isinstance(query_features, torch.Tensor) else torch.device('cpu'))
+    if distmat is not None:
+        distmat = _tensor(distmat, device, dtype)
+        if distmat.ndim != 2:
+            raise ValueError(f'distmat must be (Q, G), got {tuple(distmat.shape)}')
+        # stand-in features: only their shapes are used
+        query_features, gallery_features = distmat.new_empty(distmat.shape[0], 1), distmat.new_empty(
+            distmat.shape[1], 1)
     qf, gf = _tensor(query_features, device, dtype), _tensor(gallery_features, device, dtype)
     q_pids, g_pids = _tensor(q_pids, device, torch.long), _tensor(g_pids, device, torch.long)
     q_cams, g_cams = _tensor(q_camids, device, torch.long), _tensor(g_camids, device, torch.long)
@@ -186,7 +198,7 @@ def evaluate(
         qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
 
     max_rank = min(max_rank, gf.shape[0])
-    distance = _GalleryDistance(gf, metric)
+    distance = _GalleryDistance(gf, metric) if distmat is None else None
     index = _IdentityIndex(g_pids)
     totals = dict(cmc=torch.zeros(max_rank, dtype=torch.float64, device=device), ap=0.0, inp=0.0, valid=0)
     for start in range(0, qf.shape[0], chunk_size):
@@ -196,7 +208,7 @@ def evaluate(
         if not has_positive.any():
             continue
         rows = has_positive.nonzero().squeeze(1) + start
-        dist = distance(qf[rows])
+        dist = distance(qf[rows]) if distance is not None else distmat[rows]
         ranks = _positive_ranks(dist, same_index[rows - start], same_valid[rows - start], q_cams[rows], g_cams)
         _accumulate(totals, ranks, max_rank)
     num_valid = totals['valid']

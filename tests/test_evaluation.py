@@ -86,3 +86,34 @@ def test_exact_ties_are_ordered_by_gallery_index_like_a_stable_sort(budget, monk
     np.testing.assert_allclose(fast['cmc'], ref['cmc'], atol=1e-12)
     assert fast['mAP'] == pytest.approx(ref['mAP'], abs=1e-12)
     assert fast['mINP'] == pytest.approx(ref['mINP'], abs=1e-12)
+
+
+@pytest.mark.parametrize('k1,k2,lam', [(20, 6, 0.3), (5, 1, 0.5), (7, 3, 0.0)])
+def test_re_rank_matches_reference(k1, k2, lam):
+    from aaformer_hf.evaluation import re_rank
+    from benchmarks.reid_rerank_reference import re_rank_reference
+    rng = np.random.default_rng(k1)
+    ids = rng.integers(0, 12, 110)
+    centres = rng.normal(size=(12, 16))
+    feats = centres[ids] + 0.8 * rng.normal(size=(110, 16))
+    qf, gf = feats[:25], feats[25:]
+    expected = re_rank_reference(qf, gf, k1=k1, k2=k2, lambda_value=lam)
+    got = re_rank(torch.from_numpy(qf), torch.from_numpy(gf), k1=k1, k2=k2, lambda_value=lam, chunk_size=16,
+                  dtype=torch.float64)
+    assert got.shape == (25, 85)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-9, rtol=0)
+    # float32 and the evaluator on the re-ranked distances
+    got32 = re_rank(torch.from_numpy(qf).float(), torch.from_numpy(gf).float(), k1=k1, k2=k2, lambda_value=lam)
+    np.testing.assert_allclose(got32.numpy(), expected, atol=1e-5, rtol=0)
+    cams = rng.integers(0, 3, 110)
+    fast = evaluate(None, None, ids[:25], ids[25:], cams[:25], cams[25:], distmat=got)
+    by_reference = evaluate_reference_on_distances(expected, ids[:25], ids[25:], cams[:25], cams[25:])
+    assert fast['mAP'] == pytest.approx(by_reference['mAP'], abs=1e-12)
+    np.testing.assert_allclose(fast['cmc'][:10], by_reference['cmc'][:10], atol=1e-12)
+
+
+def evaluate_reference_on_distances(distmat, q_pids, g_pids, q_cams, g_cams):
+    from unittest import mock
+    import benchmarks.reid_eval_reference as reference
+    with mock.patch.object(reference, 'distance_matrix', lambda *args, **kwargs: distmat):
+        return reference.evaluate_reference(None, None, q_pids, g_pids, q_cams, g_cams)

@@ -24,7 +24,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 def format_summary(summary: dict) -> str:
     rows = [('R1', 'rank1'), ('R5', 'rank5'), ('R10', 'rank10'), ('mAP', 'mAP'), ('mINP', 'mINP')]
-    lines = ['| ' + ' | '.join(name for name, _ in rows) + ' |', '|' + '---:|' * len(rows),
+    dataset = summary['dataset'] + (' (SYNTHETIC images: says nothing about real re-ID accuracy)'
+                                    if summary['dataset'] == 'synthetic' else '')
+    variant = summary['model'] + (f', baseline {summary["baseline"]}' if summary['baseline'] else '')
+    lines = [f'{variant} on {dataset}','| ' + ' | '.join(name for name, _ in rows) + ' |', '|' + '---:|' * len(rows),
              '| ' + ' | '.join(f'{100 * summary[key]:.1f}' for _, key in rows) + ' |',
              f'{summary["num_valid_queries"]} valid queries, {summary["epochs"]} epochs' + (
                  f', {summary["images_per_second"]:.1f} images/s (data wait {100 * summary["data_wait_share"]:.0f} %)'

@@ -39,7 +39,8 @@ class TrainConfig:
     # data
     dataset: str = 'market1501'  # a load_reid_dataset name, or 'synthetic' (generated into data_root if missing)
     data_root: Optional[str] = None
-    dataset_options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {"include_val": true}
+    # loader options, e.g. {"include_val": true}; for 'synthetic', generator options, e.g. {"train_ids": 100}
+    dataset_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     num_workers: int = 4
 
     # optimisation (AAformer §IV-A)

@@ -83,12 +83,12 @@ def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[i
 
 
 def _load_data(config: TrainConfig):
-    if config.dataset == 'synthetic':
+    if config.dataset == 'synthetic':  # dataset_options go to the generator (train_ids, test_ids, occlusion...)
         root = Path(config.data_root)
         if not root.exists():
             logger.info('generating the SYNTHETIC dataset into %s', root)
-            generate_market_layout(root, seed=config.seed)
-        return load_reid_dataset('market1501', root, **config.dataset_options)
+            generate_market_layout(root, **{'seed': config.seed, **config.dataset_options})
+        return load_reid_dataset('market1501', root)
     return load_reid_dataset(config.dataset, config.data_root, **config.dataset_options)
 
 
@@ -208,8 +208,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
     def evaluate_now(epoch: int) -> Dict[str, Any]:
         metrics = run_evaluation(model, query_loader, gallery_loader, accelerator, config)
-        accelerator.print(f'epoch {epoch}: ' + '  '.join(
-            f'{k} {v:.4f}' for k, v in metrics.items() if k != 'num_valid_queries'))
+        if accelerator.is_main_process:  # tqdm.write keeps the progress bar intact
+            tqdm.write(f'epoch {epoch}: ' + '  '.join(
+                f'{k} {v:.4f}' for k, v in metrics.items() if k != 'num_valid_queries'))
         if config.with_tracking:
             accelerator.log({f'eval/{k}': v for k, v in metrics.items()}, step=state['global_step'])
         if state['best'] is None or metrics['mAP'] > state['best']['mAP']:
