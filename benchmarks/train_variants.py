@@ -1,0 +1,110 @@
+"""AAformer against its ablation baselines on the SYNTHETIC set, with equal budgets (the paper's Tables IV/V in
+miniature), in two regimes:
+
+- scratch: every variant starts from random weights;
+- pretrained: a plain ViT (the same tiny backbone) is first trained on a larger, disjoint SYNTHETIC identity set, saved
+  as a timm VisionTransformer checkpoint, and every variant starts from it through timm's pretrained-loading path
+  (``pretrained_cfg_overlay=dict(file=...)``), as the paper starts from ImageNet weights.
+
+For variants with [PART]s it also reports how patches are spread over parts on the query images (last layer, per
+group, over images and heads): the mean share of the largest part and the share of empty parts - the paper reports
+that nearest-neighbour assignment piles most patches onto one part.
+
+    python benchmarks/train_variants.py --out outputs/variants        # ~35 min on 2 CPU cores
+
+Writes OUT/results.json and prints a markdown table. Everything here is SYNTHETIC data: the numbers compare
+variants with each other, not with real re-ID results.
+"""
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+from aaformer_hf.data import load_reid_dataset
+from aaformer_hf.data.synthetic import generate_market_layout
+from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
+from aaformer_hf.training import TrainConfig, train
+
+VARIANTS = {'AAformer (Sinkhorn)': None, 'ViT-baseline': 'vit', '[PART]s + PCB stripes': 'pcb',
+            '[PART]s + MGN stripes': 'mgn', '[PART]s + nearest neighbour': 'nearest'}
+
+
+def part_statistics(model_dir: Path, data_root: Path, limit: int = 64) -> Dict[str, List[float]]:
+    """Last-layer assignment on query images: per group, mean share of patches in its largest part, share of empty
+    parts (over images x heads x parts)."""
+    model = AAformerModel.from_pretrained(model_dir).timm_model.eval()
+    if not model.num_parts:
+        return {}
+    query = load_reid_dataset('market1501', data_root, verify_images=False)['query']
+    processor = AAformerImageProcessor.from_pretrained(model_dir)
+    pixels = processor([query[i]['image'] for i in range(min(limit, len(query)))], return_tensors='pt')['pixel_values']
+    with torch.no_grad():
+        assigned = model.forward_tokens(pixels, output_assignments=True).assignments[-1]  # (B, H, P, N)
+    counts = assigned.sum(-1).float()  # (B, H, P)
+    largest, empty, start = [], [], 0
+    for size in model.part_groups:
+        group = counts[:, :, start:start + size]
+        largest.append(float((group.amax(-1) / group.sum(-1)).mean()))
+        empty.append(float((group == 0).float().mean()))
+        start += size
+    return {'largest_part_share': largest, 'empty_part_share': empty, 'groups': list(model.part_groups)}
+
+
+def pretrain_backbone(out: Path, common: dict) -> Path:
+    """A plain ViT trained on a disjoint, larger SYNTHETIC identity set, saved as a timm VisionTransformer."""
+    root = out / 'data_pretrain'
+    config = dict(common, dataset='synthetic', data_root=str(root), output_dir=str(out / 'pretrain'),
+                  baseline='vit', dataset_options={'train_ids': 300, 'test_ids': 50, 'seed': 1234})
+    train(TrainConfig(**config))
+    weights = AAformerModel.from_pretrained(out / 'pretrain' / 'model').timm_model.state_dict()
+    vit = timm.create_model('vit_base_patch16_224', img_size=(256, 128), embed_dim=64, depth=4, num_heads=2,
+                            num_classes=0)
+    backbone = {k: v for k, v in weights.items() if k in vit.state_dict()}
+    vit.load_state_dict(backbone, strict=True)  # proves it is a complete timm ViT checkpoint
+    path = out / 'synthetic_vit_tiny.safetensors'
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', type=Path, default=Path('outputs/variants'))
+    parser.add_argument('--epochs', type=int, default=40)
+    parser.add_argument('--regimes', default='scratch,pretrained')
+    args = parser.parse_args()
+    data_root = args.out / 'data'
+    if not data_root.exists():
+        generate_market_layout(data_root, train_ids=100, test_ids=50, seed=0)
+    common = dict(model='aaformer_tiny', pretrained=False, epochs=args.epochs, warmup_epochs=max(1, args.epochs // 10),
+                  batch_size=32, num_instances=4, eval_every=args.epochs, num_workers=2, checkpointing_steps=None,
+                  seed=0)
+    results = {}
+    for regime in args.regimes.split(','):
+        extra = {}
+        if regime == 'pretrained':
+            extra['pretrained_file'] = str(pretrain_backbone(args.out, common))
+        untrained = train(TrainConfig(**common, **extra, dataset='market1501', data_root=str(data_root),
+                                      output_dir=str(args.out / regime / 'untrained'), eval_only=True))
+        results[f'{regime} / AAformer untrained'] = {'metrics': untrained}
+        for name, baseline in VARIANTS.items():
+            run_dir = args.out / regime / (baseline or 'aaformer')
+            metrics = train(TrainConfig(**common, **extra, baseline=baseline, dataset='market1501',
+                                        data_root=str(data_root), output_dir=str(run_dir)))
+            results[f'{regime} / {name}'] = {'metrics': metrics,
+                                             'parts': part_statistics(run_dir / 'model', data_root)}
+            (args.out / 'results.json').write_text(json.dumps(results, indent=2))
+    print('| regime / variant | R1 | mAP | mINP | largest part share per group | empty parts per group |')
+    print('|---|---:|---:|---:|---|---|')
+    for name, r in results.items():
+        m, parts = r['metrics'], r.get('parts') or {}
+        share = ' / '.join(f'{100 * s:.0f} %' for s in parts.get('largest_part_share', [])) or '-'
+        empty = ' / '.join(f'{100 * s:.0f} %' for s in parts.get('empty_part_share', [])) or '-'
+        print(f'| {name} | {100 * m["rank1"]:.1f} | {100 * m["mAP"]:.1f} | {100 * m["mINP"]:.1f} | {share} | {empty} |')
+
+
+if __name__ == '__main__':
+    main()
