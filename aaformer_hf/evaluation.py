@@ -36,25 +36,67 @@ def _tensor(x: ArrayLike, device, dtype) -> torch.Tensor:
 
 
 class _GalleryDistance:
-    """Distances from query chunks to one gallery; the gallery's norms are computed once, not per chunk."""
+    """Distances from query chunks to one gallery in ``dtype``; the gallery's norms are computed once.
 
-    def __init__(self, gallery: torch.Tensor, metric: str) -> None:
+    Below float64 it also keeps a float64 copy, so that near-ties can be decided exactly: ``tolerance`` bounds the
+    rounding error of each row's distances (a priori, from the dot-product error bound), and ``exact`` recomputes
+    single pairs in float64 the way the float64 reference does (||q||^2 + ||g||^2 - 2 q.g, or 1 - cos).
+    """
+
+    def __init__(self, gallery: torch.Tensor, metric: str, dtype: torch.dtype) -> None:
         if metric not in ('euclidean', 'cosine'):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-        self.metric = metric
-        self.gallery_t = (F.normalize(gallery, dim=1) if metric == 'cosine' else gallery).t()
-        self.gallery_sq = gallery.pow(2).sum(1).unsqueeze(0) if metric == 'euclidean' else None
+        self.metric, self.dtype = metric, dtype
+        prepare = (lambda x: F.normalize(x, dim=1)) if metric == 'cosine' else (lambda x: x)
+        working = prepare(gallery.to(dtype))
+        self.gallery_t = working.t()
+        self.gallery_sq = working.pow(2).sum(1).unsqueeze(0) if metric == 'euclidean' else None
+        self.exact_gallery = self.exact_sq = None
+        self.error_factor = 0.0
+        if dtype != torch.float64:
+            unit, dim = torch.finfo(dtype).eps / 2, gallery.shape[1]
+            if dim * unit > 0.01:
+                raise ValueError(f'{dtype} is too coarse for {dim}-d features; use float32 or float64')
+            # |error| <= (gamma_D + 5u) (|q| + |g|)^2 for q.g, both squared norms, the sum and the casts to dtype
+            self.error_factor = (dim * unit / (1 - dim * unit) + 6 * unit) * 1.01
+            self.exact_gallery = prepare(gallery.double())
+            self.exact_sq = self.exact_gallery.pow(2).sum(1)
+            self.max_norm = self.exact_gallery.norm(dim=1).max()
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
+        query = query.to(self.dtype)
         if self.metric == 'cosine':
             return 1 - F.normalize(query, dim=1) @ self.gallery_t
         dist = query.pow(2).sum(1, keepdim=True) + self.gallery_sq
         return torch.addmm(dist, query, self.gallery_t, beta=1, alpha=-2).clamp_(min=0)
 
+    def tolerance(self, query_exact: torch.Tensor) -> torch.Tensor:
+        """(c,) bound on |computed - exact| of every distance of each query row."""
+        if self.metric == 'cosine':  # unit vectors
+            return torch.full(query_exact.shape[:1], 4 * self.error_factor, dtype=torch.float64,
+                              device=query_exact.device)
+        return self.error_factor * (query_exact.norm(dim=1) + self.max_norm) ** 2
+
+    def exact_block(self, query_exact: torch.Tensor) -> torch.Tensor:
+        """float64 distances of float64 query rows to the whole gallery."""
+        gallery_t = self.exact_gallery.t()
+        if self.metric == 'cosine':
+            return 1 - query_exact @ gallery_t
+        dist = query_exact.pow(2).sum(1, keepdim=True) + self.exact_sq.unsqueeze(0)
+        return torch.addmm(dist, query_exact, gallery_t, beta=1, alpha=-2).clamp_(min=0)
+
+    def exact(self, query_exact: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """float64 distances of query rows (float64, already normalised for cosine) to gallery items ``cols``."""
+        gallery = self.exact_gallery[cols]
+        dot = (query_exact * gallery).sum(-1)
+        if self.metric == 'cosine':
+            return 1 - dot
+        return query_exact.pow(2).sum(-1) + self.exact_sq[cols] - 2 * dot
+
 
 def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 'euclidean') -> torch.Tensor:
     """(Q, D) x (G, D) -> (Q, G) distances: 'euclidean' (squared, as the toolkits rank by) or 'cosine' (1 - cos)."""
-    return _GalleryDistance(gallery, metric)(query)
+    return _GalleryDistance(gallery, metric, gallery.dtype)(query)
 
 
 def flip_features(embed, images: torch.Tensor) -> torch.Tensor:
@@ -86,30 +128,55 @@ def _precedes(item_dist, item_index, pos_dist, pos_index):
     return (item_dist < pos_dist) | ((item_dist == pos_dist) & (item_index < pos_index))
 
 
-def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams):
+def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams, exact=None):
     """Ranks (1-based, among non-junk items) of every positive of each query: (c, m) ascending, 0 where padding,
-    for the rows of ``dist`` (c, G) whose same-identity items are ``same_index`` / ``same_valid`` (c, L)."""
-    same_dist = dist.gather(1, same_index)
+    for the rows of ``dist`` (c, G) whose same-identity items are ``same_index`` / ``same_valid`` (c, L).
+
+    ``exact``: None when ``dist`` is exact (float64), else (tolerance (c,), f(rows, cols) -> float64 distances) to
+    decide every comparison closer than the tolerance exactly. Returns None when the positives are spread so widely
+    that only sorting is cheap and ``dist`` is not exact (the caller then recomputes the block in float64).
+    """
+    c = dist.shape[0]
+    arange_c = torch.arange(c, device=dist.device)
+    same_approx = dist.gather(1, same_index)
+    if exact is None:
+        same_dist = same_approx
+    else:
+        tolerance, exact_distance = exact
+        same_dist = exact_distance(arange_c.unsqueeze(1).expand_as(same_index), same_index)
     junk = same_valid & (g_cams[same_index] == q_cams.unsqueeze(1))
     positive = same_valid & ~junk
     num_pos = positive.sum(dim=1)
     # positives in ranking order: by distance, ties by gallery index (same_index is ascending, the sort stable)
     pos_dist = torch.where(positive, same_dist, float('inf'))
     by_dist = pos_dist.argsort(dim=1, stable=True)
-    pos_dist, pos_index = pos_dist.gather(1, by_dist), same_index.gather(1, by_dist)
     m = max(int(num_pos.max()), 1)
-    pos_dist, pos_index = pos_dist[:, :m], pos_index[:, :m]
+    by_dist = by_dist[:, :m]
+    pos_dist, pos_index = pos_dist.gather(1, by_dist), same_index.gather(1, by_dist)
+    pos_approx = torch.where(positive, same_approx, float('inf')).gather(1, by_dist)
     present = torch.arange(m, device=dist.device).unsqueeze(0) < num_pos.unsqueeze(1)
 
     # items that can precede some positive: no farther than the farthest positive of their row
-    farthest = torch.where(present, pos_dist, float('-inf')).amax(dim=1)
-    candidates = dist <= farthest.unsqueeze(1)
-    if int(candidates.sum()) * m <= _COMPARE_BUDGET * dist.numel():
+    margin = 0 if exact is None else 2 * tolerance.to(dist.dtype)  # two distances, each off by <= tolerance
+    farthest = torch.where(present, pos_approx, float('-inf')).amax(dim=1) + margin
+    rows, cols = (dist <= farthest.unsqueeze(1)).nonzero(as_tuple=True)
+    if len(rows) * m <= _COMPARE_BUDGET * dist.numel():
         # the usual case (positives near the top): compare the few candidates with each positive
-        rows, cols = candidates.nonzero(as_tuple=True)
-        precedes = _precedes(dist[rows, cols].unsqueeze(1), cols.unsqueeze(1), pos_dist[rows], pos_index[rows])
-        before = torch.zeros(dist.shape[0], m, dtype=torch.long, device=dist.device)
+        item = dist[rows, cols].unsqueeze(1)
+        if exact is None:
+            precedes = _precedes(item, cols.unsqueeze(1), pos_dist[rows], pos_index[rows])
+        else:
+            gap, pair_margin = item - pos_approx[rows], margin[rows].unsqueeze(1)
+            precedes = gap < -pair_margin
+            unsure_item, unsure_pos = ((gap.abs() <= pair_margin) & present[rows]).nonzero(as_tuple=True)
+            if len(unsure_item):
+                row, col = rows[unsure_item], cols[unsure_item]
+                precedes[unsure_item, unsure_pos] = _precedes(
+                    exact_distance(row, col), col, pos_dist[row, unsure_pos], pos_index[row, unsure_pos])
+        before = torch.zeros(c, m, dtype=torch.long, device=dist.device)
         before.index_add_(0, rows, precedes.long())
+    elif exact is not None:
+        return None
     else:
         # positives spread over the whole gallery (e.g. an untrained model): a stable sort of the block is cheaper
         order = dist.argsort(dim=1, stable=True)
@@ -151,7 +218,7 @@ def evaluate(
         max_rank: int = 50,
         chunk_size: int = 256,
         device: Optional[Union[str, torch.device]] = None,
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype = torch.float32,
         distmat: Optional[ArrayLike] = None,
 ) -> Dict[str, Union[np.ndarray, float, int]]:
     """Rank the gallery for every query and score it under the Market-1501 protocol.
@@ -164,9 +231,9 @@ def evaluate(
         max_rank: length of the CMC curve.
         chunk_size: queries per block; memory grows with chunk_size * G.
         device: where to compute (default: the query features' device).
-        dtype: precision of the distances. float64 (default) ranks exactly as a float64 reference does; float32 is
-            about twice as fast, but squared distances of raw features collide at float32 resolution often enough
-            to reorder a few near-ties.
+        dtype: precision of the distance matrix products. Rankings are exact either way (as a float64 reference
+            ranks): with float32 (default, about twice as fast as float64 on CPU) every comparison closer than a
+            rigorous bound on float32 rounding is decided again in float64 from the features.
         distmat: a precomputed (Q, G) distance matrix to rank by instead of distances of the features (e.g. from
             ``re_rank``); the features are then not used and may be None.
 
@@ -179,13 +246,13 @@ def evaluate(
     device = torch.device(device) if device is not None else (
         query_features.device if isinstance(query_features, torch.Tensor) else torch.device('cpu'))
     if distmat is not None:
-        distmat = _tensor(distmat, device, dtype)
+        distmat = torch.as_tensor(distmat).to(device)  # kept in its own dtype; rows become float64 when used
         if distmat.ndim != 2:
             raise ValueError(f'distmat must be (Q, G), got {tuple(distmat.shape)}')
         # stand-in features: only their shapes are used
-        query_features, gallery_features = distmat.new_empty(distmat.shape[0], 1), distmat.new_empty(
-            distmat.shape[1], 1)
-    qf, gf = _tensor(query_features, device, dtype), _tensor(gallery_features, device, dtype)
+        query_features, gallery_features = torch.empty(distmat.shape[0], 1), torch.empty(distmat.shape[1], 1)
+    # float64 features are the exact reference; the distance products run in `dtype`
+    qf, gf = _tensor(query_features, device, torch.float64), _tensor(gallery_features, device, torch.float64)
     q_pids, g_pids = _tensor(q_pids, device, torch.long), _tensor(g_pids, device, torch.long)
     q_cams, g_cams = _tensor(q_camids, device, torch.long), _tensor(g_camids, device, torch.long)
     for name, t, n in (('q_pids', q_pids, len(qf)), ('q_camids', q_cams, len(qf)),
@@ -198,7 +265,10 @@ def evaluate(
         qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
 
     max_rank = min(max_rank, gf.shape[0])
-    distance = _GalleryDistance(gf, metric) if distmat is None else None
+    distance = _GalleryDistance(gf, metric, dtype) if distmat is None else None
+    if distance is not None and dtype != torch.float64:
+        del gf  # the distance object holds what it needs
+    exact_queries = F.normalize(qf, dim=1) if metric == 'cosine' else qf
     index = _IdentityIndex(g_pids)
     totals = dict(cmc=torch.zeros(max_rank, dtype=torch.float64, device=device), ap=0.0, inp=0.0, valid=0)
     for start in range(0, qf.shape[0], chunk_size):
@@ -208,8 +278,17 @@ def evaluate(
         if not has_positive.any():
             continue
         rows = has_positive.nonzero().squeeze(1) + start
-        dist = distance(qf[rows]) if distance is not None else distmat[rows]
-        ranks = _positive_ranks(dist, same_index[rows - start], same_valid[rows - start], q_cams[rows], g_cams)
+        args = same_index[rows - start], same_valid[rows - start], q_cams[rows], g_cams
+        if distance is None:
+            ranks = _positive_ranks(distmat[rows].double(), *args)
+        elif distance.exact_gallery is None:  # float64: the distances are exact
+            ranks = _positive_ranks(distance(qf[rows]), *args)
+        else:
+            exact = exact_queries[rows]
+            ranks = _positive_ranks(distance(qf[rows]), *args, exact=(
+                distance.tolerance(exact), lambda r, c: distance.exact(exact[r], c)))
+            if ranks is None:  # positives spread widely: sort this block's float64 distances instead
+                ranks = _positive_ranks(distance.exact_block(exact), *args)
         _accumulate(totals, ranks, max_rank)
     num_valid = totals['valid']
     if num_valid == 0:

@@ -117,3 +117,29 @@ def evaluate_reference_on_distances(distmat, q_pids, g_pids, q_cams, g_cams):
     import benchmarks.reid_eval_reference as reference
     with mock.patch.object(reference, 'distance_matrix', lambda *args, **kwargs: distmat):
         return reference.evaluate_reference(None, None, q_pids, g_pids, q_cams, g_cams)
+
+
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
+def test_float32_products_still_rank_exactly(metric):
+    """Near-ties that float32 cannot resolve (large norms, differences far below float32 resolution) are decided in
+    float64: the default float32 evaluator equals the float64 reference, where plain float32 distances do not."""
+    rng = np.random.default_rng(5)
+    dim, pairs = 16, 40
+    base = rng.normal(size=(pairs, dim)) * 1000
+    step = rng.normal(size=(pairs, dim))
+    # for each query a negative and a positive at nearly the same distance, in random order: the gap (~1e-4 of the
+    # distance) is far above float64's rounding of ||q||^2 + ||g||^2 - 2 q.g at these norms and far below float32's
+    qf = base
+    first, second = base + step, base + step * (1 + rng.choice([-1, 1], size=(pairs, 1)) * 1e-5)
+    gf = np.concatenate([first, second, rng.normal(size=(200, dim)) * 1000])
+    q_pids = np.arange(pairs)
+    g_pids = np.concatenate([np.arange(pairs) + 1000, np.arange(pairs), rng.integers(2000, 2100, 200)])
+    q_cams, g_cams = np.zeros(pairs, int), np.ones(len(gf), int)
+    ref = evaluate_reference(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric)
+    fast = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric)
+    assert fast['mAP'] == pytest.approx(ref['mAP'], abs=1e-12) and 0.6 < ref['mAP'] < 0.9
+    np.testing.assert_allclose(fast['cmc'], ref['cmc'], atol=1e-12)
+    naive = evaluation.pairwise_distance(torch.tensor(qf, dtype=torch.float32), torch.tensor(gf, dtype=torch.float32),
+                                         metric)
+    plain32 = evaluate(None, None, q_pids, g_pids, q_cams, g_cams, distmat=naive)
+    assert abs(plain32['mAP'] - ref['mAP']) > 0.05  # the case really is beyond float32
