@@ -49,13 +49,19 @@ def run_one(which: str, num_queries: int, num_gallery: int, dim: int, dtype: str
             'valid': out['num_valid_queries']}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--queries', type=int, default=11659)
-    parser.add_argument('--gallery', type=int, default=82161)
+def problem_parser(doc: str, queries: int, gallery: int) -> argparse.ArgumentParser:
+    """Arguments shared by the evaluation benchmarks: the problem's size, and the hidden subprocess switch."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--queries', type=int, default=queries)
+    parser.add_argument('--gallery', type=int, default=gallery)
     parser.add_argument('--dim', type=int, default=768)
-    parser.add_argument('--dtypes', default='float32,float64', help='matrix-product precisions of the fast evaluator')
     parser.add_argument('--only', help=argparse.SUPPRESS)
+    return parser
+
+
+def main():
+    parser = problem_parser(__doc__, 11659, 82161)
+    parser.add_argument('--dtypes', default='float32,float64', help='matrix-product precisions of the fast evaluator')
     args = parser.parse_args()
     if args.only:
         which, _, dtype = args.only.partition(':')

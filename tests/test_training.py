@@ -137,3 +137,18 @@ def test_two_cpu_processes(tmp_path, synthetic_root):
     # every query evaluated exactly once although each process saw half of them (gather_for_metrics)
     assert metrics['processes'] == 2 and metrics['num_valid_queries'] == 12
     assert (tmp_path / 'ddp' / 'model' / 'model.safetensors').is_file()
+
+
+def test_accumulation_mixed_precision_and_step_checkpoints(tmp_path, synthetic_root):
+    """Gradient accumulation counts optimiser steps (one scheduler step each), bf16 autocast runs on CPU, step
+    checkpoints are numbered by optimiser step and only the newest ones are kept."""
+    out = tmp_path / 'acc'
+    summary = train(TrainConfig(**tiny(synthetic_root, out, epochs=1, warmup_epochs=0, gradient_accumulation_steps=2,
+                                        mixed_precision='bf16', checkpointing_steps='1', checkpoints_total_limit=2,
+                                        flip_test=True)))
+    # 24 identities / 4 per batch = 6 batches per epoch -> 3 optimiser steps per epoch
+    kept = sorted(p.name for p in (out / 'checkpoints').iterdir())
+    assert kept == ['step_2', 'step_3'], kept
+    state = json.loads((out / 'checkpoints' / 'step_3' / 'trainer_state.json').read_text())
+    assert state['global_step'] == 3 and state['epoch'] == 0 and state['step_in_epoch'] == 3
+    assert 0 <= summary['mAP'] <= 1 and summary['epochs'] == 1
