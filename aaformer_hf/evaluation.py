@@ -38,12 +38,12 @@ def _tensor(x: ArrayLike, device, dtype) -> torch.Tensor:
 class _GalleryDistance:
     """Distances from query chunks to one gallery in ``dtype``; the gallery's norms are computed once.
 
-    Below float64 it also keeps a float64 copy, so that near-ties can be decided exactly: ``tolerance`` bounds the
+    Below float64 (and with ``exact_ties``) it also keeps a float64 copy, so that near-ties can be decided exactly: ``tolerance`` bounds the
     rounding error of each row's distances (a priori, from the dot-product error bound), and ``exact`` recomputes
     single pairs in float64 the way the float64 reference does (||q||^2 + ||g||^2 - 2 q.g, or 1 - cos).
     """
 
-    def __init__(self, gallery: torch.Tensor, metric: str, dtype: torch.dtype) -> None:
+    def __init__(self, gallery: torch.Tensor, metric: str, dtype: torch.dtype, exact_ties: bool = True) -> None:
         if metric not in ('euclidean', 'cosine'):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
         self.metric, self.dtype = metric, dtype
@@ -53,7 +53,7 @@ class _GalleryDistance:
         self.gallery_sq = working.pow(2).sum(1).unsqueeze(0) if metric == 'euclidean' else None
         self.exact_gallery = self.exact_sq = None
         self.error_factor = 0.0
-        if dtype != torch.float64:
+        if exact_ties and dtype != torch.float64:
             unit, dim = torch.finfo(dtype).eps / 2, gallery.shape[1]
             if dim * unit > 0.01:
                 raise ValueError(f'{dtype} is too coarse for {dim}-d features; use float32 or float64')
@@ -64,9 +64,13 @@ class _GalleryDistance:
             self.max_norm = self.exact_gallery.norm(dim=1).max()
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
+        """(c, G) distances; below float64, distances up to a per-row constant (rankings within a row only compare
+        entries of that row), which saves two passes over the block."""
         query = query.to(self.dtype)
         if self.metric == 'cosine':
             return 1 - F.normalize(query, dim=1) @ self.gallery_t
+        if self.exact_gallery is not None:
+            return torch.addmm(self.gallery_sq, query, self.gallery_t, beta=1, alpha=-2)  # ||q||^2 left out
         dist = query.pow(2).sum(1, keepdim=True) + self.gallery_sq
         return torch.addmm(dist, query, self.gallery_t, beta=1, alpha=-2).clamp_(min=0)
 
@@ -96,7 +100,7 @@ class _GalleryDistance:
 
 def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 'euclidean') -> torch.Tensor:
     """(Q, D) x (G, D) -> (Q, G) distances: 'euclidean' (squared, as the toolkits rank by) or 'cosine' (1 - cos)."""
-    return _GalleryDistance(gallery, metric, gallery.dtype)(query)
+    return _GalleryDistance(gallery, metric, gallery.dtype, exact_ties=False)(query)
 
 
 def flip_features(embed, images: torch.Tensor) -> torch.Tensor:
