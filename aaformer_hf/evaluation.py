@@ -90,12 +90,14 @@ class _GalleryDistance:
         return torch.addmm(dist, query_exact, gallery_t, beta=1, alpha=-2).clamp_(min=0)
 
     def exact(self, query_exact: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """float64 distances of query rows (float64, already normalised for cosine) to gallery items ``cols``."""
-        gallery = self.exact_gallery[cols]
-        dot = (query_exact * gallery).sum(-1)
+        """float64 distances of query rows (c, D) (float64, already normalised for cosine) to gallery items ``cols``
+        (c, L): (c, L)."""
+        # elementwise products and a last-dim sum: each pair is computed the same way whatever the call's shape,
+        # so the same pair met twice (as a positive, then as a near-tie candidate) gets the same bits
+        dot = (self.exact_gallery[cols] * query_exact.unsqueeze(1)).sum(-1)
         if self.metric == 'cosine':
             return 1 - dot
-        return query_exact.pow(2).sum(-1) + self.exact_sq[cols] - 2 * dot
+        return query_exact.pow(2).sum(1, keepdim=True) + self.exact_sq[cols] - 2 * dot
 
 
 def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 'euclidean') -> torch.Tensor:
@@ -136,18 +138,18 @@ def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams, exact=None):
     """Ranks (1-based, among non-junk items) of every positive of each query: (c, m) ascending, 0 where padding,
     for the rows of ``dist`` (c, G) whose same-identity items are ``same_index`` / ``same_valid`` (c, L).
 
-    ``exact``: None when ``dist`` is exact (float64), else (tolerance (c,), f(rows, cols) -> float64 distances) to
+    ``exact``: None when ``dist`` is exact (float64), else (tolerance (c,), f(rows (n,), cols (n, L)) -> float64
+    distances (n, L)) to
     decide every comparison closer than the tolerance exactly. Returns None when the positives are spread so widely
     that only sorting is cheap and ``dist`` is not exact (the caller then recomputes the block in float64).
     """
     c = dist.shape[0]
-    arange_c = torch.arange(c, device=dist.device)
     same_approx = dist.gather(1, same_index)
     if exact is None:
         same_dist = same_approx
     else:
         tolerance, exact_distance = exact
-        same_dist = exact_distance(arange_c.unsqueeze(1).expand_as(same_index), same_index)
+        same_dist = exact_distance(torch.arange(c, device=dist.device), same_index)
     junk = same_valid & (g_cams[same_index] == q_cams.unsqueeze(1))
     positive = same_valid & ~junk
     num_pos = positive.sum(dim=1)
@@ -176,7 +178,8 @@ def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams, exact=None):
             if len(unsure_item):
                 row, col = rows[unsure_item], cols[unsure_item]
                 precedes[unsure_item, unsure_pos] = _precedes(
-                    exact_distance(row, col), col, pos_dist[row, unsure_pos], pos_index[row, unsure_pos])
+                    exact_distance(row, col.unsqueeze(1)).squeeze(1), col, pos_dist[row, unsure_pos],
+                    pos_index[row, unsure_pos])
         before = torch.zeros(c, m, dtype=torch.long, device=dist.device)
         before.index_add_(0, rows, precedes.long())
     elif exact is not None:

@@ -143,3 +143,26 @@ def test_float32_products_still_rank_exactly(metric):
                                          metric)
     plain32 = evaluate(None, None, q_pids, g_pids, q_cams, g_cams, distmat=naive)
     assert abs(plain32['mAP'] - ref['mAP']) > 0.05  # the case really is beyond float32
+
+
+@pytest.mark.parametrize('chunk_size', [1, 5, 64])
+@pytest.mark.parametrize('budget', [0, 10 ** 9])
+def test_duplicate_images_tie_by_gallery_index(chunk_size, budget, monkeypatch):
+    """Duplicated gallery images (identical features, so exactly equal distances) rank in gallery order, as a stable
+    sort leaves them, also when their float32 distances must be re-decided in float64."""
+    monkeypatch.setattr(evaluation, '_COMPARE_BUDGET', budget)
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(80, 12))
+    base_pids = rng.integers(0, 8, 80)
+    order = rng.permutation(120)  # the copies are scattered through the gallery
+    gf, g_pids = np.concatenate([base, base[:40]])[order], np.concatenate([base_pids, base_pids[:40]])[order]
+    g_cams = rng.integers(0, 3, 120)
+    qf, q_pids, q_cams = rng.normal(size=(25, 12)), rng.integers(0, 8, 25), rng.integers(0, 3, 25)
+    from benchmarks.reid_eval_reference import distance_matrix
+    dist = distance_matrix(qf, gf)
+    copies = [(np.flatnonzero(order == i)[0], np.flatnonzero(order == 80 + i)[0]) for i in range(40)]
+    assert all(np.array_equal(dist[:, a], dist[:, b]) for a, b in copies)  # real ties for the reference too
+    ref = evaluate_reference(qf, gf, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    fast = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, chunk_size=chunk_size, max_rank=20)
+    assert fast['mAP'] == pytest.approx(ref['mAP'], abs=1e-12)
+    np.testing.assert_allclose(fast['cmc'], ref['cmc'], atol=1e-12)
