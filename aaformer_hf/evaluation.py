@@ -38,20 +38,21 @@ def _tensor(x: ArrayLike, device, dtype) -> torch.Tensor:
 class _GalleryDistance:
     """Distances from query chunks to one gallery in ``dtype``; the gallery's norms are computed once.
 
-    Below float64 (and with ``exact_ties``) it also keeps a float64 copy, so that near-ties can be decided exactly: ``tolerance`` bounds the
-    rounding error of each row's distances (a priori, from the dot-product error bound), and ``exact`` recomputes
-    single pairs in float64 the way the float64 reference does (||q||^2 + ||g||^2 - 2 q.g, or 1 - cos).
+    Below float64 (and with ``exact_ties``) near-ties can be decided exactly: ``tolerance`` bounds the rounding error
+    of each row's distances (a priori, from the dot-product error bound), and ``exact`` recomputes single pairs in
+    float64 from the gallery as given, the way a float64 reference does (||q||^2 + ||g||^2 - 2 q.g, or 1 - cos).
     """
 
     def __init__(self, gallery: torch.Tensor, metric: str, dtype: torch.dtype, exact_ties: bool = True) -> None:
         if metric not in ('euclidean', 'cosine'):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
         self.metric, self.dtype = metric, dtype
-        prepare = (lambda x: F.normalize(x, dim=1)) if metric == 'cosine' else (lambda x: x)
-        working = prepare(gallery.to(dtype))
+        working = gallery.to(dtype)
+        if metric == 'cosine':
+            working = F.normalize(working, dim=1)
         self.gallery_t = working.t()
         self.gallery_sq = working.pow(2).sum(1).unsqueeze(0) if metric == 'euclidean' else None
-        self.exact_gallery = self.exact_sq = None
+        self.source = None
         self.error_factor = 0.0
         if exact_ties and dtype != torch.float64:
             unit, dim = torch.finfo(dtype).eps / 2, gallery.shape[1]
@@ -59,9 +60,10 @@ class _GalleryDistance:
                 raise ValueError(f'{dtype} is too coarse for {dim}-d features; use float32 or float64')
             # |error| <= (gamma_D + 5u) (|q| + |g|)^2 for q.g, both squared norms, the sum and the casts to dtype
             self.error_factor = (dim * unit / (1 - dim * unit) + 6 * unit) * 1.01
-            self.exact_gallery = prepare(gallery.double())
-            self.exact_sq = self.exact_gallery.pow(2).sum(1)
-            self.max_norm = self.exact_gallery.norm(dim=1).max()
+            # the gallery as given is the exact source: rows become float64 when needed, never the whole matrix
+            self.source, self._exact_full = gallery, None
+            self.exact_sq = torch.cat([rows.double().pow(2).sum(1) for rows in gallery.split(16384)])
+            self.max_norm = self.exact_sq.max().sqrt()
 
     def __call__(self, query: torch.Tensor) -> torch.Tensor:
         """(c, G) distances; below float64, distances up to a per-row constant (rankings within a row only compare
@@ -69,7 +71,7 @@ class _GalleryDistance:
         query = query.to(self.dtype)
         if self.metric == 'cosine':
             return 1 - F.normalize(query, dim=1) @ self.gallery_t
-        if self.exact_gallery is not None:
+        if self.source is not None:
             return torch.addmm(self.gallery_sq, query, self.gallery_t, beta=1, alpha=-2)  # ||q||^2 left out
         dist = query.pow(2).sum(1, keepdim=True) + self.gallery_sq
         return torch.addmm(dist, query, self.gallery_t, beta=1, alpha=-2).clamp_(min=0)
@@ -81,23 +83,27 @@ class _GalleryDistance:
                               device=query_exact.device)
         return self.error_factor * (query_exact.norm(dim=1) + self.max_norm) ** 2
 
+    def _exact_rows(self, cols: torch.Tensor) -> torch.Tensor:
+        rows = self.source[cols].double()
+        return rows / self.exact_sq[cols].sqrt().unsqueeze(-1) if self.metric == 'cosine' else rows
+
     def exact_block(self, query_exact: torch.Tensor) -> torch.Tensor:
-        """float64 distances of float64 query rows to the whole gallery."""
-        gallery_t = self.exact_gallery.t()
+        """float64 distances of float64 query rows to the whole gallery (the float64 gallery is made on first use)."""
+        if self._exact_full is None:
+            self._exact_full = self._exact_rows(torch.arange(len(self.source), device=self.source.device))
+        gallery_t = self._exact_full.t()
         if self.metric == 'cosine':
             return 1 - query_exact @ gallery_t
         dist = query_exact.pow(2).sum(1, keepdim=True) + self.exact_sq.unsqueeze(0)
         return torch.addmm(dist, query_exact, gallery_t, beta=1, alpha=-2).clamp_(min=0)
 
     def exact(self, query_exact: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """float64 distances of query rows (c, D) (float64, already normalised for cosine) to gallery items ``cols``
-        (c, L): (c, L)."""
-        # elementwise products and a last-dim sum: each pair is computed the same way whatever the call's shape,
-        # so the same pair met twice (as a positive, then as a near-tie candidate) gets the same bits
-        dot = (self.exact_gallery[cols] * query_exact.unsqueeze(1)).sum(-1)
+        """float64 distances of query rows (n, D) (float64, already normalised for cosine) to gallery items ``cols``
+        (n,): (n,). Elementwise products and a last-dim sum, so a pair gets the same bits whenever it is met."""
+        dot = (self._exact_rows(cols) * query_exact).sum(-1)
         if self.metric == 'cosine':
             return 1 - dot
-        return query_exact.pow(2).sum(1, keepdim=True) + self.exact_sq[cols] - 2 * dot
+        return query_exact.pow(2).sum(-1) + self.exact_sq[cols] - 2 * dot
 
 
 def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 'euclidean') -> torch.Tensor:
@@ -138,9 +144,8 @@ def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams, exact=None):
     """Ranks (1-based, among non-junk items) of every positive of each query: (c, m) ascending, 0 where padding,
     for the rows of ``dist`` (c, G) whose same-identity items are ``same_index`` / ``same_valid`` (c, L).
 
-    ``exact``: None when ``dist`` is exact (float64), else (tolerance (c,), f(rows (n,), cols (n, L)) -> float64
-    distances (n, L)) to
-    decide every comparison closer than the tolerance exactly. Returns None when the positives are spread so widely
+    ``exact``: None when ``dist`` is exact (float64), else (tolerance (c,), f(rows (n,), cols (n,)) -> float64
+    distances (n,)) to decide every comparison closer than the tolerance exactly. Returns None when the positives are spread so widely
     that only sorting is cheap and ``dist`` is not exact (the caller then recomputes the block in float64).
     """
     c = dist.shape[0]
@@ -149,7 +154,9 @@ def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams, exact=None):
         same_dist = same_approx
     else:
         tolerance, exact_distance = exact
-        same_dist = exact_distance(torch.arange(c, device=dist.device), same_index)
+        valid_row, valid_slot = same_valid.nonzero(as_tuple=True)
+        same_dist = torch.full(same_index.shape, float('inf'), dtype=torch.float64, device=dist.device)
+        same_dist[valid_row, valid_slot] = exact_distance(valid_row, same_index[valid_row, valid_slot])
     junk = same_valid & (g_cams[same_index] == q_cams.unsqueeze(1))
     positive = same_valid & ~junk
     num_pos = positive.sum(dim=1)
@@ -178,8 +185,7 @@ def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams, exact=None):
             if len(unsure_item):
                 row, col = rows[unsure_item], cols[unsure_item]
                 precedes[unsure_item, unsure_pos] = _precedes(
-                    exact_distance(row, col.unsqueeze(1)).squeeze(1), col, pos_dist[row, unsure_pos],
-                    pos_index[row, unsure_pos])
+                    exact_distance(row, col), col, pos_dist[row, unsure_pos], pos_index[row, unsure_pos])
         before = torch.zeros(c, m, dtype=torch.long, device=dist.device)
         before.index_add_(0, rows, precedes.long())
     elif exact is not None:
@@ -258,8 +264,12 @@ def evaluate(
             raise ValueError(f'distmat must be (Q, G), got {tuple(distmat.shape)}')
         # stand-in features: only their shapes are used
         query_features, gallery_features = torch.empty(distmat.shape[0], 1), torch.empty(distmat.shape[1], 1)
-    # float64 features are the exact reference; the distance products run in `dtype`
-    qf, gf = _tensor(query_features, device, torch.float64), _tensor(gallery_features, device, torch.float64)
+    # the features as given (upcast to float64 where needed) are the exact reference; products run in `dtype`
+    qf = _tensor(query_features, device, torch.float64)
+    gf = torch.as_tensor(gallery_features if isinstance(gallery_features, torch.Tensor)
+                         else np.asarray(gallery_features)).to(device)
+    if not gf.is_floating_point():
+        gf = gf.double()
     q_pids, g_pids = _tensor(q_pids, device, torch.long), _tensor(g_pids, device, torch.long)
     q_cams, g_cams = _tensor(q_camids, device, torch.long), _tensor(g_camids, device, torch.long)
     for name, t, n in (('q_pids', q_pids, len(qf)), ('q_camids', q_cams, len(qf)),
@@ -269,12 +279,10 @@ def evaluate(
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f'features must be (Q, D) and (G, D), got {tuple(qf.shape)} and {tuple(gf.shape)}')
     if normalize:
-        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+        qf, gf = F.normalize(qf, dim=1), F.normalize(gf.double(), dim=1)
 
     max_rank = min(max_rank, gf.shape[0])
     distance = _GalleryDistance(gf, metric, dtype) if distmat is None else None
-    if distance is not None and dtype != torch.float64:
-        del gf  # the distance object holds what it needs
     exact_queries = F.normalize(qf, dim=1) if metric == 'cosine' else qf
     index = _IdentityIndex(g_pids)
     totals = dict(cmc=torch.zeros(max_rank, dtype=torch.float64, device=device), ap=0.0, inp=0.0, valid=0)
@@ -288,7 +296,7 @@ def evaluate(
         args = same_index[rows - start], same_valid[rows - start], q_cams[rows], g_cams
         if distance is None:
             ranks = _positive_ranks(distmat[rows].double(), *args)
-        elif distance.exact_gallery is None:  # float64: the distances are exact
+        elif distance.source is None:  # float64: the distances are exact
             ranks = _positive_ranks(distance(qf[rows]), *args)
         else:
             exact = exact_queries[rows]
