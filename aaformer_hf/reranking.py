@@ -19,6 +19,7 @@ Distances are squared Euclidean on the features as given (normalise them first f
 divided by its maximum, as in the published code. Computation runs in ``dtype`` (float32 default) where the published
 code keeps V in float16; that changes results by ~1e-3, not the algorithm.
 """
+import bisect
 from typing import Optional, Union
 
 import torch
@@ -76,6 +77,7 @@ def re_rank(
         k2: int = 6,
         lambda_value: float = 0.3,
         chunk_size: int = 512,
+        max_pairs: int = 4_000_000,
         device: Optional[Union[str, torch.device]] = None,
         dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -87,6 +89,7 @@ def re_rank(
         k2: neighbours averaged in the query expansion of V (6; 1 turns it off).
         lambda_value: weight λ of the original distance (0.3).
         chunk_size: rows per block; memory grows with chunk_size * (Q + G).
+        max_pairs: at most this many (V[i, k], V[j, k]) pairs per block of the Jaccard step (~40 bytes each).
         device, dtype: where and in what precision to compute.
 
     Returns:
@@ -130,7 +133,8 @@ def re_rank(
         r, c = _row_unique(values, valid)
         rows_list.append(r + start), cols_list.append(c)
     rows, cols = torch.cat(rows_list), torch.cat(cols_list)
-    dist = (squared[rows] + squared[cols] - 2 * (feats[rows] * feats[cols]).sum(1)) / row_max[rows]
+    dot = torch.cat([(feats[r] * feats[c]).sum(1) for r, c in zip(rows.split(65536), cols.split(65536))])
+    dist = (squared[rows] + squared[cols] - 2 * dot) / row_max[rows]
     weight = torch.exp(-dist)
     weight = weight / torch.zeros(n, dtype=dtype, device=device).index_add_(0, rows, weight)[rows]
     v_rows, v_cols, v_vals = rows, cols, weight  # V in COO, rows ascending
@@ -150,7 +154,18 @@ def re_rank(
     col_ptr, row_ptr = _pointers(v_cols, n), _pointers(v_rows, n)
 
     out = torch.empty(num_query, n - num_query, dtype=dtype, device=device)
-    for start, end in _chunks(num_query, chunk_size):
+    # chunks of queries bounded in rows and in (V[i, k], V[j, k]) pairs, which dominate memory otherwise
+    col_count = col_ptr[1:] - col_ptr[:-1]
+    pairs_per_row = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, v_rows, col_count[v_cols])
+    cumulative = pairs_per_row[:num_query].cumsum(0).tolist()
+    bounds, start = [], 0
+    while start < num_query:
+        done = cumulative[start - 1] if start else 0
+        end = bisect.bisect_right(cumulative, done + max_pairs, lo=start)
+        end = min(max(end, start + 1), start + chunk_size, num_query)
+        bounds.append((start, end))
+        start = end
+    for start, end in bounds:
         lo, hi = int(row_ptr[start]), int(row_ptr[end])
         q_rows, q_cols, q_vals = v_rows[lo:hi] - start, v_cols[lo:hi], v_vals[lo:hi]  # non-zeros of V[i]
         pair_owner, positions = _expand(col_ptr, q_cols)  # every (V[i, k], V[j, k]) with both non-zero
