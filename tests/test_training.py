@@ -143,9 +143,12 @@ def test_accumulation_mixed_precision_and_step_checkpoints(tmp_path, synthetic_r
     """Gradient accumulation counts optimiser steps (one scheduler step each), bf16 autocast runs on CPU, step
     checkpoints are numbered by optimiser step and only the newest ones are kept."""
     out = tmp_path / 'acc'
-    summary = train(TrainConfig(**tiny(synthetic_root, out, epochs=1, warmup_epochs=0, gradient_accumulation_steps=2,
-                                        mixed_precision='bf16', checkpointing_steps='1', checkpoints_total_limit=2,
-                                        flip_test=True)))
+    # its own process: accelerate fixes the mixed precision once per process
+    values = tiny(synthetic_root, out, epochs=1, warmup_epochs=0, gradient_accumulation_steps=2,
+                  mixed_precision='bf16', checkpointing_steps='1', checkpoints_total_limit=2, flip_test=True)
+    log = _run(flags(values)).communicate()[0]
+    assert (out / 'metrics.json').is_file(), log[-3000:]
+    summary = json.loads((out / 'metrics.json').read_text())
     # 24 identities / 4 per batch = 6 batches per epoch -> 3 optimiser steps per epoch
     kept = sorted(p.name for p in (out / 'checkpoints').iterdir())
     assert kept == ['step_2', 'step_3'], kept
