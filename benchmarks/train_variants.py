@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
+from aaformer_hf.evaluation import evaluate
 from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
 from aaformer_hf.training import TrainConfig, train
 
@@ -54,6 +55,26 @@ def part_statistics(model_dir: Path, data_root: Path, limit: int = 64) -> Dict[s
     return {'largest_part_share': largest, 'empty_part_share': empty, 'groups': list(model.part_groups)}
 
 
+@torch.no_grad()
+def token_breakdown(model_dir: Path, data_root: Path) -> Dict[str, float]:
+    """mAP of the full embedding, of CLS alone and of the [PART]s alone (after the BNNeck, L2-normalised)."""
+    model = AAformerModel.from_pretrained(model_dir).eval()
+    processor = AAformerImageProcessor.from_pretrained(model_dir)
+    data = load_reid_dataset('market1501', data_root, verify_images=False)
+
+    def embed(split):
+        ds = data[split]
+        feats = [model(processor(ds[i:i + 64]['image'], return_tensors='pt')['pixel_values']).pooler_output
+                 for i in range(0, len(ds), 64)]
+        return torch.cat(feats), torch.tensor(ds['pid']), torch.tensor(ds['camid'])
+
+    (qf, qp, qc), (gf, gp, gc) = embed('query'), embed('gallery')
+    width = model.config.hidden_size
+    parts = {'all': slice(None), 'CLS': slice(0, width), '[PART]s': slice(width, None)}
+    return {name: evaluate(qf[:, cut], gf[:, cut], qp, gp, qc, gc, normalize=True)['mAP']
+            for name, cut in parts.items() if qf[:, cut].shape[1]}
+
+
 def pretrain_backbone(out: Path, common: dict) -> Path:
     """A plain ViT trained on a disjoint, larger SYNTHETIC identity set, saved as a timm VisionTransformer."""
     root = out / 'data_pretrain'
@@ -75,7 +96,18 @@ def main() -> None:
     parser.add_argument('--out', type=Path, default=Path('outputs/variants'))
     parser.add_argument('--epochs', type=int, default=40)
     parser.add_argument('--regimes', default='scratch,pretrained')
+    parser.add_argument('--breakdown_only', action='store_true',
+                        help='only the per-token retrieval of models an earlier run left in --out')
     args = parser.parse_args()
+    if args.breakdown_only:
+        print('| regime / variant | mAP all | mAP CLS | mAP [PART]s |\n|---|---:|---:|---:|')
+        for regime in args.regimes.split(','):
+            for name, baseline in VARIANTS.items():
+                if baseline == 'vit':
+                    continue
+                m = token_breakdown(args.out / regime / (baseline or 'aaformer') / 'model', args.out / 'data')
+                print(f'| {regime} / {name} | {100 * m["all"]:.1f} | {100 * m["CLS"]:.1f} | {100 * m["[PART]s"]:.1f} |')
+        return
     data_root = args.out / 'data'
     if not data_root.exists():
         generate_market_layout(data_root, train_ids=100, test_ids=50, seed=0)
