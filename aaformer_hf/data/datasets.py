@@ -74,13 +74,18 @@ def _scan(folder: Path, parse: Callable[[Path], Tuple[int, int]]) -> List[Tuple[
     return records
 
 
+def _label_map(pids) -> Dict[int, int]:
+    """Original identity -> training label 0..C-1, in the order of the ids."""
+    return {pid: label for label, pid in enumerate(sorted(set(pids)))}
+
+
 def _to_dataset(records: List[Tuple[str, int, int]], relabel: bool) -> datasets.Dataset:
     paths, pids, cams = zip(*records)
     columns = {'image': list(paths), 'pid': list(pids), 'camid': list(cams), 'path': list(paths)}
     features = {'image': datasets.Image(mode='RGB'), 'pid': datasets.Value('int64'), 'camid': datasets.Value('int64'),
                 'path': datasets.Value('string')}
     if relabel:
-        mapping = {pid: label for label, pid in enumerate(sorted(set(pids)))}
+        mapping = _label_map(pids)
         columns['pid_original'] = list(pids)
         columns['pid'] = [mapping[pid] for pid in pids]
         features['pid_original'] = datasets.Value('int64')
@@ -181,7 +186,7 @@ def _folder(root: Path) -> datasets.DatasetDict:
 
 def _relabel(ds: datasets.Dataset) -> datasets.Dataset:
     """pid := rank of pid_original among the split's distinct ids (0..C-1)."""
-    mapping = {pid: label for label, pid in enumerate(sorted(set(ds['pid_original'])))}
+    mapping = _label_map(ds['pid_original'])
     return ds.map(lambda pid: {'pid': mapping[pid]}, input_columns='pid_original', desc='relabel')
 
 

@@ -39,14 +39,15 @@ STATE_FILE = 'trainer_state.json'
 
 @dataclass(frozen=True)
 class Family:
-    """How a model family trains: its transformers config / re-ID classes and its objective."""
+    """How a model family trains: its transformers config / re-ID / image-processor classes and its objective."""
     config_class: Type
     reid_class: Type
+    processor_class: Type
     make_loss: Callable[[TrainConfig], nn.Module]
 
 
 FAMILIES: Dict[Type[nn.Module], Family] = {
-    AAformer: Family(AAformerConfig, AAformerForReID, lambda c: AAformerLoss(
+    AAformer: Family(AAformerConfig, AAformerForReID, AAformerImageProcessor, lambda c: AAformerLoss(
         label_smoothing=c.label_smoothing, margin=c.triplet_margin, id_weight=c.id_loss_weight,
         triplet_weight=c.triplet_loss_weight)),
 }
@@ -127,12 +128,11 @@ def run_evaluation(model, query_loader, gallery_loader, accelerator: Accelerator
             'num_valid_queries': result['num_valid_queries']}
 
 
-def _save_model(model, accelerator: Accelerator, folder: Path, pretrained_cfg: Dict[str, Any]) -> None:
+def _save_model(model, accelerator: Accelerator, folder: Path, processor) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(folder)
-        AAformerImageProcessor.from_timm_pretrained_cfg(pretrained_cfg).save_pretrained(folder)
+        accelerator.unwrap_model(model).save_pretrained(folder)
+        processor.save_pretrained(folder)
     accelerator.wait_for_everyone()
 
 
@@ -145,15 +145,13 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.report_to if config.with_tracking else None, project_dir=config.output_dir)
     output_dir = Path(config.output_dir)
-    if config.batch_size % (config.num_instances * accelerator.num_processes):
-        raise ValueError(f'batch_size ({config.batch_size}) must be divisible by num_instances x processes '
-                         f'({config.num_instances} x {accelerator.num_processes})')
     set_seed(config.seed)
     data = _load_data(config)
     originals = data['train']['pid_original']
     id2label = {label: str(pid) for label, pid in sorted(set(zip(data['train']['pid'], originals)))}
     model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
     criterion = family.make_loss(config)
+    processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg)
 
     loader, sampler = train_loader(
         data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
@@ -215,7 +213,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             accelerator.log({f'eval/{k}': v for k, v in metrics.items()}, step=state['global_step'])
         if state['best'] is None or metrics['mAP'] > state['best']['mAP']:
             state['best'] = dict(metrics, epoch=epoch)
-            _save_model(model, accelerator, output_dir / 'best_model', pretrained_cfg)
+            _save_model(model, accelerator, output_dir / 'best_model', processor)
         return metrics
 
     images, compute_time, wait_time = 0, 0.0, 0.0
@@ -257,15 +255,15 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 save_checkpoint(f'step_{state["global_step"]}')
         del batches
         state['epoch'], state['step_in_epoch'] = epoch + 1, 0
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
+            metrics = evaluate_now(epoch + 1)  # before the checkpoint, so it records this epoch's best
         if config.checkpointing_steps == 'epoch':
             save_checkpoint(f'epoch_{epoch + 1}')
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
-            metrics = evaluate_now(epoch + 1)
     progress.close()
     if metrics is None:  # resumed after the last epoch, or eval_only
         metrics = evaluate_now(state['epoch'])
 
-    _save_model(model, accelerator, output_dir / 'model', pretrained_cfg)
+    _save_model(model, accelerator, output_dir / 'model', processor)
     elapsed = wait_time + compute_time
     summary = dict(metrics, epochs=state['epoch'], images_per_second=images / elapsed if elapsed else None,
                    data_wait_share=wait_time / elapsed if elapsed else None, best=state['best'],
