@@ -155,3 +155,18 @@ def test_accumulation_mixed_precision_and_step_checkpoints(tmp_path, synthetic_r
     state = json.loads((out / 'checkpoints' / 'step_3' / 'trainer_state.json').read_text())
     assert state['global_step'] == 3 and state['epoch'] == 0 and state['step_in_epoch'] == 3
     assert 0 <= summary['mAP'] <= 1 and summary['epochs'] == 1
+
+
+def test_tracking_logs_somewhere_or_says_why(tmp_path, synthetic_root):
+    """--with_tracking never trains silently without a tracker: with tensorboard installed an event file appears,
+    without it the run stops before training and says what to install."""
+    import importlib.util
+    values = tiny(synthetic_root, tmp_path / 'tracked', epochs=1, warmup_epochs=0, with_tracking=True,
+                  report_to='tensorboard')
+    if importlib.util.find_spec('tensorboard') is None and importlib.util.find_spec('tensorboardX') is None:
+        with pytest.raises(ValueError, match="tracker 'tensorboard' is not installed"):
+            train(TrainConfig(**values))
+        assert not (tmp_path / 'tracked').exists()
+    else:
+        train(TrainConfig(**values))
+        assert list((tmp_path / 'tracked').rglob('events.out.tfevents*'))

@@ -144,6 +144,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.report_to if config.with_tracking else None, project_dir=config.output_dir)
+    if config.with_tracking and not accelerator.log_with:  # accelerate only warns and logs nowhere
+        raise ValueError(f'--with_tracking: tracker {config.report_to!r} is not installed (for tensorboard: '
+                         '`pip install tensorboard`), or not an accelerate tracker name')
     output_dir = Path(config.output_dir)
     set_seed(config.seed)
     data = _load_data(config)
