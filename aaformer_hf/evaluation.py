@@ -13,7 +13,8 @@ How it stays small and fast: queries go in chunks, so only a (chunk, gallery) bl
 never the full distance matrix, its argsort or a match matrix (at MSMT17 scale 3.8, 7.7 and 3.8 GB). And nothing is
 sorted: the metrics only need each positive's rank, i.e. how many non-junk items come before it. A query's positives
 and junk are found from a per-identity index of the gallery (a few dozen items), and only gallery items no farther
-than the query's farthest positive are compared with the positives' distances.
+than the query's farthest positive are compared with the positives' distances. The products run in float32;
+every comparison closer than a bound on float32 rounding is decided again in float64, so rankings are exact.
 """
 from typing import Dict, Optional, Union
 
@@ -31,8 +32,10 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 _COMPARE_BUDGET = 2
 
 
-def _tensor(x: ArrayLike, device, dtype) -> torch.Tensor:
-    return torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x)).to(device=device, dtype=dtype)
+def _tensor(x: ArrayLike, device, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """``x`` on ``device`` in ``dtype`` (None: its own floating dtype, float64 for integers)."""
+    t = torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x)).to(device)
+    return t.to(dtype if dtype is not None else (t.dtype if t.is_floating_point() else torch.float64))
 
 
 class _GalleryDistance:
@@ -145,8 +148,9 @@ def _positive_ranks(dist, same_index, same_valid, q_cams, g_cams, exact=None):
     for the rows of ``dist`` (c, G) whose same-identity items are ``same_index`` / ``same_valid`` (c, L).
 
     ``exact``: None when ``dist`` is exact (float64), else (tolerance (c,), f(rows (n,), cols (n,)) -> float64
-    distances (n,)) to decide every comparison closer than the tolerance exactly. Returns None when the positives are spread so widely
-    that only sorting is cheap and ``dist`` is not exact (the caller then recomputes the block in float64).
+    distances (n,)) to decide every comparison closer than the tolerance exactly. Returns None when the positives
+    are spread so widely that only sorting is cheap and ``dist`` is not exact (the caller then recomputes the block
+    in float64).
     """
     c = dist.shape[0]
     same_approx = dist.gather(1, same_index)
@@ -266,10 +270,7 @@ def evaluate(
         query_features, gallery_features = torch.empty(distmat.shape[0], 1), torch.empty(distmat.shape[1], 1)
     # the features as given (upcast to float64 where needed) are the exact reference; products run in `dtype`
     qf = _tensor(query_features, device, torch.float64)
-    gf = torch.as_tensor(gallery_features if isinstance(gallery_features, torch.Tensor)
-                         else np.asarray(gallery_features)).to(device)
-    if not gf.is_floating_point():
-        gf = gf.double()
+    gf = _tensor(gallery_features, device, None)  # not copied to float64: rows are upcast when needed
     q_pids, g_pids = _tensor(q_pids, device, torch.long), _tensor(g_pids, device, torch.long)
     q_cams, g_cams = _tensor(q_camids, device, torch.long), _tensor(g_camids, device, torch.long)
     for name, t, n in (('q_pids', q_pids, len(qf)), ('q_camids', q_cams, len(qf)),

@@ -20,6 +20,7 @@ divided by its maximum, as in the published code. Computation runs in ``dtype`` 
 code keeps V in float16; that changes results by ~1e-3, not the algorithm.
 """
 import bisect
+import itertools
 from typing import Optional, Union
 
 import torch
@@ -41,6 +42,19 @@ def _reciprocal_mask(knn: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
         backward = forward[forward[start:end]]  # (c, k+1, k+1)
         mask[start:end] = (backward == rows[:, None, None]).any(-1)
     return mask
+
+
+def _bounded_chunks(costs, max_cost: int, max_rows: int):
+    """Consecutive (start, end) row ranges of at most ``max_rows`` rows and ``max_cost`` summed cost (a row costing
+    more than that gets a range of its own)."""
+    cumulative = list(itertools.accumulate(costs))
+    start = 0
+    while start < len(costs):
+        done = cumulative[start - 1] if start else 0
+        end = bisect.bisect_right(cumulative, done + max_cost, lo=start)
+        end = min(max(end, start + 1), start + max_rows)
+        yield start, end
+        start = end
 
 
 def _pointers(sorted_keys: torch.Tensor, n: int) -> torch.Tensor:
@@ -154,18 +168,9 @@ def re_rank(
     col_ptr, row_ptr = _pointers(v_cols, n), _pointers(v_rows, n)
 
     out = torch.empty(num_query, n - num_query, dtype=dtype, device=device)
-    # chunks of queries bounded in rows and in (V[i, k], V[j, k]) pairs, which dominate memory otherwise
     col_count = col_ptr[1:] - col_ptr[:-1]
     pairs_per_row = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, v_rows, col_count[v_cols])
-    cumulative = pairs_per_row[:num_query].cumsum(0).tolist()
-    bounds, start = [], 0
-    while start < num_query:
-        done = cumulative[start - 1] if start else 0
-        end = bisect.bisect_right(cumulative, done + max_pairs, lo=start)
-        end = min(max(end, start + 1), start + chunk_size, num_query)
-        bounds.append((start, end))
-        start = end
-    for start, end in bounds:
+    for start, end in _bounded_chunks(pairs_per_row[:num_query].tolist(), max_pairs, chunk_size):
         lo, hi = int(row_ptr[start]), int(row_ptr[end])
         q_rows, q_cols, q_vals = v_rows[lo:hi] - start, v_cols[lo:hi], v_vals[lo:hi]  # non-zeros of V[i]
         pair_owner, positions = _expand(col_ptr, q_cols)  # every (V[i, k], V[j, k]) with both non-zero
@@ -174,6 +179,7 @@ def re_rank(
         overlap.index_add_(0, q_rows[pair_owner] * n + col_rows[positions], shared)
         overlap = overlap.view(end - start, n)[:, num_query:]
         jaccard = 1 - overlap / (2 - overlap)
+        # recomputed rather than kept from step 1, which would hold Q x (Q+G) distances
         original = distances(slice(start, end))[:, num_query:] / row_max[start:end, None]
         out[start:end] = jaccard * (1 - lambda_value) + original * lambda_value
     return out

@@ -3,6 +3,7 @@ kill-and-resume (with a different number of loader workers), two CPU processes, 
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,17 @@ def test_tracking_logs_somewhere_or_says_why(tmp_path, synthetic_root):
     else:
         train(TrainConfig(**values))
         assert list((tmp_path / 'tracked').rglob('events.out.tfevents*'))
+
+
+def test_unreadable_image_at_training_time_names_the_file(tmp_path, synthetic_root):
+    """Loaded without the load-time check, a file broken afterwards fails in the loader naming its path."""
+    import shutil
+    from aaformer_hf.data import load_reid_dataset
+    from aaformer_hf.training.data import ReIDItems
+    root = tmp_path / 'copy'
+    shutil.copytree(synthetic_root, root)
+    train_split = load_reid_dataset('market1501', root, verify_images=False)['train']
+    broken = Path(train_split[0]['path'])
+    broken.write_bytes(b'not an image')
+    with pytest.raises(RuntimeError, match=re.escape(f'cannot load item 0 ({broken})')):
+        ReIDItems(train_split, lambda image: image)[0]

@@ -29,8 +29,10 @@ class ReIDItems(Dataset):
         try:
             return self.dataset[index]
         except Exception as error:  # name the file: PIL's own message does not
-            path = self.dataset[index:index + 1].get('path', ['?'])
-            raise RuntimeError(f'cannot load item {index} ({path[0]}): {error}') from error
+            has_path = 'path' in self.dataset.column_names
+            # only the path column: reading the row again would decode the failing image again
+            path = self.dataset.select_columns(['path'])[index]['path'] if has_path else '?'
+            raise RuntimeError(f'cannot load item {index} ({path}): {error}') from error
 
     def __getitem__(self, key) -> Tuple[torch.Tensor, int, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
