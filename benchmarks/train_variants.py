@@ -11,6 +11,10 @@ group, over images and heads): the mean share of the largest part and the share 
 that nearest-neighbour assignment piles most patches onto one part.
 
     python benchmarks/train_variants.py --out outputs/variants        # ~35 min on 2 CPU cores
+    python benchmarks/train_variants.py --out outputs/variants --regimes pretrained --seeds 1,2   # more seeds
+
+Training seeds other than 0 write to VARIANT_seedN folders; the pretrained backbone (and the data) stay the same for
+every seed, and an existing backbone checkpoint in --out is reused.
 
 Writes OUT/results.json and prints a markdown table. Everything here is SYNTHETIC data: the numbers compare
 variants with each other, not with real re-ID results.
@@ -77,6 +81,10 @@ def token_breakdown(model_dir: Path, data_root: Path) -> Dict[str, float]:
 
 def pretrain_backbone(out: Path, common: dict) -> Path:
     """A plain ViT trained on a disjoint, larger SYNTHETIC identity set, saved as a timm VisionTransformer."""
+    path = out / 'synthetic_vit_tiny.safetensors'
+    if path.exists():
+        print(f'reusing the pretrained backbone {path}')
+        return path
     root = out / 'data_pretrain'
     config = dict(common, dataset='synthetic', data_root=str(root), output_dir=str(out / 'pretrain'),
                   baseline='vit', dataset_options={'train_ids': 300, 'test_ids': 50, 'seed': 1234})
@@ -86,7 +94,6 @@ def pretrain_backbone(out: Path, common: dict) -> Path:
                             num_classes=0)
     backbone = {k: v for k, v in weights.items() if k in vit.state_dict()}
     vit.load_state_dict(backbone, strict=True)  # proves it is a complete timm ViT checkpoint
-    path = out / 'synthetic_vit_tiny.safetensors'
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, path)
     return path
 
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument('--out', type=Path, default=Path('outputs/variants'))
     parser.add_argument('--epochs', type=int, default=40)
     parser.add_argument('--regimes', default='scratch,pretrained')
+    parser.add_argument('--seeds', default='0', help='training seeds, comma-separated')
     parser.add_argument('--breakdown_only', action='store_true',
                         help='only the per-token retrieval of models an earlier run left in --out')
     args = parser.parse_args()
@@ -114,21 +122,26 @@ def main() -> None:
     common = dict(model='aaformer_tiny', pretrained=False, epochs=args.epochs, warmup_epochs=max(1, args.epochs // 10),
                   batch_size=32, num_instances=4, eval_every=args.epochs, num_workers=2, checkpointing_steps=None,
                   seed=0)
-    results = {}
+    results_path = args.out / 'results.json'
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    seeds = [int(seed) for seed in args.seeds.split(',')]
     for regime in args.regimes.split(','):
         extra = {}
         if regime == 'pretrained':
             extra['pretrained_file'] = str(pretrain_backbone(args.out, common))
-        untrained = train(TrainConfig(**common, **extra, dataset='market1501', data_root=str(data_root),
-                                      output_dir=str(args.out / regime / 'untrained'), eval_only=True))
-        results[f'{regime} / AAformer untrained'] = {'metrics': untrained}
-        for name, baseline in VARIANTS.items():
-            run_dir = args.out / regime / (baseline or 'aaformer')
-            metrics = train(TrainConfig(**common, **extra, baseline=baseline, dataset='market1501',
-                                        data_root=str(data_root), output_dir=str(run_dir)))
-            results[f'{regime} / {name}'] = {'metrics': metrics,
-                                             'parts': part_statistics(run_dir / 'model', data_root)}
-            (args.out / 'results.json').write_text(json.dumps(results, indent=2))
+        if 0 in seeds:
+            untrained = train(TrainConfig(**common, **extra, dataset='market1501', data_root=str(data_root),
+                                          output_dir=str(args.out / regime / 'untrained'), eval_only=True))
+            results[f'{regime} / AAformer untrained'] = {'metrics': untrained}
+        for seed in seeds:
+            suffix = f'_seed{seed}' if seed else ''
+            for name, baseline in VARIANTS.items():
+                run_dir = args.out / regime / ((baseline or 'aaformer') + suffix)
+                metrics = train(TrainConfig(**dict(common, seed=seed), **extra, baseline=baseline,
+                                            dataset='market1501', data_root=str(data_root), output_dir=str(run_dir)))
+                results[f'{regime} / {name}' + (f' (seed {seed})' if seed else '')] = {
+                    'metrics': metrics, 'parts': part_statistics(run_dir / 'model', data_root)}
+                results_path.write_text(json.dumps(results, indent=2))
     print('| regime / variant | R1 | mAP | mINP | largest part share per group | empty parts per group |')
     print('|---|---:|---:|---:|---|---|')
     for name, r in results.items():
