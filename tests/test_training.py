@@ -79,6 +79,18 @@ def test_bad_input_fails_before_training(tmp_path, synthetic_root):
         drop_path_rate=0.1, assignment='stripes', part_groups=(6,))
 
 
+def test_loader_workers_default_follows_the_cores(monkeypatch):
+    """num_workers=None: usable cores shared among this machine's processes, at least 1, at most 8."""
+    import os
+    config = TrainConfig(data_root='x')
+    for cores, processes, expected in [(16, 1, 8), (16, 4, 4), (2, 1, 2), (2, 4, 1), (1, 1, 1), (64, 2, 8)]:
+        monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, n=cores: set(range(n)), raising=False)
+        assert config.loader_workers(processes) == expected, (cores, processes)
+    assert TrainConfig(data_root='x', num_workers=0).loader_workers(4) == 0  # an explicit value is kept
+    with pytest.raises(ValueError, match='num_workers must be >= 0'):
+        TrainConfig(data_root='x', num_workers=-1)
+
+
 def test_tiny_run_learns_and_saves_both_front_doors(tmp_path, synthetic_root):
     untrained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'untrained', eval_only=True)))
     trained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'run', epochs=6)))

@@ -7,6 +7,7 @@ ViT-B/16 from timm. Fields the paper does not state say so.
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -41,7 +42,9 @@ class TrainConfig:
     data_root: Optional[str] = None
     # loader options, e.g. {"include_val": true}; for 'synthetic', generator options, e.g. {"train_ids": 100}
     dataset_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    num_workers: int = 4
+    # loader worker processes per training process; None: the CPU cores this process may use divided by the
+    # processes on this machine, at most 8 (one worker reads ~400 Market-size crops/s, benchmarks/bench_loader.py)
+    num_workers: Optional[int] = None
 
     # optimisation (AAformer §IV-A)
     epochs: int = 120
@@ -99,6 +102,8 @@ class TrainConfig:
         steps = self.checkpointing_steps
         if steps is not None and steps != 'epoch' and not (str(steps).isdigit() and int(steps) > 0):
             raise ValueError(f"checkpointing_steps must be 'epoch' or a positive integer, got {steps!r}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f'num_workers must be >= 0 or None (automatic), got {self.num_workers}')
         if self.data_root is None:
             raise ValueError('data_root is required (the dataset folder)')
 
@@ -111,6 +116,13 @@ class TrainConfig:
                 raise ValueError(f'baseline {self.baseline!r} sets {sorted(clash)}; do not also pass them in model_args')
             kwargs.update(BASELINES[self.baseline])
         return kwargs
+
+    def loader_workers(self, local_processes: int = 1) -> int:
+        """``num_workers``, or when it is None: usable CPU cores // processes on this machine, between 1 and 8."""
+        if self.num_workers is not None:
+            return self.num_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+        return max(1, min(8, cores // max(1, local_processes)))
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

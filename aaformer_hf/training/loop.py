@@ -156,12 +156,14 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     criterion = family.make_loss(config)
     processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg)
 
+    # torchrun (and so accelerate launch) says how many processes share this machine
+    workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
     loader, sampler = train_loader(
         data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
-        config.seed, config.num_workers, accelerator.num_processes, accelerator.process_index)
+        config.seed, workers, accelerator.num_processes, accelerator.process_index)
     test_transform = build_transforms(pretrained_cfg, train=False)
-    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, config.num_workers)
-    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, config.num_workers)
+    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
+    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
     micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
     steps_per_epoch = micro_per_epoch // config.gradient_accumulation_steps
     if steps_per_epoch == 0:
