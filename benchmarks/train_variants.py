@@ -21,6 +21,7 @@ variants with each other, not with real re-ID results.
 """
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -149,6 +150,25 @@ def main() -> None:
         share = ' / '.join(f'{100 * s:.0f} %' for s in parts.get('largest_part_share', [])) or '-'
         empty = ' / '.join(f'{100 * s:.0f} %' for s in parts.get('empty_part_share', [])) or '-'
         print(f'| {name} | {100 * m["rank1"]:.1f} | {100 * m["mAP"]:.1f} | {100 * m["mINP"]:.1f} | {share} | {empty} |')
+    print_seed_summary(results)
+
+
+def print_seed_summary(results: dict) -> None:
+    """Mean and range over training seeds, for the variants run with more than one."""
+    by_variant: Dict[str, List[dict]] = {}
+    for name, r in results.items():
+        by_variant.setdefault(re.sub(r' \(seed \d+\)$', '', name), []).append(r['metrics'])
+    rows = {name: runs for name, runs in by_variant.items() if len(runs) > 1}
+    if not rows:
+        return
+    print('\n| regime / variant | seeds | R1 mean (min-max) | mAP mean (min-max) | mINP mean (min-max) |')
+    print('|---|---:|---:|---:|---:|')
+    for name, runs in rows.items():
+        cells = []
+        for key in ('rank1', 'mAP', 'mINP'):
+            values = [100 * run[key] for run in runs]
+            cells.append(f'{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})')
+        print(f'| {name} | {len(runs)} | ' + ' | '.join(cells) + ' |')
 
 
 if __name__ == '__main__':

@@ -43,7 +43,7 @@ def test_default_cfgs_non_std(upstream, name):
     token width D of forward_features, as for timm's ViT) with ``head_hidden_size`` (the pooled embedding). AAformer's
     embedding is CLS + P [PART]s, (1 + P) * D by the paper's definition, so that one assertion cannot hold for P > 0;
     we assert it is the only failure, then run the checks that follow it in upstream's test ourselves, with
-    upstream's own helpers."""
+    upstream's own helpers. timm itself has a model with the same convention (test_timm_precedent_for_the_convention)."""
     with pytest.raises(AssertionError) as excinfo:
         _call(upstream.test_model_default_cfgs_non_std, model_name=name, batch_size=1, cfg_device='meta')
     failed_at = excinfo.traceback[-1]
@@ -59,6 +59,19 @@ def test_default_cfgs_non_std(upstream, name):
     upstream._assert_reset_classifier_preserves_parent_device_dtype(model)
     upstream._assert_factory_device(name, 'meta')
     upstream._assert_frozen_survives_reset_and_resize(name, 'meta', reset_pool=False)
+
+
+def test_timm_precedent_for_the_convention():
+    """timm's own DeepseekVitEncoder (``deepseek_vit_412m_enc``) also returns, with num_classes=0, tokens of width
+    ``head_hidden_size`` (its projector's) while ``num_features`` stays the trunk width, as AAformer does; upstream's
+    test skips it at its 546-pixel input size before reaching the assertion AAformer trips. If timm ever changes
+    this convention, this test fails and the choice above should be revisited."""
+    model = timm.create_model('deepseek_vit_412m_enc', device='meta', num_classes=0).eval()
+    size = model.pretrained_cfg['input_size']
+    assert max(size) > 320  # upstream: `if max(input_size) > 320: pytest.skip(...)` before the shape checks
+    out = model(torch.randn(1, *size, device='meta'))
+    assert out.shape[-1] == model.head_hidden_size != model.num_features == model.forward_features(
+        torch.randn(1, *size, device='meta')).shape[-1]
 
 
 @pytest.mark.parametrize('name', MODELS)
