@@ -43,7 +43,7 @@ class TrainConfig:
     # loader options, e.g. {"include_val": true}; for 'synthetic', generator options, e.g. {"train_ids": 100}
     dataset_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # loader worker processes per training process; None: the CPU cores this process may use divided by the
-    # processes on this machine, at most 8 (one worker reads ~400 Market-size crops/s, benchmarks/bench_loader.py)
+    # processes on this machine, at most 8 (a worker core prepares ~490 Market-size crops/s: bench_loader.py)
     num_workers: Optional[int] = None
 
     # optimisation (AAformer §IV-A)
