@@ -13,6 +13,7 @@ that nearest-neighbour assignment piles most patches onto one part.
     python benchmarks/train_variants.py --out outputs/variants        # ~35 min on 2 CPU cores
     python benchmarks/train_variants.py --out outputs/variants --regimes pretrained --seeds 1,2   # more seeds
 
+A wider backbone goes in its own folder: ``--out outputs/variants_d128 --size 128 4 4 --variants aaformer,vit,mgn``.
 Training seeds other than 0 write to VARIANT_seedN folders; the pretrained backbone (and the data) stay the same for
 every seed, and an existing backbone checkpoint in --out is reused.
 
@@ -91,8 +92,8 @@ def pretrain_backbone(out: Path, common: dict) -> Path:
                   baseline='vit', dataset_options={'train_ids': 300, 'test_ids': 50, 'seed': 1234})
     train(TrainConfig(**config))
     weights = AAformerModel.from_pretrained(out / 'pretrain' / 'model').timm_model.state_dict()
-    vit = timm.create_model('vit_base_patch16_224', img_size=(256, 128), embed_dim=64, depth=4, num_heads=2,
-                            num_classes=0)
+    size = common['model_args']
+    vit = timm.create_model('vit_base_patch16_224', img_size=(256, 128), num_classes=0, **size)
     backbone = {k: v for k, v in weights.items() if k in vit.state_dict()}
     vit.load_state_dict(backbone, strict=True)  # proves it is a complete timm ViT checkpoint
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, path)
@@ -105,6 +106,10 @@ def main() -> None:
     parser.add_argument('--epochs', type=int, default=40)
     parser.add_argument('--regimes', default='scratch,pretrained')
     parser.add_argument('--seeds', default='0', help='training seeds, comma-separated')
+    parser.add_argument('--variants', default=','.join(b or 'aaformer' for b in VARIANTS.values()),
+                        help='which to train, comma-separated (aaformer, vit, pcb, mgn, nearest)')
+    parser.add_argument('--size', type=int, nargs=3, default=(64, 4, 2), metavar=('WIDTH', 'DEPTH', 'HEADS'),
+                        help='backbone of every variant (and of the pretrained ViT): embed_dim, depth, num_heads')
     parser.add_argument('--breakdown_only', action='store_true',
                         help='only the per-token retrieval of models an earlier run left in --out')
     args = parser.parse_args()
@@ -120,7 +125,9 @@ def main() -> None:
     data_root = args.out / 'data'
     if not data_root.exists():
         generate_market_layout(data_root, train_ids=100, test_ids=50, seed=0)
-    common = dict(model='aaformer_tiny', pretrained=False, epochs=args.epochs, warmup_epochs=max(1, args.epochs // 10),
+    width, depth, heads = args.size
+    common = dict(model='aaformer_tiny', model_args=dict(embed_dim=width, depth=depth, num_heads=heads),
+                  pretrained=False, epochs=args.epochs, warmup_epochs=max(1, args.epochs // 10),
                   batch_size=32, num_instances=4, eval_every=args.epochs, num_workers=2, checkpointing_steps=None,
                   seed=0)
     results_path = args.out / 'results.json'
@@ -137,6 +144,8 @@ def main() -> None:
         for seed in seeds:
             suffix = f'_seed{seed}' if seed else ''
             for name, baseline in VARIANTS.items():
+                if (baseline or 'aaformer') not in args.variants.split(','):
+                    continue
                 run_dir = args.out / regime / ((baseline or 'aaformer') + suffix)
                 metrics = train(TrainConfig(**dict(common, seed=seed), **extra, baseline=baseline,
                                             dataset='market1501', data_root=str(data_root), output_dir=str(run_dir)))
