@@ -91,6 +91,45 @@ def test_loader_workers_default_follows_the_cores(monkeypatch):
         TrainConfig(data_root='x', num_workers=-1)
 
 
+def test_rerank_metrics_match_the_numpy_references():
+    """--rerank: the trainer's re-ranked metrics equal the dense numpy re-ranking + numpy protocol references on the
+    L2-normalised features; the plain metrics are unchanged by it."""
+    import numpy as np
+    from benchmarks.reid_eval_reference import evaluate_reference
+    from benchmarks.reid_rerank_reference import re_rank_reference
+    from aaformer_hf.training import retrieval_metrics
+    from tests.test_evaluation import evaluate_reference_on_distances
+    rng = np.random.default_rng(7)
+    ids = rng.integers(1, 15, 120)
+    feats = rng.normal(size=(15, 24))[ids] + rng.normal(size=(120, 24))
+    cams = rng.integers(0, 4, 120)
+    qf, gf = torch.from_numpy(feats[:30]), torch.from_numpy(feats[30:])
+    labels = (torch.from_numpy(ids[:30]), torch.from_numpy(ids[30:]), torch.from_numpy(cams[:30]),
+              torch.from_numpy(cams[30:]))
+    got = retrieval_metrics(qf, gf, *labels, TrainConfig(data_root='x', rerank=True))
+    unit_q, unit_g = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in (feats[:30], feats[30:]))
+    plain = evaluate_reference(unit_q, unit_g, ids[:30], ids[30:], cams[:30], cams[30:])
+    reranked = evaluate_reference_on_distances(re_rank_reference(unit_q, unit_g), ids[:30], ids[30:], cams[:30],
+                                               cams[30:])
+    assert got['mAP'] == pytest.approx(plain['mAP'], abs=1e-9)
+    assert got['rerank_mAP'] == pytest.approx(reranked['mAP'], abs=1e-9)
+    assert got['rerank_rank1'] == pytest.approx(reranked['cmc'][0], abs=1e-9)
+    assert got['rerank_mINP'] == pytest.approx(reranked['mINP'], abs=1e-9)
+    assert abs(got['rerank_mAP'] - got['mAP']) > 1e-3  # re-ranking changed something: the test can tell them apart
+    assert 'rerank_mAP' not in retrieval_metrics(qf, gf, *labels, TrainConfig(data_root='x'))
+
+
+def test_rerank_reaches_metrics_file_and_summary(tmp_path, synthetic_root):
+    from aaformer_hf.training import format_summary
+    summary = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'rerank', eval_only=True, rerank=True)))
+    saved = json.loads((tmp_path / 'rerank' / 'metrics.json').read_text())
+    assert 0 < saved['rerank_mAP'] <= 1 and saved['rerank_mAP'] == pytest.approx(summary['rerank_mAP'])
+    table = format_summary(saved).splitlines()
+    assert table[1] == '|  | R1 | R5 | R10 | mAP | mINP |' and table[3].startswith('| plain |')
+    assert table[4] == '| re-ranked | ' + ' | '.join(
+        f'{100 * saved["rerank_" + k]:.1f}' for k in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP')) + ' |'
+
+
 def test_tiny_run_learns_and_saves_both_front_doors(tmp_path, synthetic_root):
     untrained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'untrained', eval_only=True)))
     trained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'run', epochs=6)))

@@ -2,10 +2,10 @@
 from typing import Optional, Sequence
 
 from .config import BASELINES, TrainConfig, parse_config
-from .loop import FAMILIES, Family, build_model, lr_at, train
+from .loop import FAMILIES, Family, build_model, lr_at, retrieval_metrics, train
 
 __all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'format_summary', 'lr_at', 'main',
-           'parse_config', 'train']
+           'parse_config', 'retrieval_metrics', 'train']
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -27,8 +27,13 @@ def format_summary(summary: dict) -> str:
     dataset = summary['dataset'] + (' (SYNTHETIC images: says nothing about real re-ID accuracy)'
                                     if summary['dataset'] == 'synthetic' else '')
     variant = summary['model'] + (f', baseline {summary["baseline"]}' if summary['baseline'] else '')
-    lines = [f'{variant} on {dataset}','| ' + ' | '.join(name for name, _ in rows) + ' |', '|' + '---:|' * len(rows),
-             '| ' + ' | '.join(f'{100 * summary[key]:.1f}' for _, key in rows) + ' |',
+    evaluations = {'': ''} if 'rerank_mAP' not in summary else {'plain': '', 're-ranked': 'rerank_'}
+    label = (lambda text: f'| {text} ') if len(evaluations) > 1 else (lambda text: '')
+    table = [label('') + '| ' + ' | '.join(name for name, _ in rows) + ' |',
+             label('---') + '|' + '---:|' * len(rows)]
+    table += [label(name) + '| ' + ' | '.join(f'{100 * summary[prefix + key]:.1f}' for _, key in rows) + ' |'
+              for name, prefix in evaluations.items()]
+    lines = [f'{variant} on {dataset}', *table,
              f'{summary["num_valid_queries"]} valid queries, {summary["epochs"]} epochs' + (
                  f', {summary["images_per_second"]:.1f} images/s (data wait {100 * summary["data_wait_share"]:.0f} %)'
                  if summary['images_per_second'] else ''),

@@ -70,6 +70,9 @@ class TrainConfig:
     eval_metric: str = 'euclidean'  # 'euclidean' | 'cosine'
     eval_normalize: bool = True  # L2-normalise features first (BoT / TransReID; the paper is silent)
     flip_test: bool = False
+    # also report metrics after k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) of the same features, as rerank_*;
+    # the plain metrics still pick the best model. Re-ranking costs far more than the evaluation itself.
+    rerank: bool = False
     eval_only: bool = False  # evaluate the (pretrained / untrained) model without training
 
     # output, checkpoints, logging

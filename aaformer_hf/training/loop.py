@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from timm.optim import create_optimizer_v2
@@ -24,14 +25,14 @@ from tqdm.auto import tqdm
 
 from ..data import build_transforms, load_reid_dataset
 from ..data.synthetic import generate_market_layout
-from ..evaluation import evaluate
+from ..evaluation import evaluate, re_rank
 from ..hf import AAformerConfig, AAformerForReID, AAformerImageProcessor
 from ..losses import AAformerLoss
 from ..models.aaformer import AAformer
 from .config import TrainConfig
 from .data import eval_loader, train_loader
 
-__all__ = ['Family', 'FAMILIES', 'train', 'lr_at', 'build_model']
+__all__ = ['Family', 'FAMILIES', 'train', 'lr_at', 'build_model', 'retrieval_metrics']
 
 logger = logging.getLogger(__name__)
 STATE_FILE = 'trainer_state.json'
@@ -120,8 +121,23 @@ def run_evaluation(model, query_loader, gallery_loader, accelerator: Accelerator
                    ) -> Dict[str, Any]:
     qf, q_pids, q_cams = extract(model, query_loader, accelerator, config.flip_test)
     gf, g_pids, g_cams = extract(model, gallery_loader, accelerator, config.flip_test)
-    result = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=config.eval_metric,
-                      normalize=config.eval_normalize)
+    return retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config)
+
+
+def retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config: TrainConfig) -> Dict[str, Any]:
+    """R1/R5/R10/mAP/mINP under the config's metric and normalisation; with ``config.rerank`` also the same after
+    k-reciprocal re-ranking of the (normalised) features, as ``rerank_*``."""
+    labels = (q_pids, g_pids, q_cams, g_cams)
+    metrics = _summarise(evaluate(qf, gf, *labels, metric=config.eval_metric, normalize=config.eval_normalize))
+    if config.rerank:
+        if config.eval_normalize or config.eval_metric == 'cosine':
+            qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+        reranked = _summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf)))
+        metrics.update({f'rerank_{k}': v for k, v in reranked.items() if k != 'num_valid_queries'})
+    return metrics
+
+
+def _summarise(result: Dict[str, Any]) -> Dict[str, Any]:
     cmc = result['cmc']
     return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
             'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': result['mAP'], 'mINP': result['mINP'],
