@@ -121,15 +121,18 @@ def run_evaluation(model, query_loader, gallery_loader, accelerator: Accelerator
                    ) -> Dict[str, Any]:
     qf, q_pids, q_cams = extract(model, query_loader, accelerator, config.flip_test)
     gf, g_pids, g_cams = extract(model, gallery_loader, accelerator, config.flip_test)
-    return retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config)
+    # every process needs the plain metrics (they choose the best model); the re-ranked ones are only reported
+    return retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config,
+                             rerank=config.rerank and accelerator.is_main_process)
 
 
-def retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config: TrainConfig) -> Dict[str, Any]:
-    """R1/R5/R10/mAP/mINP under the config's metric and normalisation; with ``config.rerank`` also the same after
-    k-reciprocal re-ranking of the (normalised) features, as ``rerank_*``."""
+def retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config: TrainConfig,
+                      rerank: Optional[bool] = None) -> Dict[str, Any]:
+    """R1/R5/R10/mAP/mINP under the config's metric and normalisation; with re-ranking (``rerank``, default
+    ``config.rerank``) also the same after k-reciprocal re-ranking of the (normalised) features, as ``rerank_*``."""
     labels = (q_pids, g_pids, q_cams, g_cams)
     metrics = _summarise(evaluate(qf, gf, *labels, metric=config.eval_metric, normalize=config.eval_normalize))
-    if config.rerank:
+    if config.rerank if rerank is None else rerank:
         if config.eval_normalize or config.eval_metric == 'cosine':
             qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
         reranked = _summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf)))
