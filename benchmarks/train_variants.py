@@ -83,8 +83,9 @@ def token_breakdown(model_dir: Path, data_root: Path) -> Dict[str, float]:
 
 def pretrain_backbone(out: Path, common: dict) -> Path:
     """A plain ViT trained on a disjoint, larger SYNTHETIC identity set, saved as a timm VisionTransformer."""
-    path = out / 'synthetic_vit_tiny.safetensors'
-    if path.exists():
+    size = common['model_args']
+    path = out / 'synthetic_vit_d{embed_dim}_l{depth}_h{num_heads}.safetensors'.format(**size)
+    if path.exists():  # named by its size, so a reused backbone always fits
         print(f'reusing the pretrained backbone {path}')
         return path
     root = out / 'data_pretrain'
@@ -92,7 +93,6 @@ def pretrain_backbone(out: Path, common: dict) -> Path:
                   baseline='vit', dataset_options={'train_ids': 300, 'test_ids': 50, 'seed': 1234})
     train(TrainConfig(**config))
     weights = AAformerModel.from_pretrained(out / 'pretrain' / 'model').timm_model.state_dict()
-    size = common['model_args']
     vit = timm.create_model('vit_base_patch16_224', img_size=(256, 128), num_classes=0, **size)
     backbone = {k: v for k, v in weights.items() if k in vit.state_dict()}
     vit.load_state_dict(backbone, strict=True)  # proves it is a complete timm ViT checkpoint
@@ -133,6 +133,7 @@ def main() -> None:
     results_path = args.out / 'results.json'
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     seeds = [int(seed) for seed in args.seeds.split(',')]
+    wanted = set(args.variants.split(','))
     for regime in args.regimes.split(','):
         extra = {}
         if regime == 'pretrained':
@@ -142,11 +143,11 @@ def main() -> None:
                                           output_dir=str(args.out / regime / 'untrained'), eval_only=True))
             results[f'{regime} / AAformer untrained'] = {'metrics': untrained}
         for seed in seeds:
-            suffix = f'_seed{seed}' if seed else ''
             for name, baseline in VARIANTS.items():
-                if (baseline or 'aaformer') not in args.variants.split(','):
+                key = baseline or 'aaformer'
+                if key not in wanted:
                     continue
-                run_dir = args.out / regime / ((baseline or 'aaformer') + suffix)
+                run_dir = args.out / regime / (key + (f'_seed{seed}' if seed else ''))
                 metrics = train(TrainConfig(**dict(common, seed=seed), **extra, baseline=baseline,
                                             dataset='market1501', data_root=str(data_root), output_dir=str(run_dir)))
                 results[f'{regime} / {name}' + (f' (seed {seed})' if seed else '')] = {

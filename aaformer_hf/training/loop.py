@@ -130,9 +130,10 @@ def retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config: TrainConfi
                       rerank: Optional[bool] = None) -> Dict[str, Any]:
     """R1/R5/R10/mAP/mINP under the config's metric and normalisation; with re-ranking (``rerank``, default
     ``config.rerank``) also the same after k-reciprocal re-ranking of the (normalised) features, as ``rerank_*``."""
+    rerank = config.rerank if rerank is None else rerank
     labels = (q_pids, g_pids, q_cams, g_cams)
     metrics = _summarise(evaluate(qf, gf, *labels, metric=config.eval_metric, normalize=config.eval_normalize))
-    if config.rerank if rerank is None else rerank:
+    if rerank:
         if config.eval_normalize or config.eval_metric == 'cosine':
             qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
         reranked = _summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf)))
