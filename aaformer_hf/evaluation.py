@@ -38,6 +38,16 @@ def _tensor(x: ArrayLike, device, dtype: Optional[torch.dtype]) -> torch.Tensor:
     return t.to(dtype if dtype is not None else (t.dtype if t.is_floating_point() else torch.float64))
 
 
+def _labels(x: ArrayLike, name: str, device) -> torch.Tensor:
+    """Identity or camera labels as int64; non-integral values are an error, not truncated."""
+    t = torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x)).to(device)
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ValueError(f'{name} must be integers, got non-integral values such as {t[t != t.round()][0].item()}')
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f'{name} must be integers, got {t.dtype}')
+    return t.long()
+
+
 class _GalleryDistance:
     """Distances from query chunks to one gallery in ``dtype``; the gallery's norms are computed once.
 
@@ -271,14 +281,27 @@ def evaluate(
     # the features as given (upcast to float64 where needed) are the exact reference; products run in `dtype`
     qf = _tensor(query_features, device, torch.float64)
     gf = _tensor(gallery_features, device, None)  # not copied to float64: rows are upcast when needed
-    q_pids, g_pids = _tensor(q_pids, device, torch.long), _tensor(g_pids, device, torch.long)
-    q_cams, g_cams = _tensor(q_camids, device, torch.long), _tensor(g_camids, device, torch.long)
+    q_pids, g_pids = _labels(q_pids, 'q_pids', device), _labels(g_pids, 'g_pids', device)
+    q_cams, g_cams = _labels(q_camids, 'q_camids', device), _labels(g_camids, 'g_camids', device)
     for name, t, n in (('q_pids', q_pids, len(qf)), ('q_camids', q_cams, len(qf)),
                        ('g_pids', g_pids, len(gf)), ('g_camids', g_cams, len(gf))):
         if t.shape != (n,):
             raise ValueError(f'{name} must have shape ({n},), got {tuple(t.shape)}')
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f'features must be (Q, D) and (G, D), got {tuple(qf.shape)} and {tuple(gf.shape)}')
+    if len(qf) == 0 or len(gf) == 0:
+        raise ValueError(f'nothing to evaluate: {len(qf)} query and {len(gf)} gallery items'
+                         + (' (the gallery is empty)' if len(gf) == 0 else ' (no query)'))
+    if distmat is not None:
+        bad = (~torch.isfinite(distmat)).any(dim=1)
+        if bad.any():
+            raise ValueError(f'distmat has non-finite (NaN or Inf) distances in {int(bad.sum())} of {len(bad)} '
+                             'query rows')
+    else:  # a NaN sorts as neither near nor far: metrics would be meaningless (an all-NaN model scores R1 = 1)
+        bad_q, bad_g = (int((~torch.isfinite(f)).any(dim=1).sum()) for f in (qf, gf))
+        if bad_q or bad_g:
+            raise ValueError(f'features are not finite (NaN or Inf) in {bad_q} of {len(qf)} query rows and {bad_g} '
+                             f'of {len(gf)} gallery rows; the model that produced them has diverged or overflowed')
     if normalize:
         qf, gf = F.normalize(qf, dim=1), F.normalize(gf.double(), dim=1)
 

@@ -112,6 +112,9 @@ def re_rank(
     device = torch.device(device) if device is not None else query_features.device
     feats = torch.cat([torch.as_tensor(query_features), torch.as_tensor(gallery_features)]).to(device, dtype)
     num_query, n = len(query_features), len(feats)
+    bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+    if bad:
+        raise ValueError(f'features are not finite (NaN or Inf) in {bad} of {n} rows (query and gallery)')
     if not 1 <= k1 < n or not 1 <= k2 <= k1 + 1:
         raise ValueError(f'need 1 <= k1 < Q+G ({n}) and 1 <= k2 <= k1 + 1, got k1={k1}, k2={k2}')
     squared = feats.pow(2).sum(1)

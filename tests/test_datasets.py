@@ -30,7 +30,7 @@ def test_market1501_layout(tmp_path):
 
 
 def test_dukemtmc_layout_and_modes(tmp_path):
-    write(tmp_path / 'bounding_box_train', ['0005_c2_f0046985.jpg'], mode='L')
+    write(tmp_path / 'bounding_box_train', ['0004_c2_f0046985.jpg'], mode='L')
     write(tmp_path / 'query', ['0005_c1_f0045843.jpg'])
     write(tmp_path / 'bounding_box_test', ['0005_c3_f0047123.jpg'], mode='CMYK')
     ds = load_reid_dataset('dukemtmc', tmp_path)
@@ -152,3 +152,42 @@ def test_truncated_and_unreadable_images(tmp_path, caplog):
     assert 'skipped 2 unreadable or truncated image(s) in train' in caplog.text
     assert list(ds['train']['pid_original']) == [4] and list(ds['train']['pid']) == [0]
     assert len(load_reid_dataset('market1501', tmp_path, verify_images=False)['train']) == 3
+
+
+def test_sixteen_bit_images_are_refused_by_name(tmp_path):
+    write(tmp_path / 'bounding_box_train', ['0002_c1s1_000451_03.jpg'])
+    write(tmp_path / 'query', ['0001_c1s1_001051_00.jpg'])
+    write(tmp_path / 'bounding_box_test', ['0001_c2s1_000301_01.png'])
+    wide = tmp_path / 'bounding_box_test' / '0001_c2s1_000301_01.png'
+    Image.fromarray(np.full((16, 8), 3000, dtype=np.uint16)).save(wide)  # dark grey in 16 bits
+    with Image.open(wide) as image:  # what the refusal prevents: PIL's RGB conversion turns it white
+        assert image.mode.startswith('I') and image.convert('RGB').getpixel((0, 0)) == (255, 255, 255)
+    with pytest.raises(ReIDDatasetError, match=rf'1 unreadable .* in gallery: {wide} \(I;16 image \(16-bit\): '
+                                               'convert it to 8-bit first'):
+        load_reid_dataset('market1501', tmp_path)
+
+
+def test_camera_zero_and_leaking_identities_are_refused(tmp_path):
+    write(tmp_path / 'bounding_box_train', ['0002_c1s1_000451_03.jpg', '0003_c2s1_000451_03.jpg'])
+    write(tmp_path / 'query', ['0001_c0s1_001051_00.jpg'])
+    write(tmp_path / 'bounding_box_test', ['0001_c2s1_000301_01.jpg', '0000_c3s1_000000_02.jpg'])
+    with pytest.raises(ReIDDatasetError, match=r'0001_c0s1_001051_00.jpg: camera 0 in the file name'):
+        load_reid_dataset('market1501', tmp_path)
+    (tmp_path / 'query' / '0001_c0s1_001051_00.jpg').rename(tmp_path / 'query' / '0001_c1s1_001051_00.jpg')
+    assert len(load_reid_dataset('market1501', tmp_path)['gallery']) == 2  # distractor 0 is no leak
+    write(tmp_path / 'bounding_box_test', ['0003_c4s1_000301_01.jpg'])  # training identity 3 in the gallery
+    with pytest.raises(ReIDDatasetError, match=r'1 identities are in both the training and the test split \(3\)'):
+        load_reid_dataset('market1501', tmp_path)
+    assert len(load_reid_dataset('market1501', tmp_path, allow_shared_ids=True)['gallery']) == 3
+
+
+def test_datasets_repo_with_float_ids_is_refused(tmp_path):
+    import datasets
+    write(tmp_path / 'img', ['a.png'])
+    split = datasets.Dataset.from_dict({'image': [str(tmp_path / 'img' / 'a.png')], 'pid': [1.5], 'camid': [0]},
+                                       features=datasets.Features({'image': datasets.Image(),
+                                                                   'pid': datasets.Value('float64'),
+                                                                   'camid': datasets.Value('int64')}))
+    datasets.DatasetDict({'train': split, 'query': split, 'gallery': split}).save_to_disk(str(tmp_path / 'saved'))
+    with pytest.raises(ReIDDatasetError, match=r"\[train\]: column 'pid' must hold integers, has float64"):
+        load_reid_dataset('hub', tmp_path / 'saved')

@@ -67,6 +67,33 @@ def test_bad_input_names_the_field():
         evaluate(np.zeros((2, 4)), np.zeros((3, 4)), [1, 2], [1, 2, 3], [0, 0], [0, 1])
     with pytest.raises(ValueError, match='no query has a positive'):
         evaluate(np.zeros((1, 4)), np.zeros((2, 4)), [1], [2, 3], [0], [0, 1])
+    with pytest.raises(ValueError, match='q_pids must be integers, got non-integral values such as 1.5'):
+        evaluate(np.zeros((2, 4)), np.zeros((3, 4)), [1.5, 2], [1, 2, 3], [0, 0], [0, 1, 1])
+    assert evaluate(np.eye(2, 4), np.eye(3, 4), [1.0, 2.0], [1, 2, 3], [0, 0], [1, 1, 1])['mAP'] == 1.0
+    with pytest.raises(ValueError, match=r'0 gallery items \(the gallery is empty\)'):
+        evaluate(np.zeros((2, 4)), np.zeros((0, 4)), [1, 2], [], [0, 0], [])
+
+
+@pytest.mark.parametrize('bad_value', [np.nan, np.inf, -np.inf])
+def test_non_finite_features_are_refused_with_row_counts(bad_value):
+    rng = np.random.default_rng(0)
+    qf, gf = rng.normal(size=(5, 4)), rng.normal(size=(9, 4))
+    labels = ([1, 2, 3, 1, 2], [1, 2, 3] * 3, [0] * 5, [1] * 9)
+    assert evaluate(qf, gf, *labels)['num_valid_queries'] == 5
+    qf[[1, 3], 2] = bad_value
+    gf[4, 0] = bad_value
+    with pytest.raises(ValueError, match=r'not finite \(NaN or Inf\) in 2 of 5 query rows and 1 of 9 gallery rows'):
+        evaluate(qf, gf, *labels)
+    with pytest.raises(ValueError, match='not finite'):  # an all-NaN model must not evaluate "perfectly"
+        evaluate(np.full((5, 4), np.nan), np.full((9, 4), np.nan), *labels)
+    with pytest.raises(ValueError, match='not finite'):  # normalising first hides nothing
+        evaluate(torch.from_numpy(qf).float(), torch.from_numpy(gf).float(), *labels, normalize=True)
+    distmat = rng.random((5, 9))
+    distmat[0, 3] = bad_value
+    with pytest.raises(ValueError, match='non-finite .* in 1 of 5 query rows'):
+        evaluate(None, None, *labels, distmat=distmat)
+    with pytest.raises(ValueError, match=r'not finite \(NaN or Inf\) in 3 of 14 rows'):
+        evaluation.re_rank(torch.from_numpy(qf), torch.from_numpy(gf), k1=3, k2=2)
 
 
 @pytest.mark.parametrize('budget', [0, 10 ** 9])

@@ -1,5 +1,6 @@
 """The synthetic Market-layout generator: loadable by the real loader, deterministic, identities carried by parts."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from aaformer_hf.data import load_reid_dataset
@@ -52,3 +53,18 @@ def test_cli(tmp_path, capsys):
     main(['--root', str(tmp_path / 'cli'), '--train_ids', '2', '--test_ids', '2', '--images_per_id', '2'])
     assert 'SYNTHETIC' in capsys.readouterr().out
     assert (tmp_path / 'cli' / 'query').is_dir()
+
+
+def test_refuses_an_existing_dataset_and_empty_splits(tmp_path, capsys):
+    root = tmp_path / 'first'
+    main(['--root', str(root), '--train_ids', '2', '--test_ids', '2', '--images_per_id', '2'])
+    before = sorted(p.name for p in (root / 'bounding_box_train').iterdir())
+    with pytest.raises(SystemExit):  # a second dataset into the same root would merge the two
+        main(['--root', str(root), '--train_ids', '3', '--test_ids', '2', '--images_per_id', '2', '--seed', '1'])
+    assert f'{root}: exists and is not an empty folder' in capsys.readouterr().err
+    assert sorted(p.name for p in (root / 'bounding_box_train').iterdir()) == before
+    for flag in ('--train_ids', '--test_ids'):
+        with pytest.raises(SystemExit):
+            main(['--root', str(tmp_path / 'empty'), flag, '0'])
+        assert 'need train_ids >= 1 and test_ids >= 1' in capsys.readouterr().err
+    assert not (tmp_path / 'empty').exists()

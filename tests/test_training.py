@@ -132,10 +132,10 @@ def test_rerank_reaches_metrics_file_and_summary(tmp_path, synthetic_root):
 
 def test_tiny_run_learns_and_saves_both_front_doors(tmp_path, synthetic_root):
     untrained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'untrained', eval_only=True)))
-    trained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'run', epochs=6)))
+    trained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'run', epochs=3)))
     assert trained['mAP'] > untrained['mAP'] + 0.15, (untrained['mAP'], trained['mAP'])
     metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
-    assert metrics['epochs'] == 6 and metrics['images_per_second'] > 0 and metrics['num_valid_queries'] == 12
+    assert metrics['epochs'] == 3 and metrics['images_per_second'] > 0 and metrics['num_valid_queries'] == 12
     assert metrics['mAP'] == pytest.approx(trained['mAP'])
     # the model folder: transformers' AutoModel and timm both load it and give the same embedding
     model_dir = tmp_path / 'run' / 'model'
@@ -153,7 +153,7 @@ def _run(args, env=None, **kwargs):
 
 
 def test_kill_and_resume_is_exact(tmp_path, synthetic_root):
-    common = tiny(synthetic_root, None, epochs=3, checkpointing_steps=2)
+    common = tiny(synthetic_root, None, epochs=2, checkpointing_steps=2)
     whole = dict(common, output_dir=str(tmp_path / 'whole'))
     out = _run(flags(whole)).communicate()[0]
     assert (tmp_path / 'whole' / 'model' / 'model.safetensors').is_file(), out[-3000:]
@@ -179,7 +179,7 @@ def test_kill_and_resume_is_exact(tmp_path, synthetic_root):
 
 
 def test_two_cpu_processes(tmp_path, synthetic_root):
-    values = tiny(synthetic_root, tmp_path / 'ddp', epochs=2, batch_size=16)
+    values = tiny(synthetic_root, tmp_path / 'ddp', epochs=1, batch_size=16)
     command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29531',
                TRAIN_SCRIPT, *flags(values)]
     done = subprocess.run(command, env={**os.environ, 'ACCELERATE_USE_CPU': 'true', 'OMP_NUM_THREADS': '1'},
@@ -201,11 +201,11 @@ def test_accumulation_mixed_precision_and_step_checkpoints(tmp_path, synthetic_r
     log = _run(flags(values)).communicate()[0]
     assert (out / 'metrics.json').is_file(), log[-3000:]
     summary = json.loads((out / 'metrics.json').read_text())
-    # 24 identities / 4 per batch = 6 batches per epoch -> 3 optimiser steps per epoch
+    # 24 identities x 2 groups of 4 images / 4 identities per batch = 12 batches an epoch -> 6 optimiser steps
     kept = sorted(p.name for p in (out / 'checkpoints').iterdir())
-    assert kept == ['step_2', 'step_3'], kept
-    state = json.loads((out / 'checkpoints' / 'step_3' / 'trainer_state.json').read_text())
-    assert state['global_step'] == 3 and state['epoch'] == 0 and state['step_in_epoch'] == 3
+    assert kept == ['step_5', 'step_6'], kept
+    state = json.loads((out / 'checkpoints' / 'step_6' / 'trainer_state.json').read_text())
+    assert state['global_step'] == 6 and state['epoch'] == 0 and state['step_in_epoch'] == 6
     assert 0 <= summary['mAP'] <= 1 and summary['epochs'] == 1
 
 
@@ -213,7 +213,7 @@ def test_tracking_writes_tensorboard_events(tmp_path, synthetic_root):
     """--with_tracking logs losses, the learning rate and the evaluation; read back with tensorboard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = tmp_path / 'tracked'
-    metrics = train(TrainConfig(**tiny(synthetic_root, out, epochs=2, warmup_epochs=1, eval_every=2,
+    metrics = train(TrainConfig(**tiny(synthetic_root, out, epochs=1, warmup_epochs=1, eval_every=1,
                                        with_tracking=True, report_to='tensorboard')))
     event_files = list(out.rglob('events.out.tfevents*'))
     assert event_files
@@ -222,7 +222,8 @@ def test_tracking_writes_tensorboard_events(tmp_path, synthetic_root):
     assert {'train/loss', 'train/lr', 'eval/mAP', 'eval/rank1'} <= tags, tags
     (logged_map,) = events.Scalars('eval/mAP')
     assert logged_map.value == pytest.approx(metrics['mAP'], rel=1e-6)
-    assert len(events.Scalars('train/loss')) == 2 * 24 // 4  # 2 epochs x 24 identities / 4 identities per batch
+    # one epoch: 24 identities x 2 groups of 4 images / 4 identities per batch
+    assert len(events.Scalars('train/loss')) == 24 * 2 // 4
 
 
 def test_tracking_without_the_tracker_stops_before_training(tmp_path, synthetic_root, monkeypatch):
@@ -248,3 +249,72 @@ def test_unreadable_image_at_training_time_names_the_file(tmp_path, synthetic_ro
     broken.write_bytes(b'not an image')
     with pytest.raises(RuntimeError, match=re.escape(f'cannot load item 0 ({broken})')):
         ReIDItems(train_split, lambda image: image)[0]
+
+
+def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, monkeypatch):
+    """A loss term that turns NaN stops training at that optimiser step, naming the term, and saves no model."""
+    from aaformer_hf.training import loop
+    family = loop.FAMILIES[loop.AAformer]
+    calls = []
+
+    def make_loss(config):
+        criterion = family.make_loss(config)
+
+        def poisoned(logits, features, labels):
+            losses = criterion(logits, features, labels)
+            calls.append(1)
+            if len(calls) == 3:  # the third optimiser step: its triplet term overflows
+                losses['triplet_loss'] = losses['triplet_loss'] * float('inf')
+                losses['loss'] = losses['id_loss'] + losses['triplet_loss']
+            return losses
+        return poisoned
+
+    monkeypatch.setitem(loop.FAMILIES, loop.AAformer, loop.Family(
+        family.config_class, family.reid_class, family.processor_class, make_loss))
+    out = tmp_path / 'diverged'
+    with pytest.raises(FloatingPointError, match=r'diverged at optimiser step 3 \(epoch 0, batch 2\): '
+                                                 r'loss = inf, id_loss = [0-9.]+, triplet_loss = inf'):
+        train(TrainConfig(**tiny(synthetic_root, out, epochs=1, checkpointing_steps='2', eval_every=1)))
+    assert not (out / 'model').exists() and not (out / 'best_model').exists()
+    assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['step_2']  # the last good state is kept
+
+
+def test_a_diverged_model_is_never_saved(tmp_path):
+    from accelerate import Accelerator
+    from aaformer_hf.training.loop import _save_model
+    model = timm.create_model('aaformer_tiny')
+    with torch.no_grad():
+        model.blocks[1].attn.qkv.weight[0, 0] = float('nan')
+    with pytest.raises(FloatingPointError, match=r'non-finite values in 1 tensors \(\[.blocks.1.attn.qkv.weight.\]'):
+        _save_model(model, Accelerator(cpu=True), tmp_path / 'best_model', None)
+    assert not (tmp_path / 'best_model').exists()
+
+
+def test_yaml_and_flag_values_are_typed_and_named(tmp_path, capsys):
+    config_file = tmp_path / 'typed.yaml'
+    # PyYAML reads 1e-3 as a string; quoted booleans are strings too
+    config_file.write_text('lr: 1e-3\nflip_test: "false"\neval_normalize: "no"\nrerank: "yes"\n'
+                           'checkpointing_steps: 500\ntriplet_margin: null\nepochs: 12\n')
+    config = parse_config(['--config', str(config_file), '--data_root', 'x'])
+    assert config.lr == 1e-3 and isinstance(config.lr, float)
+    assert config.flip_test is False and config.eval_normalize is False and config.rerank is True
+    assert config.checkpointing_steps == '500' and config.triplet_margin is None and config.epochs == 12
+    for text, message in [('epochs: ten\n', "epochs must be an integer, got 'ten'"),
+                          ('epochs: 2.5\n', 'epochs must be an integer, got 2.5'),
+                          ('flip_test: maybe\n', "flip_test must be a boolean, got 'maybe'"),
+                          ('lr: true\n', 'lr must be a number, got True'),
+                          ('model_args: [1, 2]\n', r'model_args must be a mapping, got \[1, 2\]'),
+                          ('triplet_margin: wide\n', "triplet_margin must be a number or none, got 'wide'")]:
+        config_file.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(str(config_file)) + ': ' + message):
+            parse_config(['--config', str(config_file), '--data_root', 'x'])
+    # the Python API gets the same checks
+    assert TrainConfig(data_root='x', flip_test='no').flip_test is False
+    with pytest.raises(ValueError, match="warmup_lr must be a number, got 'fast'"):
+        TrainConfig(data_root='x', warmup_lr='fast')
+    # flags: bad values and abbreviations are refused by name
+    for argv, message in [(['--epoch', '1'], 'unrecognized arguments: --epoch 1'),
+                          (['--lr', 'abc'], "argument --lr: lr must be a number, got 'abc'")]:
+        with pytest.raises(SystemExit):
+            parse_config(['--data_root', 'x', *argv])
+        assert message in capsys.readouterr().err

@@ -28,6 +28,12 @@ __all__ = ['load_reid_dataset', 'ReIDDatasetError', 'DATASET_NAMES']
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
+# PIL modes whose conversion to RGB clips rather than scales: refused by name at load time
+WIDE_MODES = {'I;16': '16-bit', 'I;16L': '16-bit', 'I;16B': '16-bit', 'I;16N': '16-bit', 'I': '32-bit integer',
+              'F': '32-bit float'}
+# layouts whose training and test identities share one numbering (so a shared id is a leak); MSMT17's list files
+# number training and test identities separately
+_DISJOINT_IDS = ('market1501', 'dukemtmc', 'occluded_duke', 'cuhk03', 'folder', 'hub')
 
 
 class ReIDDatasetError(ValueError):
@@ -68,6 +74,8 @@ def _scan(folder: Path, parse: Callable[[Path], Tuple[int, int]]) -> List[Tuple[
         pid, cam = parse(path)
         if pid == -1:  # junk detections, dropped by every toolkit
             continue
+        if cam < 1:
+            raise ReIDDatasetError(f'{path}: camera {cam} in the file name; these layouts number cameras from 1')
         records.append((str(path), pid, cam - 1))
     if not records:
         raise ReIDDatasetError(f'{folder}: no images')
@@ -116,6 +124,9 @@ def _msmt_list(list_file: Path, image_dir: Path) -> List[Tuple[str, int, int]]:
         except (ValueError, IndexError):
             raise ReIDDatasetError(f'{list_file}:{number}: expected "<path> <pid>" with an MSMT17 file name, got '
                                    f'{line!r}') from None
+        if cam < 1 or pid < 0:
+            raise ReIDDatasetError(f'{list_file}:{number}: camera {cam} / pid {pid}; MSMT17 numbers cameras from 1 '
+                                   'and identities from 0')
         records.append((str(image_dir / relative), pid, cam - 1))
     if not records:
         raise ReIDDatasetError(f'{list_file}: no images listed')
@@ -207,6 +218,10 @@ def _from_datasets_repo(source: str, **load_options) -> datasets.DatasetDict:
         lacking = {'image', 'pid', 'camid'} - set(ds.column_names)
         if lacking:
             raise ReIDDatasetError(f'{source} [{split}]: missing column(s) {sorted(lacking)}')
+        for column in ('pid', 'camid'):
+            dtype = getattr(ds.features[column], 'dtype', None)
+            if dtype is None or not dtype.startswith(('int', 'uint')):
+                raise ReIDDatasetError(f'{source} [{split}]: column {column!r} must hold integers, has {dtype}')
         ds = ds.cast_column('image', datasets.Image(mode='RGB'))
         if split == 'train':
             ds = _relabel(ds.add_column('pid_original', list(ds['pid'])))
@@ -230,6 +245,9 @@ def _check_image(path: str) -> Optional[str]:
     try:
         with Image.open(path) as image:
             image.load()  # full decode: catches truncated files, which Image.verify() lets through
+            if image.mode in WIDE_MODES:  # PIL's RGB conversion clips these: 16-bit images turn all white
+                return (f'{image.mode} image ({WIDE_MODES[image.mode]}): convert it to 8-bit first, e.g. '
+                        'Image.fromarray((numpy.asarray(image) >> 8).astype(numpy.uint8))')
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
         return f'{type(error).__name__}: {error}'
     return None
@@ -264,14 +282,18 @@ def _verify_images(dsd: datasets.DatasetDict, skip: bool, workers: int = 8) -> d
 
 
 def load_reid_dataset(name: str, root, verify_images: bool = True, skip_bad_images: bool = False,
-                      **options) -> datasets.DatasetDict:
+                      allow_shared_ids: bool = False, **options) -> datasets.DatasetDict:
     """Load a re-ID dataset as a ``DatasetDict`` with splits ``train``, ``query`` and ``gallery``.
 
     Args:
         name: one of ``DATASET_NAMES``: market1501, dukemtmc, occluded_duke, msmt17, cuhk03, folder, hub.
         root: the dataset folder (for ``hub``: a Hub dataset id or a local ``datasets`` folder).
         verify_images: decode every image file once now, so a bad file fails here with its path.
-        skip_bad_images: drop unreadable/truncated files instead of failing (they are counted and logged).
+        skip_bad_images: drop unreadable/truncated files instead of failing (they are counted and logged). 16- and
+            32-bit images (PIL modes I;16, I, F) count as bad: PIL's RGB conversion would clip them to white.
+        allow_shared_ids: accept training identities that also appear in query/gallery. Off: that is an error
+            (train/test leakage), except for Market/Duke's distractor id 0 and for MSMT17, whose list files number
+            the two splits separately.
         options: ``include_val`` (msmt17), ``variant`` ('labeled' | 'detected', cuhk03), or ``datasets.load_dataset``
             keyword arguments (hub, e.g. ``revision``).
     """
@@ -289,4 +311,19 @@ def load_reid_dataset(name: str, root, verify_images: bool = True, skip_bad_imag
             if options and 'unexpected keyword' in str(error):
                 raise ValueError(f'unknown option(s) {sorted(options)} for dataset {name!r}') from None
             raise
+    if name in _DISJOINT_IDS and not allow_shared_ids:
+        _check_disjoint_identities(dsd, root, distractor=0 if name in ('market1501', 'dukemtmc', 'occluded_duke')
+                                   else None)
     return _verify_images(dsd, skip_bad_images) if verify_images else dsd
+
+
+def _check_disjoint_identities(dsd: datasets.DatasetDict, root, distractor: Optional[int]) -> None:
+    """Training identities must not reappear in query or gallery: that would be train/test leakage."""
+    train = set(dsd['train']['pid_original'])
+    shared = (train & (set(dsd['query']['pid']) | set(dsd['gallery']['pid']))) - {distractor}
+    if shared:
+        listed = ', '.join(str(pid) for pid in sorted(shared)[:10])
+        raise ReIDDatasetError(
+            f'{root}: {len(shared)} identities are in both the training and the test split ({listed}'
+            f'{" ..." if len(shared) > 10 else ""}); re-ID protocols keep them disjoint. Pass allow_shared_ids=True '
+            'if the two splits number identities independently')

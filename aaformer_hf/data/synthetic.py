@@ -112,7 +112,15 @@ def generate_market_layout(
     """
     if images_per_id < 2 or num_cameras < 2:
         raise ValueError('images_per_id and num_cameras must be >= 2 (queries need a gallery match on another camera)')
+    if train_ids < 1 or test_ids < 1 or distractors < 0 or junk < 0 or not 0 <= occlusion <= 1:
+        raise ValueError(f'need train_ids >= 1 and test_ids >= 1 (got {train_ids}, {test_ids}), distractors and junk '
+                         f'>= 0 (got {distractors}, {junk}), occlusion in [0, 1] (got {occlusion})')
+    if train_ids + test_ids > 9999:  # Market file names have 4 identity digits
+        raise ValueError(f'train_ids + test_ids must be <= 9999, got {train_ids + test_ids}')
     root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # writing into another dataset would merge the two (and leak training identities into the test set)
+        raise FileExistsError(f'{root}: exists and is not an empty folder; choose a new root')
     rng = np.random.default_rng(seed)
     frame = 0
 
@@ -162,9 +170,12 @@ def main(argv=None) -> None:
     parser.add_argument('--parsing', action='store_true', help='also write LIP-label parsing maps')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    root = generate_market_layout(
-        args.root, args.train_ids, args.test_ids, args.images_per_id, args.num_cameras,
-        occlusion=args.occlusion, parsing=args.parsing, seed=args.seed)
+    try:
+        root = generate_market_layout(
+            args.root, args.train_ids, args.test_ids, args.images_per_id, args.num_cameras,
+            occlusion=args.occlusion, parsing=args.parsing, seed=args.seed)
+    except (ValueError, FileExistsError) as error:
+        parser.error(str(error))
     print(f'wrote a SYNTHETIC Market-1501-layout dataset to {root}')
 
 

@@ -8,10 +8,13 @@ import argparse
 import dataclasses
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import yaml
+
+from ..data.sampler import EPOCH_MODES
 
 __all__ = ['TrainConfig', 'BASELINES', 'parse_config']
 
@@ -50,6 +53,9 @@ class TrainConfig:
     epochs: int = 120
     batch_size: int = 64  # identities x num_instances per step, over all processes
     num_instances: int = 4  # K images per identity
+    # 'images': the toolkits' epoch (BoT / TransReID / CLIP-ReID), about every training image once;
+    # 'identities': each identity once, one group of K (4x shorter on Market-1501, 7x on MSMT17). See PKSampler.
+    sampler_epoch: str = 'images'
     lr: float = 8e-3
     warmup_epochs: int = 10
     warmup_lr: float = 8e-4
@@ -77,6 +83,9 @@ class TrainConfig:
 
     # output, checkpoints, logging
     output_dir: str = 'outputs/train'
+    # a fresh run refuses an output_dir holding an earlier run (checkpoints, metrics.json, model folders) unless this
+    # is set; it then deletes them first
+    overwrite_output_dir: bool = False
     checkpointing_steps: Optional[str] = 'epoch'  # 'epoch', an integer number of optimiser steps, or None
     checkpoints_total_limit: Optional[int] = 2  # keep only the newest N checkpoints (None: all)
     resume_from_checkpoint: Optional[str] = None  # a checkpoint folder or 'latest'
@@ -86,6 +95,8 @@ class TrainConfig:
     hub_model_id: Optional[str] = None
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # YAML and Python callers get the same typed values as flags
+            setattr(self, field.name, coerce_field(field, getattr(self, field.name)))
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ValueError(f'baseline must be one of {sorted(BASELINES)}, got {self.baseline!r}')
         if self.batch_size < 1 or self.num_instances < 1 or self.batch_size % self.num_instances:
@@ -98,6 +109,8 @@ class TrainConfig:
             raise ValueError('lr must be > 0, warmup_lr and min_lr >= 0')
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f'warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}')
+        if self.sampler_epoch not in EPOCH_MODES:
+            raise ValueError(f'sampler_epoch must be one of {EPOCH_MODES}, got {self.sampler_epoch!r}')
         if self.eval_metric not in ('euclidean', 'cosine'):
             raise ValueError(f"eval_metric must be 'euclidean' or 'cosine', got {self.eval_metric!r}")
         if self.mixed_precision not in (None, 'no', 'fp16', 'bf16'):
@@ -131,26 +144,52 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _flag_type(field: dataclasses.Field):
-    """argparse converter for a field, from its declared type."""
-    text = str(field.type)
-    if 'Dict' in text:
-        return json.loads
-    if text in ('bool', "<class 'bool'>"):
-        return _boolean
-    if 'float' in text:
-        return lambda value: None if value.lower() == 'none' else float(value)
-    if 'int' in text:
-        return lambda value: None if value.lower() == 'none' else int(value)
-    return lambda value: None if value.lower() == 'none' else value
+_TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
 
 
-def _boolean(value: str) -> bool:
-    if value.lower() in ('1', 'true', 'yes', 'on'):
-        return True
-    if value.lower() in ('0', 'false', 'no', 'off'):
-        return False
-    raise argparse.ArgumentTypeError(f'expected a boolean, got {value!r}')
+def coerce_field(field: dataclasses.Field, value: Any) -> Any:
+    """``value`` as the field's declared type, or a ValueError naming the field. Strings are parsed (YAML reads
+    ``1e-3`` as a string; a flag is always one): numbers as numbers, 'true'/'false'/'yes'/'no'/'on'/'off'/'1'/'0' as
+    booleans, 'none'/'null' as None where the field is optional. Nothing else is converted: a boolean is not a number,
+    a number not a boolean, a list not a mapping."""
+    kind, optional = field.type, False
+    if typing.get_origin(kind) is Union:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind, optional = args[0], len(args) < len(typing.get_args(kind))
+    base = typing.get_origin(kind) or kind
+    wanted = {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string', dict: 'a mapping'}[base]
+    if value is None or (optional and isinstance(value, str) and value.lower() in ('none', 'null')):
+        if optional:
+            return None
+    elif base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+    elif base is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, dict):
+            return dict(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):  # e.g. checkpointing_steps: 500
+            return str(value)
+    elif not isinstance(value, bool):  # int, float
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if isinstance(number, (int, float)):
+            if base is float:
+                return float(number)
+            if float(number).is_integer():
+                return int(number)
+    raise ValueError(f'{field.name} must be {wanted}{" or none" if optional else ""}, got {value!r}')
 
 
 def _read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
@@ -168,17 +207,37 @@ def _read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
-    """``--config FILE.yaml`` then any ``--field value`` flags (which override the file)."""
-    parser = argparse.ArgumentParser(description='Train and evaluate a re-ID model (AAformer and its baselines).')
+    """``--config FILE.yaml`` then any ``--field value`` flags (which override the file). Flags must be spelled out
+    (no abbreviations); a bad value names its field, and the file when it came from there."""
+    parser = argparse.ArgumentParser(description='Train and evaluate a re-ID model (AAformer and its baselines).',
+                                     allow_abbrev=False)
     parser.add_argument('--config', help='YAML file of TrainConfig fields')
     for field in dataclasses.fields(TrainConfig):
-        kind = _flag_type(field)
-        if kind is _boolean:  # --flag, --flag true / false
-            parser.add_argument(f'--{field.name}', type=_boolean, nargs='?', const=True, default=argparse.SUPPRESS)
+        converter = _flag_converter(field)
+        if field.type is bool:  # --flag, --flag true / false
+            parser.add_argument(f'--{field.name}', type=converter, nargs='?', const=True, default=argparse.SUPPRESS)
         else:
-            parser.add_argument(f'--{field.name}', type=kind, default=argparse.SUPPRESS)
+            parser.add_argument(f'--{field.name}', type=converter, default=argparse.SUPPRESS)
     args = vars(parser.parse_args(argv))
-    values: Dict[str, Any] = _read_yaml(args.pop('config')) if args.get('config') else {}
-    args.pop('config', None)
+    config_file = args.pop('config', None)
+    values: Dict[str, Any] = _read_yaml(config_file) if config_file else {}
+    if config_file:  # name the file for a bad value that came from it
+        fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+        for name, value in values.items():
+            if name not in args:
+                try:
+                    values[name] = coerce_field(fields[name], value)
+                except ValueError as error:
+                    raise ValueError(f'{config_file}: {error}') from None
     values.update(args)
     return TrainConfig(**values)
+
+
+def _flag_converter(field: dataclasses.Field):
+    def convert(text: str):
+        try:
+            return coerce_field(field, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = field.name  # argparse names the converter in its message
+    return convert

@@ -83,13 +83,15 @@ def _loader_kwargs(num_workers: int, seed: int) -> dict:
 
 
 def train_loader(dataset: datasets.Dataset, transform: Callable, batch_size: int, num_instances: int, seed: int,
-                 num_workers: int, num_replicas: int = 1, rank: int = 0) -> Tuple[DataLoader, SeededEpochSampler]:
+                 num_workers: int, num_replicas: int = 1, rank: int = 0, epoch: str = 'images'
+                 ) -> Tuple[DataLoader, SeededEpochSampler]:
     """PK batches of ``batch_size`` (over all processes) for this process; returns the loader and its sampler."""
     if batch_size % (num_instances * num_replicas):
         raise ValueError(f'batch_size ({batch_size}) must be divisible by num_instances x processes '
                          f'({num_instances} x {num_replicas})')
     per_process = batch_size // num_replicas
-    pk = PKSampler(dataset['pid'], per_process, num_instances, seed=seed, num_replicas=num_replicas, rank=rank)
+    pk = PKSampler(dataset['pid'], per_process, num_instances, seed=seed, num_replicas=num_replicas, rank=rank,
+                   epoch=epoch)
     sampler = SeededEpochSampler(pk, seed)
     loader = DataLoader(ReIDItems(dataset, transform), batch_size=per_process, sampler=sampler, drop_last=True,
                         **_loader_kwargs(num_workers, seed))

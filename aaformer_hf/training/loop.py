@@ -31,11 +31,11 @@ from ..losses import AAformerLoss
 from ..models.aaformer import AAformer
 from .config import TrainConfig
 from .data import eval_loader, train_loader
+from .output_dir import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
 
 __all__ = ['Family', 'FAMILIES', 'train', 'lr_at', 'build_model', 'retrieval_metrics']
 
 logger = logging.getLogger(__name__)
-STATE_FILE = 'trainer_state.json'
 
 
 @dataclass(frozen=True)
@@ -94,16 +94,6 @@ def _load_data(config: TrainConfig):
     return load_reid_dataset(config.dataset, config.data_root, **config.dataset_options)
 
 
-def _checkpoints(output_dir: Path):
-    """Complete checkpoint folders, oldest first (by optimiser step)."""
-    found = []
-    for folder in (output_dir / 'checkpoints').glob('*'):
-        state = folder / STATE_FILE
-        if folder.is_dir() and state.is_file():
-            found.append((json.loads(state.read_text())['global_step'], folder))
-    return [folder for _, folder in sorted(found)]
-
-
 @torch.no_grad()
 def extract(model, loader, accelerator: Accelerator, flip: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embeddings, pids and camids of a (prepared) loader, gathered from every process without padding."""
@@ -148,9 +138,26 @@ def _summarise(result: Dict[str, Any]) -> Dict[str, Any]:
             'num_valid_queries': result['num_valid_queries']}
 
 
+def _check_finite_losses(losses: Dict[str, torch.Tensor], step: int, epoch: int, batch: int) -> None:
+    if bool(torch.isfinite(losses['loss'])):
+        return
+    terms = ', '.join(f'{name} = {float(value.detach())}' for name, value in losses.items())
+    raise FloatingPointError(
+        f'training diverged at optimiser step {step} (epoch {epoch}, batch {batch}): {terms}. Nothing of this step '
+        'was applied or saved; try a lower lr, more warm-up or --mixed_precision no, and resume from a checkpoint')
+
+
+def _non_finite_parameters(model: nn.Module) -> list:
+    return [name for name, value in model.state_dict().items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
 def _save_model(model, accelerator: Accelerator, folder: Path, processor) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        bad = _non_finite_parameters(accelerator.unwrap_model(model))
+        if bad:  # a diverged model is never saved (as best_model or at all)
+            raise FloatingPointError(f'not saving {folder}: non-finite values in {len(bad)} tensors ({bad[:5]}...)')
         accelerator.unwrap_model(model).save_pretrained(folder)
         processor.save_pretrained(folder)
     accelerator.wait_for_everyone()
@@ -168,6 +175,15 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         raise ValueError(f'--with_tracking: tracker {config.report_to!r} is not installed (for tensorboard: '
                          '`pip install tensorboard`), or not an accelerate tracker name')
     output_dir = Path(config.output_dir)
+    resume = resume_folder(config.resume_from_checkpoint, output_dir)  # before any work: no checkpoint is an error
+    with claim_output_dir(output_dir, resuming=resume is not None, overwrite=config.overwrite_output_dir,
+                          is_main_process=accelerator.is_main_process):
+        accelerator.wait_for_everyone()  # the folder is this run's before any process writes to it
+        return _train(config, accelerator, output_dir, resume)
+
+
+def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resume: Optional[Path]
+           ) -> Dict[str, Any]:
     set_seed(config.seed)
     data = _load_data(config)
     originals = data['train']['pid_original']
@@ -180,7 +196,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
     loader, sampler = train_loader(
         data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
-        config.seed, workers, accelerator.num_processes, accelerator.process_index)
+        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch)
     test_transform = build_transforms(pretrained_cfg, train=False)
     query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
     gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
@@ -203,21 +219,16 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             for k, v in config.to_dict().items()})
 
     state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
-    if config.resume_from_checkpoint:
-        folder = Path(config.resume_from_checkpoint)
-        if config.resume_from_checkpoint == 'latest':
-            found = _checkpoints(output_dir)
-            if not found:
-                raise FileNotFoundError(f'{output_dir / "checkpoints"}: no checkpoint to resume from')
-            folder = found[-1]
-        if not (folder / STATE_FILE).is_file():
-            raise FileNotFoundError(f'{folder}: not a complete checkpoint (no {STATE_FILE})')
-        accelerator.load_state(str(folder))
-        state = json.loads((folder / STATE_FILE).read_text())
-        accelerator.print(f'resumed from {folder}: epoch {state["epoch"]}, step {state["step_in_epoch"]}')
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = read_state(resume)
+        accelerator.print(f'resumed from {resume}: epoch {state["epoch"]}, step {state["step_in_epoch"]}')
 
     def save_checkpoint(name: str) -> None:
         final, partial = output_dir / 'checkpoints' / name, output_dir / 'checkpoints' / f'.incomplete-{name}'
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -225,7 +236,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)  # a folder is a checkpoint only once complete
             if config.checkpoints_total_limit:
-                for old in _checkpoints(output_dir)[:-config.checkpoints_total_limit]:
+                for old in complete_checkpoints(output_dir)[:-config.checkpoints_total_limit]:
                     shutil.rmtree(old)
         accelerator.wait_for_everyone()
 
@@ -262,6 +273,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 out = model(pixel_values=pixels)
                 losses = criterion(out.logits, out.features, pids)
                 accelerator.backward(losses['loss'] / accumulation)
+            # after backward (every process has joined its gradient all-reduce), before any optimiser step
+            _check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
             if sync:
                 optimizer.step()
                 scheduler.step()
