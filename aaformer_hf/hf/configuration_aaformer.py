@@ -103,6 +103,11 @@ class AAformerConfig(TimmBackedConfig):
                 f'({self.num_attention_heads})')
         self.image_size = tuple(self.image_size)
         self.part_groups = tuple(self.part_groups)
+        patches = (self.image_size[0] // self.patch_size) * (self.image_size[1] // self.patch_size)
+        if any(not 1 <= g <= patches for g in self.part_groups):
+            raise ValueError(f'AAformerConfig.part_groups {self.part_groups}: every group needs between 1 and '
+                             f'{patches} parts (patches at {self.image_size} / {self.patch_size}); () has no [PART]s')
+        self.check_known_keys(kwargs)
         super().__post_init__(**kwargs)
 
     @property

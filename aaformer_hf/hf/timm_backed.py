@@ -7,13 +7,18 @@ transformers models hold the timm module as ``timm_model``; a checkpoint convers
 saving and adds it when loading, so ``save_pretrained`` writes timm's key layout and one ``model.safetensors``
 serves both libraries.
 """
+import dataclasses
+import difflib
+import warnings
 from collections import OrderedDict
-from typing import Any, ClassVar, Dict, Optional, Type
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from transformers import (
-    AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig, PreTrainedModel, initialization as init,
+    AutoConfig, AutoImageProcessor, AutoModel, GenerationConfig, PreTrainedConfig, PreTrainedModel,
+    initialization as init,
 )
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
@@ -23,6 +28,17 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 __all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family']
 
 TIMM_MODULE_PREFIX = 'timm_model'
+# keywords transformers' PreTrainedConfig takes besides its fields (handled or dropped by its __post_init__ or its
+# serialisation), and generation parameters it drops from saved configs
+_BASE_CONFIG_KEYWORDS = frozenset({
+    'num_labels', 'torch_dtype', 'name_or_path', 'output_attentions', 'attn_implementation', 'experts_implementation',
+    'per_layer_config', 'model_type', 'transformers_version', 'rope_scaling', 'rope_theta', 'rope_parameters',
+    'use_return_dict',
+    # generic attributes of transformers 4.x configs, still passed by its ConfigTester and found in Hub configs
+    'add_cross_attention', 'bos_token_id', 'cross_attention_hidden_size', 'decoder_start_token_id', 'eos_token_id',
+    'finetuning_task', 'is_decoder', 'pad_token_id', 'prefix', 'pruned_heads', 'sep_token_id', 'task_specific_params',
+    'tie_encoder_decoder', 'tie_word_embeddings', 'tokenizer_class', 'torchscript', 'use_bfloat16',
+}) | frozenset(GenerationConfig._get_default_generation_params())
 
 
 class TimmKeyLayout(WeightRenaming):
@@ -50,6 +66,19 @@ class TimmBackedConfig(PreTrainedConfig):
         """Keyword arguments for the family's timm model class (everything but ``num_classes``)."""
         raise NotImplementedError
 
+    def check_known_keys(self, kwargs: Dict[str, Any]) -> None:
+        """Warn about keyword arguments that are neither a field nor one transformers' base config understands:
+        ``PreTrainedConfig`` stores them as plain attributes the model never reads, so a misspelt field
+        (``num_layers=4``) would otherwise pass unnoticed. A warning, not an error: transformers' contract (and its
+        own test suite) is that a config carries extra attributes through save and load."""
+        unknown = sorted(k for k in kwargs if k not in _BASE_CONFIG_KEYWORDS and not k.startswith('_'))
+        if unknown:
+            fields = [f.name for f in dataclasses.fields(self) if not f.name.startswith('_')]
+            guesses = {k: difflib.get_close_matches(k, fields, n=1, cutoff=0.6) for k in unknown}
+            hints = ''.join(f' ({guesses[k][0]}?)' for k in unknown if guesses[k])
+            warnings.warn(f'{type(self).__name__}: unknown key(s) {unknown}{hints} kept as plain attributes; the '
+                          f'model does not use them. Fields: {", ".join(sorted(fields))}', UserWarning, stacklevel=4)
+
 
 class TimmBackedPreTrainedModel(PreTrainedModel):
     """Shared plumbing: the timm module lives in ``self.timm_model``. Its transformer blocks are
@@ -62,6 +91,34 @@ class TimmBackedPreTrainedModel(PreTrainedModel):
     input_modalities = ('image',)
     supports_gradient_checkpointing = True
     accepts_loss_kwargs = False
+
+    # weights a checkpoint may lack (timm key prefixes): the identity classifiers, which belong to the training
+    # identities (a feature-extractor checkpoint, a new num_labels); anything else missing is another architecture
+    optional_weight_prefixes: ClassVar[Tuple[str, ...]] = ('head.',)
+    # refuse checkpoints lacking encoder weights (transformers would initialise them afresh and only report it)
+    refuse_missing_encoder_weights: ClassVar[bool] = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``, stricter where a silent fallback would change the embedding: encoder
+        weights missing from the checkpoint are an error naming them (missing identity classifiers stay a report),
+        and an unreadable safetensors file is named."""
+        want_info = kwargs.pop('output_loading_info', False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f'{pretrained_model_name_or_path}: unreadable safetensors weights ({error}); truncated or '
+                          'not a safetensors file?') from error
+        prefix = TIMM_MODULE_PREFIX + '.'
+        missing = sorted(k for k in info['missing_keys']
+                         if not k.removeprefix(prefix).startswith(cls.optional_weight_prefixes))
+        if missing and cls.refuse_missing_encoder_weights:
+            listed = ', '.join(k.removeprefix(prefix) for k in missing[:6]) + (', ...' if len(missing) > 6 else '')
+            raise ValueError(f'{pretrained_model_name_or_path}: the checkpoint lacks {len(missing)} encoder weights '
+                             f'this {type(model.config).__name__} needs ({listed}); it was saved for another '
+                             'architecture (depth, width, [PART] groups?)')
+        return (model, info) if want_info else model
 
     def _build_timm_model(self, num_classes: int) -> nn.Module:
         return self.timm_model_class(**self.config.timm_kwargs(), num_classes=num_classes)

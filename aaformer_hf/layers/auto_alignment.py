@@ -94,6 +94,10 @@ class MultiHeadAutoAlignment(nn.Module):
             raise ValueError(f"assignment_score must be 'cosine' or 'dot', got {assignment_score!r}")
         if part_self_key not in ('if_empty', 'always'):
             raise ValueError(f"part_self_key must be 'if_empty' or 'always', got {part_self_key!r}")
+        num_patches = grid_size[0] * grid_size[1]
+        if any(int(g) < 1 or int(g) > num_patches for g in part_groups):
+            raise ValueError(f'part_groups {tuple(part_groups)}: every group needs between 1 and {num_patches} parts '
+                             f'(the {grid_size[0]}x{grid_size[1]} patch grid); () has no [PART]s')
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5

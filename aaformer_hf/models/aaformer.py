@@ -16,10 +16,12 @@ open are constructor arguments whose docstrings say so.
 """
 import logging
 import math
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
@@ -192,6 +194,8 @@ class AAformer(nn.Module):
             raise ValueError(f"embedding must be 'after_bnneck' or 'before_bnneck', got {embedding!r}")
         if part_init not in ('trunc_normal', 'cls'):
             raise ValueError(f"part_init must be 'trunc_normal' or 'cls', got {part_init!r}")
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
         norm_layer = norm_layer or (lambda dim, **kw: nn.LayerNorm(dim, eps=1e-6, **kw))
         act_layer = act_layer or nn.GELU
 
@@ -287,6 +291,8 @@ class AAformer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the per-token identity classifiers (num_classes=0 removes them)."""
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ('', 'token'):
@@ -441,6 +447,12 @@ def _source_grid(num_tokens: int, num_prefix: int, model: AAformer) -> Tuple[int
         f'{tuple(model.patch_embed.grid_size)} nor square. Resample it to the model grid before loading.')
 
 
+# parameters a checkpoint may lack: the model's own initialisation is kept (identity classifiers always; the
+# BNNeck and [PART] tokens too when the checkpoint is a backbone: a plain ViT or a re-ID model of another layout)
+_HEAD_KEYS = ('head.',)
+_NEW_FOR_A_BACKBONE = ('bnneck.', 'part_tokens', 'part_pos_embed')
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -> Dict[str, torch.Tensor]:
     """Adapt a timm ViT or AAformer checkpoint to ``model``.
 
@@ -448,15 +460,27 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
     grid size given explicitly, and keep the model's freshly initialised [PART] tokens, BNNeck and classifiers (or
     initialise [PART]s from the CLS token when ``part_init='cls'``). AAformer checkpoints load as they are, with the
     position grid resampled if the resolution differs and the identity classifiers dropped when the model has none or
-    has them for another number of identities.
+    has them for another number of identities. An AAformer checkpoint of another token layout (e.g. a trained
+    ViT-baseline as the backbone of an AAformer) initialises the trunk only: its BNNeck, classifiers and [PART]s are
+    left out and the model's own kept, with a warning. Encoder weights the model needs and the checkpoint lacks (or
+    has in another shape or number, e.g. another depth or width) are an error naming them.
     """
     state_dict = state_dict.get('state_dict', state_dict)
     state_dict = state_dict.get('model', state_dict)
     own = model.state_dict()
     is_vit = 'bnneck.weight' not in state_dict
+    other_layout = not is_vit and state_dict['bnneck.weight'].shape != own['bnneck.weight'].shape
+    if other_layout:
+        _logger.warning(
+            'the checkpoint is a re-ID model with %d embedding tokens, this model has %d: loading its trunk only; '
+            'the BNNeck, identity classifiers and [PART] tokens keep their fresh initialisation',
+            state_dict['bnneck.weight'].shape[0] // own['cls_token'].shape[-1], model.num_embedding_tokens)
+    backbone_only = is_vit or other_layout
     out = {}
     for k, v in state_dict.items():
         if is_vit and (k.startswith('head.') or k.startswith('fc_norm.') or k.startswith('head_drop')):
+            continue
+        if other_layout and k.startswith(_HEAD_KEYS + _NEW_FOR_A_BACKBONE):
             continue
         if k.startswith('head.') and (k not in own or own[k].shape != v.shape):
             # a trained re-ID checkpoint's identity classifiers, loaded as a feature extractor (num_classes=0) or
@@ -469,15 +493,38 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
                 v, new_size=model.patch_embed.grid_size, old_size=_source_grid(v.shape[1], 1, model),
                 num_prefix_tokens=1, interpolation='bicubic', antialias=False, verbose=True)
         out[k] = v
-    if is_vit:
-        # parameters a plain ViT does not have keep the model's own initialisation
-        for k, v in own.items():
-            out.setdefault(k, v)
-        if model.part_tokens is not None and model.part_init == 'cls' and 'cls_token' in state_dict:
-            cls = state_dict['cls_token'].to(own['part_tokens'].dtype)
-            noise = torch.empty_like(own['part_tokens']).normal_(std=.02)
-            out['part_tokens'] = cls.expand_as(noise) + noise
+    _check_encoder_keys(out, own, _HEAD_KEYS + (_NEW_FOR_A_BACKBONE if backbone_only else ('part_pos_embed',)))
+    for k, v in own.items():  # what may be missing keeps the model's own initialisation
+        out.setdefault(k, v)
+    if backbone_only and model.part_tokens is not None and model.part_init == 'cls' and 'cls_token' in state_dict:
+        cls = state_dict['cls_token'].to(own['part_tokens'].dtype)
+        noise = torch.empty_like(own['part_tokens']).normal_(std=.02)
+        out['part_tokens'] = cls.expand_as(noise) + noise
     return out
+
+
+def _check_encoder_keys(loaded: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor], may_lack: Tuple[str, ...]
+                        ) -> None:
+    """Encoder weights missing, left over or of another shape mean the checkpoint is another architecture."""
+    missing = [k for k in own if k not in loaded and not k.startswith(may_lack)]
+    unexpected = [k for k in loaded if k not in own]
+    reshaped = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in loaded.items()
+                if k in own and v.shape != own[k].shape]
+    problems = [f'{len(keys)} {what}: {", ".join(keys[:6])}{", ..." if len(keys) > 6 else ""}'
+                for what, keys in (('missing', missing), ('unexpected', unexpected), ('of another shape', reshaped))
+                if keys]
+    if problems:
+        raise ValueError('the checkpoint does not fit this model\'s encoder (another depth, width or patch size?): '
+                         + '; '.join(problems))
+
+
+def _pretrained_file(kwargs: Dict[str, Any]) -> Optional[str]:
+    """The local file a timm call loads pretrained weights from, if it names one."""
+    for key in ('pretrained_cfg_overlay', 'pretrained_cfg'):
+        cfg = kwargs.get(key)
+        if isinstance(cfg, dict) and cfg.get('file'):
+            return str(cfg['file'])
+    return None
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -516,12 +563,19 @@ default_cfgs = generate_default_cfgs({
 
 def _create_aaformer(variant: str, pretrained: bool = False, **kwargs) -> AAformer:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        AAformer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    file = _pretrained_file(kwargs) if pretrained else None
+    if file is not None and not Path(file).is_file():  # timm raises an empty FileNotFoundError
+        raise FileNotFoundError(f'{file}: pretrained weights file not found')
+    try:
+        return build_model_with_cfg(
+            AAformer, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            **kwargs,
+        )
+    except SafetensorError as error:  # its messages name no file
+        raise ValueError(f'{file or variant + " pretrained weights"}: unreadable safetensors file ({error}); '
+                         'truncated or not a safetensors file?') from error
 
 
 @register_model

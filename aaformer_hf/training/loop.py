@@ -68,8 +68,6 @@ def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[i
     """The timm model (pretrained through timm's own loading path when asked), wrapped by its family's
     transformers re-ID class so the result saves with ``save_pretrained`` in the shared weight layout."""
     overlay = dict(file=str(config.pretrained_file)) if config.pretrained_file else None
-    if config.pretrained_file and not Path(config.pretrained_file).is_file():
-        raise FileNotFoundError(f'{config.pretrained_file}: pretrained_file not found')
     timm_model = timm.create_model(
         config.model, pretrained=config.pretrained or bool(overlay), num_classes=num_classes,
         pretrained_cfg_overlay=overlay, **config.model_kwargs())
@@ -174,6 +172,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     if config.with_tracking and not accelerator.log_with:  # accelerate only warns and logs nowhere
         raise ValueError(f'--with_tracking: tracker {config.report_to!r} is not installed (for tensorboard: '
                          '`pip install tensorboard`), or not an accelerate tracker name')
+    if config.pretrained_file and not Path(config.pretrained_file).is_file():
+        raise FileNotFoundError(f'{config.pretrained_file}: pretrained_file not found')
     output_dir = Path(config.output_dir)
     resume = resume_folder(config.resume_from_checkpoint, output_dir)  # before any work: no checkpoint is an error
     with claim_output_dir(output_dir, resuming=resume is not None, overwrite=config.overwrite_output_dir,
