@@ -156,18 +156,60 @@ def test_bad_arguments_name_the_field():
         tiny(not_an_arg=1)
 
 
+@pytest.mark.parametrize('epsilon', [0.05, 0.5])
 @pytest.mark.parametrize('score', ['cosine', 'dot'])
 @pytest.mark.parametrize('groups', [(2, 3), (3, 3), (4,)])
-def test_layer_assignment_equals_sinkhorn_on_its_scores(score, groups):
+def test_layer_assignment_equals_sinkhorn_on_its_scores(score, groups, epsilon):
     """The layer's fast path (padded queries, 1/ε folded in, exp-domain iterations) against the log-domain Sinkhorn
-    on similarities computed plainly."""
+    on similarities computed plainly, at the paper's ε and another one (the two give different assignments here)."""
     from aaformer_hf.layers import sinkhorn_assign
     torch.manual_seed(0)
-    attn = MultiHeadAutoAlignment(64, num_heads=4, part_groups=groups, assignment_score=score)
+    attn = MultiHeadAutoAlignment(64, num_heads=4, part_groups=groups, assignment_score=score,
+                                  sinkhorn_epsilon=epsilon)
     q, k = torch.randn(3, 4, sum(groups), 16), torch.randn(3, 4, 128, 16)
     if score == 'cosine':
         scores = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).transpose(-2, -1)
     else:
         q, k = q * 0.2, k * 0.2  # keep raw scores where float32 rounding cannot flip an argmax
         scores = q @ k.transpose(-2, -1)
-    assert torch.equal(attn.assign(q, k), sinkhorn_assign(scores, groups, epsilon=0.05, num_iters=3))
+    expected = sinkhorn_assign(scores, groups, epsilon=epsilon, num_iters=3)
+    assert torch.equal(attn.assign(q, k), expected)
+    other = sinkhorn_assign(scores, groups, epsilon=0.5 if epsilon == 0.05 else 0.05, num_iters=3)
+    assert not torch.equal(other, expected)  # ε matters for these scores: a layer ignoring it would fail
+
+
+def test_part_self_key_always_adds_the_own_key():
+    """'always': every [PART] row also weighs its own key (and no other prefix key), besides its patches;
+    'if_empty' (default, parts never empty here): only its patches."""
+    x = torch.randn(2, 3, 64, 32)
+    for mode in ('always', 'if_empty'):
+        model = tiny(patches_see_parts=False, part_self_key=mode).eval()
+        out = model.forward_tokens(x, output_attentions=True, output_assignments=True)
+        p = model.num_parts
+        for probs, assigned in zip(out.attentions, out.assignments):
+            part_rows = probs[:, :, 1:1 + p]
+            own = torch.diagonal(part_rows[..., 1:1 + p], dim1=-2, dim2=-1)  # (B, H, P): part j on key j
+            if mode == 'always':
+                assert (own > 0).all()
+            else:
+                assert (own == 0).all()
+            others = part_rows[..., :1 + p].clone()
+            others[..., 1:1 + p] -= torch.diag_embed(own)
+            assert (others == 0).all()  # CLS and the other [PART]s: never
+            assert torch.equal(part_rows[..., 1 + p:] > 0, assigned)
+
+
+def test_part_pos_embed_reaches_the_part_tokens():
+    x = torch.randn(2, 3, 64, 32)
+    assert tiny().part_pos_embed is None and 'part_pos_embed' not in tiny().state_dict()
+    model = tiny(part_pos_embed=True).eval()
+    assert model.part_pos_embed.shape == (1, model.num_parts, 32)
+    before = model(x)
+    with torch.no_grad():
+        model.part_pos_embed.add_(1.0)
+    after = model(x)
+    assert not torch.allclose(before, after)  # the offset is added to the [PART] tokens
+    with torch.no_grad():  # and only there: the same offset on the part tokens themselves gives the same output
+        model.part_pos_embed.sub_(1.0)
+        model.part_tokens.add_(1.0)
+    torch.testing.assert_close(model(x), after)

@@ -47,8 +47,18 @@ def test_default_cfgs_non_std(upstream, name):
     with pytest.raises(AssertionError) as excinfo:
         _call(upstream.test_model_default_cfgs_non_std, model_name=name, batch_size=1, cfg_device='meta')
     failed_at = excinfo.traceback[-1]
-    assert failed_at.statement.lines[0].strip() == 'assert outputs.shape[feat_dim] == model.num_features'
-    assert failed_at.frame.f_locals['model'].num_classes == 0  # the num_classes=0 model, the last shape block
+    # the statement appears twice upstream; only its last occurrence (the num_classes=0 model, after every other
+    # shape check) may fail: failing at an earlier one would silently skip the upstream lines in between
+    statement = 'assert outputs.shape[feat_dim] == model.num_features'
+    lines, start = inspect.getsourcelines(upstream.test_model_default_cfgs_non_std)
+    intended = [start + i for i, line in enumerate(lines) if line.strip() == statement][-1]
+    assert failed_at.lineno + 1 == intended, (failed_at.lineno + 1, intended)
+    local = failed_at.frame.f_locals
+    failing_model, width = local['model'], local['outputs'].shape[local['feat_dim']]
+    assert failing_model.num_classes == 0
+    # and it fails for exactly the intended reason: the embedding is (1 + P) * D wide, num_features is D
+    assert width == failing_model.head_hidden_size == (1 + failing_model.num_parts) * failing_model.embed_dim
+    assert failing_model.num_features == failing_model.embed_dim
 
     model = timm.create_model(name, device='meta', num_classes=0).eval()
     assert model(torch.randn(1, 3, 256, 128, device='meta')).shape == (1, model.head_hidden_size)

@@ -135,7 +135,10 @@ def test_tiny_run_learns_and_saves_both_front_doors(tmp_path, synthetic_root):
     trained = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'run', epochs=3)))
     assert trained['mAP'] > untrained['mAP'] + 0.15, (untrained['mAP'], trained['mAP'])
     metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
-    assert metrics['epochs'] == 3 and metrics['images_per_second'] > 0 and metrics['num_valid_queries'] == 12
+    assert metrics['epochs'] == 3 and metrics['num_valid_queries'] == 12
+    # 3 epochs x 12 batches x 16 images (24 identities x 2 groups of 4 / 4 identities per batch), every one timed
+    assert metrics['train_images'] == 3 * 12 * 16
+    assert metrics['images_per_second'] == pytest.approx(metrics['train_images'] / metrics['train_seconds'])
     assert metrics['mAP'] == pytest.approx(trained['mAP'])
     # the model folder: transformers' AutoModel and timm both load it and give the same embedding
     model_dir = tmp_path / 'run' / 'model'
@@ -198,15 +201,31 @@ def test_accumulation_mixed_precision_and_step_checkpoints(tmp_path, synthetic_r
     # its own process: accelerate fixes the mixed precision once per process
     values = tiny(synthetic_root, out, epochs=1, warmup_epochs=0, gradient_accumulation_steps=2,
                   mixed_precision='bf16', checkpointing_steps='1', checkpoints_total_limit=2, flip_test=True)
-    log = _run(flags(values)).communicate()[0]
-    assert (out / 'metrics.json').is_file(), log[-3000:]
+    # the trainer in a subprocess, with a hook recording the dtype a linear layer computes in during training
+    script = ('import json, sys\n'
+              'from aaformer_hf.training import TrainConfig, loop, train\n'
+              'seen, build = set(), loop.build_model\n'
+              'def hooked(*args, **kwargs):\n'
+              '    model, cfg, family = build(*args, **kwargs)\n'
+              '    model.timm_model.blocks[0].mlp.fc1.register_forward_hook(\n'
+              '        lambda module, inputs, output: seen.add((module.training, str(output.dtype))))\n'
+              '    return model, cfg, family\n'
+              'loop.build_model = hooked\n'
+              'train(TrainConfig(**json.loads(sys.argv[1])))\n'
+              'print("DTYPES", sorted(seen))\n')
+    done = subprocess.run([sys.executable, '-c', script, json.dumps(values)], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert (out / 'metrics.json').is_file(), done.stdout[-3000:] + done.stderr[-3000:]
+    # bf16 autocast: training and evaluation forwards compute in bfloat16, the weights stay float32
+    assert "DTYPES [(False, 'torch.bfloat16'), (True, 'torch.bfloat16')]" in done.stdout, done.stdout[-2000:]
     summary = json.loads((out / 'metrics.json').read_text())
     # 24 identities x 2 groups of 4 images / 4 identities per batch = 12 batches an epoch -> 6 optimiser steps
     kept = sorted(p.name for p in (out / 'checkpoints').iterdir())
     assert kept == ['step_5', 'step_6'], kept
     state = json.loads((out / 'checkpoints' / 'step_6' / 'trainer_state.json').read_text())
     assert state['global_step'] == 6 and state['epoch'] == 0 and state['step_in_epoch'] == 6
-    assert 0 <= summary['mAP'] <= 1 and summary['epochs'] == 1
+    assert summary['epochs'] == 1 and summary['train_images'] == 12 * 16
+    assert load_file(out / 'model' / 'model.safetensors')['blocks.0.mlp.fc1.weight'].dtype == torch.float32
 
 
 def test_tracking_writes_tensorboard_events(tmp_path, synthetic_root):
@@ -318,3 +337,68 @@ def test_yaml_and_flag_values_are_typed_and_named(tmp_path, capsys):
         with pytest.raises(SystemExit):
             parse_config(['--data_root', 'x', *argv])
         assert message in capsys.readouterr().err
+
+
+def test_flip_test_averages_the_horizontal_mirror():
+    """The trainer's feature extraction with flip_test: the mean of each image's and its left-right mirror's
+    embedding (torchvision's horizontal_flip as the reference), not the upside-down one."""
+    from types import SimpleNamespace
+    from accelerate import Accelerator
+    from torchvision.transforms.v2.functional import horizontal_flip, vertical_flip
+    from aaformer_hf.training.loop import extract
+
+    class LeftColumnAndTopRow(torch.nn.Module):  # a feature that tells left from right and top from bottom
+        def forward(self, pixel_values):
+            return SimpleNamespace(embeddings=torch.cat([pixel_values[..., :, 0].flatten(1),
+                                                         pixel_values[..., 0, :].flatten(1)], 1))
+
+    torch.manual_seed(0)
+    images = torch.randn(5, 3, 8, 4)
+    loader = torch.utils.data.DataLoader(list(zip(images, torch.arange(5), torch.zeros(5, dtype=torch.long))),
+                                         batch_size=2)
+    model = LeftColumnAndTopRow()
+    feats, pids, _ = extract(model, loader, Accelerator(cpu=True), flip=True)
+    embed = lambda x: model(x).embeddings  # noqa: E731
+    torch.testing.assert_close(feats, (embed(images) + embed(horizontal_flip(images))) / 2)
+    assert not torch.allclose(feats, (embed(images) + embed(vertical_flip(images))) / 2)
+    assert pids.tolist() == [0, 1, 2, 3, 4]
+    plain, _, _ = extract(model, loader, Accelerator(cpu=True), flip=False)
+    torch.testing.assert_close(plain, embed(images))
+
+
+def test_gradient_accumulation_averages_the_micro_batches(tmp_path, synthetic_root):
+    """With SGD (no momentum, no weight decay) at a constant, small learning rate, accumulating 2 micro-batches per
+    step moves the weights by lr * (g1 + g2) / 2 per step, half of what stepping on every micro-batch does
+    (lr * g1 + lr * g2', with g2' ~ g2 at a small lr): the update over one epoch is half as large. Without the division
+    by the accumulation steps it would be as large."""
+    common = dict(epochs=1, warmup_epochs=0, lr=1e-5, min_lr=1e-5, momentum=0.0, weight_decay=0.0, seed=7)
+    start = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'start', eval_only=True, **common)))
+    assert start['epochs'] == 0
+    deltas = {}
+    initial = load_file(tmp_path / 'start' / 'model' / 'model.safetensors')
+    for steps in (1, 2):
+        out = tmp_path / f'accumulate_{steps}'
+        train(TrainConfig(**tiny(synthetic_root, out, gradient_accumulation_steps=steps, **common)))
+        final = load_file(out / 'model' / 'model.safetensors')
+        deltas[steps] = torch.cat([(final[k] - initial[k]).flatten() for k in initial
+                                   if k.startswith('blocks.') and k.endswith('weight')])
+    ratio = deltas[2].norm() / deltas[1].norm()
+    assert deltas[1].norm() > 0 and abs(ratio - 0.5) < 0.05, float(ratio)
+
+
+def test_optimizer_is_heavy_ball_sgd_with_decay_on_weights_only():
+    """The paper's SGD (momentum 0.9, weight decay 1e-4, as TransReID's torch.optim.SGD: not Nesterov); decay on
+    matrices only, none on biases, norms, the BNNeck and the tokens and position embeddings."""
+    from aaformer_hf.training.loop import make_optimizer
+    model = timm.create_model('aaformer_tiny', num_classes=5)
+    optimizer = make_optimizer(model, TrainConfig(data_root='x'))
+    assert isinstance(optimizer, torch.optim.SGD)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, free = set(), set()
+    for group in optimizer.param_groups:
+        assert group['momentum'] == 0.9 and group['nesterov'] is False and group['lr'] == 8e-3
+        assert group['weight_decay'] in (0.0, 1e-4)
+        (decayed if group['weight_decay'] else free).update(names[id(p)] for p in group['params'])
+    expected_free = {n for n, p in model.named_parameters() if p.ndim <= 1} | {'cls_token', 'part_tokens', 'pos_embed'}
+    assert free == expected_free and decayed == set(names.values()) - expected_free
+    assert 'blocks.0.attn.qkv.weight' in decayed and 'head.weight' in decayed and 'bnneck.weight' in free

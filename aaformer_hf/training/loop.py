@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_transforms, load_reid_dataset
 from ..data.synthetic import generate_market_layout
-from ..evaluation import evaluate, re_rank
+from ..evaluation import evaluate, flip_features, re_rank
 from ..hf import AAformerConfig, AAformerForReID, AAformerImageProcessor
 from ..losses import AAformerLoss
 from ..models.aaformer import AAformer
@@ -99,7 +99,7 @@ def extract(model, loader, accelerator: Accelerator, flip: bool) -> Tuple[torch.
     feats, pids, cams = [], [], []
     embed = lambda x: model(pixel_values=x).embeddings  # noqa: E731
     for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=not accelerator.is_local_main_process):
-        emb = (embed(pixels) + embed(pixels.flip(-1))) / 2 if flip else embed(pixels)
+        emb = flip_features(embed, pixels) if flip else embed(pixels)
         emb, pid, cam = accelerator.gather_for_metrics((emb.float().contiguous(), pid, cam))
         feats.append(emb.cpu()), pids.append(pid.cpu()), cams.append(cam.cpu())
     return torch.cat(feats), torch.cat(pids), torch.cat(cams)
@@ -134,6 +134,13 @@ def _summarise(result: Dict[str, Any]) -> Dict[str, Any]:
     return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
             'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': result['mAP'], 'mINP': result['mINP'],
             'num_valid_queries': result['num_valid_queries']}
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with (heavy-ball) momentum as the paper and TransReID use it: timm's 'momentum' optimiser (its 'sgd' is
+    Nesterov's), weight decay on weights only: biases, norms and the model's ``no_weight_decay`` tokens get none."""
+    return create_optimizer_v2(model, 'momentum', lr=config.lr, weight_decay=config.weight_decay,
+                               momentum=config.momentum)
 
 
 def _check_finite_losses(losses: Dict[str, torch.Tensor], step: int, epoch: int, batch: int) -> None:
@@ -205,8 +212,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     if steps_per_epoch == 0:
         raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
 
-    optimizer = create_optimizer_v2(model.timm_model, 'sgd', lr=config.lr, weight_decay=config.weight_decay,
-                                    momentum=config.momentum)
+    optimizer = make_optimizer(model.timm_model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, steps_per_epoch, config) / config.lr)
     # the train loader is not prepared: the PK sampler already deals whole identities to each process
@@ -272,7 +278,8 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
             with nullcontext() if sync else accelerator.no_sync(model):
                 out = model(pixel_values=pixels)
                 losses = criterion(out.logits, out.features, pids)
-                accelerator.backward(losses['loss'] / accumulation)
+                # accelerate divides the loss by gradient_accumulation_steps itself (set on the Accelerator above)
+                accelerator.backward(losses['loss'])
             # after backward (every process has joined its gradient all-reduce), before any optimiser step
             _check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
             if sync:
@@ -304,6 +311,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     _save_model(model, accelerator, output_dir / 'model', processor)
     elapsed = wait_time + compute_time
     summary = dict(metrics, epochs=state['epoch'], images_per_second=images / elapsed if elapsed else None,
+                   train_images=images, train_seconds=elapsed,
                    data_wait_share=wait_time / elapsed if elapsed else None, best=state['best'],
                    model=config.model, baseline=config.baseline, dataset=config.dataset,
                    processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))
