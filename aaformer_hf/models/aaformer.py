@@ -405,8 +405,9 @@ class AAformer(nn.Module):
         self.blocks = self.blocks[:max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
-        if prune_head:
+        if prune_head:  # the re-ID head goes too: the BNNeck would be left trainable but unused
             self.reset_classifier(0, '')
+            self.bnneck = nn.Identity()
         return take_indices
 
     def forward_reid_head(self, x: torch.Tensor) -> ReIDHeadOutput:
