@@ -103,7 +103,7 @@ def pretrain_backbone(out: Path, common: dict) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('outputs/variants'))
-    parser.add_argument('--epochs', type=int, default=40)
+    parser.add_argument('--epochs', type=int, default=20)  # standard epochs: 25 steps each, 500 steps in all
     parser.add_argument('--regimes', default='scratch,pretrained')
     parser.add_argument('--seeds', default='0', help='training seeds, comma-separated')
     parser.add_argument('--variants', default=','.join(b or 'aaformer' for b in VARIANTS.values()),

@@ -262,7 +262,7 @@ def _verify_images(dsd: datasets.DatasetDict, skip: bool, workers: int = 8) -> d
         paths = ds['path']
         with ThreadPoolExecutor(workers) as pool:
             reasons = list(tqdm(pool.map(_check_image, paths), total=len(paths), desc=f'checking {split} images',
-                                leave=False, disable=len(paths) < 1000))
+                                leave=False, disable=True if len(paths) < 1000 else None))
         bad = [(p, r) for p, r in zip(paths, reasons) if r is not None]
         if bad and not skip:
             listing = '; '.join(f'{p} ({r})' for p, r in bad[:5])

@@ -14,6 +14,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
+    import sys
+    if not sys.stderr.isatty():  # a log file: no progress bars from the libraries either (ours follow tqdm's rule)
+        import datasets
+        import huggingface_hub.utils
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+        datasets.disable_progress_bars()
     summary = train(parse_config(argv))
     from accelerate import PartialState
 

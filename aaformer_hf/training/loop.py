@@ -98,7 +98,7 @@ def extract(model, loader, accelerator: Accelerator, flip: bool) -> Tuple[torch.
     model.eval()
     feats, pids, cams = [], [], []
     embed = lambda x: model(pixel_values=x).embeddings  # noqa: E731
-    for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=not accelerator.is_local_main_process):
+    for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=_quiet_bars(accelerator)):
         emb = flip_features(embed, pixels) if flip else embed(pixels)
         emb, pid, cam = accelerator.gather_for_metrics((emb.float().contiguous(), pid, cam))
         feats.append(emb.cpu()), pids.append(pid.cpu()), cams.append(cam.cpu())
@@ -134,6 +134,12 @@ def _summarise(result: Dict[str, Any]) -> Dict[str, Any]:
     return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
             'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': result['mAP'], 'mINP': result['mINP'],
             'num_valid_queries': result['num_valid_queries']}
+
+
+def _quiet_bars(accelerator: Accelerator) -> Optional[bool]:
+    """tqdm's ``disable``: off on all but the local main process; None there (tqdm then draws only to a terminal, so
+    a log file gets no escape codes)."""
+    return None if accelerator.is_local_main_process else True
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -264,7 +270,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     every_steps = None if config.checkpointing_steps in (None, 'epoch') else int(config.checkpointing_steps)
     accumulation = config.gradient_accumulation_steps
     progress = tqdm(total=epochs * steps_per_epoch, initial=state['global_step'], desc='training',
-                    disable=not accelerator.is_local_main_process)
+                    disable=_quiet_bars(accelerator))
     for epoch in range(state['epoch'], epochs):
         model.train()
         sampler.set_epoch(epoch, start_batch=state['step_in_epoch'] * accumulation)
