@@ -402,3 +402,13 @@ def test_optimizer_is_heavy_ball_sgd_with_decay_on_weights_only():
     expected_free = {n for n, p in model.named_parameters() if p.ndim <= 1} | {'cls_token', 'part_tokens', 'pos_embed'}
     assert free == expected_free and decayed == set(names.values()) - expected_free
     assert 'blocks.0.attn.qkv.weight' in decayed and 'head.weight' in decayed and 'bnneck.weight' in free
+
+
+def test_script_reports_user_errors_without_a_traceback(tmp_path, capsys):
+    from aaformer_hf.training import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags(tiny(tmp_path / 'missing', tmp_path / 'out')))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f'examples/train.py: error: {tmp_path / "missing"}: dataset folder not found' in err
+    assert 'Traceback' not in err and not (tmp_path / 'out').exists()

@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 export HF_HUB_OFFLINE=1
-.venv/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --num_cpu_threads_per_process 2 \
+# -q: a failing run shows its own error message, not accelerate's CalledProcessError traceback
+.venv/bin/accelerate launch -q --cpu --num_processes 1 --num_machines 1 --num_cpu_threads_per_process 2 \
     --mixed_precision no --dynamo_backend no \
     examples/train.py --config examples/configs/synthetic.yaml --overwrite_output_dir "$@"
 query=$(ls data/synthetic_market/query/*.jpg | head -n 1)

@@ -11,10 +11,10 @@ __all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'for
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """``examples/train.py``'s entry point: parse the config and flags, train, print the final table."""
     import logging
+    import sys
 
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
-    import sys
     if not sys.stderr.isatty():  # a log file: no progress bars from the libraries either (ours follow tqdm's rule)
         import datasets
         import huggingface_hub.utils
@@ -22,7 +22,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         transformers.utils.logging.disable_progress_bar()
         huggingface_hub.utils.disable_progress_bars()
         datasets.disable_progress_bars()
-    summary = train(parse_config(argv))
+    try:
+        summary = train(parse_config(argv))
+    except (ValueError, OSError, RuntimeError, FloatingPointError, NotImplementedError) as error:
+        if type(error).__module__.split('.')[0] not in ('aaformer_hf', 'builtins'):
+            raise  # another library's error: its traceback is the useful part
+        # what a user can fix (a bad value, a missing file, a folder in use): the message, not a traceback
+        print(f'examples/train.py: error: {error}', file=sys.stderr)
+        raise SystemExit(2) from None
     from accelerate import PartialState
 
     if PartialState().is_main_process:
