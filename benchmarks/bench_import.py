@@ -16,7 +16,7 @@ STATEMENTS = [
     'import aaformer_hf, timm; timm.create_model("aaformer_tiny")',
     'from aaformer_hf.evaluation import evaluate',
     'from aaformer_hf.data import PKSampler',
-    'from aaformer_hf.losses import AAformerLoss',
+    'from aaformer_hf.losses import identity_loss',
 ]
 HEAVY = ('transformers', 'torchvision', 'datasets', 'accelerate', 'timm')
 

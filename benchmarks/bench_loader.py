@@ -1,6 +1,6 @@
 """How fast the training loader delivers batches, per worker, and how many workers a GPU needs.
 
-The loader is the trainer's own (``aaformer_hf.training.data.train_loader``: PK sampler, position-seeded
+The loader is the trainer's own (``aaformer_hf.data.train_loader``: PK sampler, position-seeded
 augmentation, the training transforms of the model's pretrained_cfg), read without a model. It reports
 
 - the cost of one item in the main process, split into reading + decoding the row (``datasets``), the transforms,
@@ -26,7 +26,7 @@ import torch
 import aaformer_hf  # noqa: F401  (registers the models)
 from aaformer_hf.data import build_transforms, load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
-from aaformer_hf.training.data import ReIDItems, train_loader
+from aaformer_hf.data.loaders import ReIDItems, train_loader
 
 
 def per_item_costs(items: ReIDItems, count: int) -> dict:

@@ -23,6 +23,7 @@ variants with each other, not with real re-ID results.
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -34,7 +35,9 @@ from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
 from aaformer_hf.evaluation import evaluate
 from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
-from aaformer_hf.training import TrainConfig, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))  # the training example
+from train import TrainConfig, train  # noqa: E402
 
 VARIANTS = {'AAformer (Sinkhorn)': None, 'ViT-baseline': 'vit', '[PART]s + PCB stripes': 'pcb',
             '[PART]s + MGN stripes': 'mgn', '[PART]s + nearest neighbour': 'nearest'}

@@ -1,14 +1,394 @@
 """Train and evaluate AAformer (or one of its ablation baselines) on a re-ID dataset, with accelerate.
 
+A training example in the style of transformers' ``*_no_trainer.py`` scripts: read it top to bottom, copy it, change
+it. The package (``aaformer_hf``) provides the models, data, sampling and evaluation; the loop (here), its
+configuration (``train_config.py``), the training objectives (``train_losses.py``) and the output-folder rules
+(``train_outputs.py``) live beside this file.
+
     accelerate launch examples/train.py --config examples/configs/market1501.yaml --data_root /data/market1501
     accelerate launch examples/train.py --config examples/configs/synthetic.yaml        # SYNTHETIC demo, CPU
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 examples/train.py --config ...  # two CPU processes
 
-Every TrainConfig field (aaformer_hf/training/config.py) is a flag and overrides the YAML file. Writes
+Every TrainConfig field (train_config.py beside this file) is a flag and overrides the YAML file. Writes
 OUTPUT_DIR/metrics.json (final R1/R5/R10/mAP/mINP, images/s), OUTPUT_DIR/model/ (save_pretrained: loadable by
 transformers' AutoModel and by timm), OUTPUT_DIR/best_model/ and OUTPUT_DIR/checkpoints/{epoch_N,step_N}/.
+One CPU, one GPU or many. A model family plugs in through ``FAMILIES``: its timm class maps to its transformers config and re-ID class and its
+objective; everything else (data, schedule, checkpoints, evaluation, saving) is shared.
 """
-from aaformer_hf.training import main
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from timm.optim import create_optimizer_v2
+from tqdm.auto import tqdm
+
+from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, train_loader
+from aaformer_hf.data.synthetic import generate_market_layout
+from aaformer_hf.evaluation import evaluate, flip_features, re_rank
+from aaformer_hf.hf import AAformerConfig, AAformerForReID, AAformerImageProcessor
+from aaformer_hf.models.aaformer import AAformer
+from train_config import BASELINES, TrainConfig, parse_config
+from train_losses import AAformerLoss
+from train_outputs import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
+
+__all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'format_summary', 'lr_at', 'main',
+           'make_optimizer', 'parse_config', 'retrieval_metrics', 'train']
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a model family trains: its transformers config / re-ID / image-processor classes and its objective."""
+    config_class: Type
+    reid_class: Type
+    processor_class: Type
+    make_loss: Callable[[TrainConfig], nn.Module]
+
+
+FAMILIES: Dict[Type[nn.Module], Family] = {
+    AAformer: Family(AAformerConfig, AAformerForReID, AAformerImageProcessor, lambda c: AAformerLoss(
+        label_smoothing=c.label_smoothing, margin=c.triplet_margin, id_weight=c.id_loss_weight,
+        triplet_weight=c.triplet_loss_weight)),
+}
+
+
+def lr_at(step: float, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Learning rate after ``step`` optimiser steps: linear warm-up from warmup_lr to lr, then cosine to min_lr."""
+    epoch = step / steps_per_epoch
+    if epoch < config.warmup_epochs:
+        return config.warmup_lr + (config.lr - config.warmup_lr) * epoch / config.warmup_epochs
+    span = max(config.epochs - config.warmup_epochs, 1e-12)
+    progress = min((epoch - config.warmup_epochs) / span, 1.0)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[int, str]] = None):
+    """The timm model (pretrained through timm's own loading path when asked), wrapped by its family's
+    transformers re-ID class so the result saves with ``save_pretrained`` in the shared weight layout."""
+    overlay = dict(file=str(config.pretrained_file)) if config.pretrained_file else None
+    timm_model = timm.create_model(
+        config.model, pretrained=config.pretrained or bool(overlay), num_classes=num_classes,
+        pretrained_cfg_overlay=overlay, **config.model_kwargs())
+    family = FAMILIES.get(type(timm_model))
+    if family is None:
+        raise ValueError(f'{config.model!r} is not a model family this trainer knows '
+                         f'({", ".join(f.__name__ for f in FAMILIES)})')
+    hf_config = family.config_class.from_timm_model(
+        timm_model, num_labels=num_classes, label_smoothing=config.label_smoothing, id2label=id2label)
+    model = family.reid_class(hf_config)
+    model.load_state_dict(timm_model.state_dict())
+    return model, timm_model.pretrained_cfg, family
+
+
+def _load_data(config: TrainConfig):
+    if config.dataset == 'synthetic':  # dataset_options go to the generator (train_ids, test_ids, occlusion...)
+        root = Path(config.data_root)
+        if not root.exists():
+            logger.info('generating the SYNTHETIC dataset into %s', root)
+            generate_market_layout(root, **{'seed': config.seed, **config.dataset_options})
+        return load_reid_dataset('market1501', root)
+    return load_reid_dataset(config.dataset, config.data_root, **config.dataset_options)
+
+
+@torch.no_grad()
+def extract(model, loader, accelerator: Accelerator, flip: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embeddings, pids and camids of a (prepared) loader, gathered from every process without padding."""
+    model.eval()
+    feats, pids, cams = [], [], []
+    embed = lambda x: model(pixel_values=x).embeddings  # noqa: E731
+    for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=_quiet_bars(accelerator)):
+        emb = flip_features(embed, pixels) if flip else embed(pixels)
+        emb, pid, cam = accelerator.gather_for_metrics((emb.float().contiguous(), pid, cam))
+        feats.append(emb.cpu()), pids.append(pid.cpu()), cams.append(cam.cpu())
+    return torch.cat(feats), torch.cat(pids), torch.cat(cams)
+
+
+def run_evaluation(model, query_loader, gallery_loader, accelerator: Accelerator, config: TrainConfig
+                   ) -> Dict[str, Any]:
+    qf, q_pids, q_cams = extract(model, query_loader, accelerator, config.flip_test)
+    gf, g_pids, g_cams = extract(model, gallery_loader, accelerator, config.flip_test)
+    # every process needs the plain metrics (they choose the best model); the re-ranked ones are only reported
+    return retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config,
+                             rerank=config.rerank and accelerator.is_main_process)
+
+
+def retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config: TrainConfig,
+                      rerank: Optional[bool] = None) -> Dict[str, Any]:
+    """R1/R5/R10/mAP/mINP under the config's metric and normalisation; with re-ranking (``rerank``, default
+    ``config.rerank``) also the same after k-reciprocal re-ranking of the (normalised) features, as ``rerank_*``."""
+    rerank = config.rerank if rerank is None else rerank
+    labels = (q_pids, g_pids, q_cams, g_cams)
+    metrics = _summarise(evaluate(qf, gf, *labels, metric=config.eval_metric, normalize=config.eval_normalize))
+    if rerank:
+        if config.eval_normalize or config.eval_metric == 'cosine':
+            qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+        reranked = _summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf)))
+        metrics.update({f'rerank_{k}': v for k, v in reranked.items() if k != 'num_valid_queries'})
+    return metrics
+
+
+def _summarise(result: Dict[str, Any]) -> Dict[str, Any]:
+    cmc = result['cmc']
+    return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
+            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': result['mAP'], 'mINP': result['mINP'],
+            'num_valid_queries': result['num_valid_queries']}
+
+
+def _quiet_bars(accelerator: Accelerator) -> Optional[bool]:
+    """tqdm's ``disable``: off on all but the local main process; None there (tqdm then draws only to a terminal, so
+    a log file gets no escape codes)."""
+    return None if accelerator.is_local_main_process else True
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with (heavy-ball) momentum as the paper and TransReID use it: timm's 'momentum' optimiser (its 'sgd' is
+    Nesterov's), weight decay on weights only: biases, norms and the model's ``no_weight_decay`` tokens get none."""
+    return create_optimizer_v2(model, 'momentum', lr=config.lr, weight_decay=config.weight_decay,
+                               momentum=config.momentum)
+
+
+def _check_finite_losses(losses: Dict[str, torch.Tensor], step: int, epoch: int, batch: int) -> None:
+    if bool(torch.isfinite(losses['loss'])):
+        return
+    terms = ', '.join(f'{name} = {float(value.detach())}' for name, value in losses.items())
+    raise FloatingPointError(
+        f'training diverged at optimiser step {step} (epoch {epoch}, batch {batch}): {terms}. Nothing of this step '
+        'was applied or saved; try a lower lr, more warm-up or --mixed_precision no, and resume from a checkpoint')
+
+
+def _non_finite_parameters(model: nn.Module) -> list:
+    return [name for name, value in model.state_dict().items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
+def _save_model(model, accelerator: Accelerator, folder: Path, processor) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        bad = _non_finite_parameters(accelerator.unwrap_model(model))
+        if bad:  # a diverged model is never saved (as best_model or at all)
+            raise FloatingPointError(f'not saving {folder}: non-finite values in {len(bad)} tensors ({bad[:5]}...)')
+        accelerator.unwrap_model(model).save_pretrained(folder)
+        processor.save_pretrained(folder)
+    accelerator.wait_for_everyone()
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Train and evaluate; returns (and writes to ``output_dir/metrics.json``) the final evaluation."""
+    if config.push_to_hub:
+        from aaformer_hf.hub import check_push_supported
+        check_push_supported(config.hub_model_id)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to if config.with_tracking else None, project_dir=config.output_dir)
+    if config.with_tracking and not accelerator.log_with:  # accelerate only warns and logs nowhere
+        raise ValueError(f'--with_tracking: tracker {config.report_to!r} is not installed (for tensorboard: '
+                         '`pip install tensorboard`), or not an accelerate tracker name')
+    if config.pretrained_file and not Path(config.pretrained_file).is_file():
+        raise FileNotFoundError(f'{config.pretrained_file}: pretrained_file not found')
+    output_dir = Path(config.output_dir)
+    resume = resume_folder(config.resume_from_checkpoint, output_dir)  # before any work: no checkpoint is an error
+    with claim_output_dir(output_dir, resuming=resume is not None, overwrite=config.overwrite_output_dir,
+                          is_main_process=accelerator.is_main_process):
+        accelerator.wait_for_everyone()  # the folder is this run's before any process writes to it
+        return _train(config, accelerator, output_dir, resume)
+
+
+def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resume: Optional[Path]
+           ) -> Dict[str, Any]:
+    set_seed(config.seed)
+    data = _load_data(config)
+    originals = data['train']['pid_original']
+    id2label = {label: str(pid) for label, pid in sorted(set(zip(data['train']['pid'], originals)))}
+    model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
+    criterion = family.make_loss(config)
+    processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg)
+
+    # torchrun (and so accelerate launch) says how many processes share this machine
+    workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
+    loader, sampler = train_loader(
+        data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
+        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch)
+    test_transform = build_transforms(pretrained_cfg, train=False)
+    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
+    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
+    micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
+    steps_per_epoch = micro_per_epoch // config.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
+
+    optimizer = make_optimizer(model.timm_model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_at(step, steps_per_epoch, config) / config.lr)
+    # the train loader is not prepared: the PK sampler already deals whole identities to each process
+    model, optimizer, query_loader, gallery_loader = accelerator.prepare(
+        model, optimizer, query_loader, gallery_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    if config.with_tracking:
+        accelerator.init_trackers('aaformer_hf', config={
+            k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v)
+            for k, v in config.to_dict().items()})
+
+    state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = read_state(resume)
+        accelerator.print(f'resumed from {resume}: epoch {state["epoch"]}, step {state["step_in_epoch"]}')
+
+    def save_checkpoint(name: str) -> None:
+        final, partial = output_dir / 'checkpoints' / name, output_dir / 'checkpoints' / f'.incomplete-{name}'
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)  # a folder is a checkpoint only once complete
+            if config.checkpoints_total_limit:
+                for old in complete_checkpoints(output_dir)[:-config.checkpoints_total_limit]:
+                    shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def evaluate_now(epoch: int) -> Dict[str, Any]:
+        metrics = run_evaluation(model, query_loader, gallery_loader, accelerator, config)
+        if accelerator.is_main_process:  # tqdm.write keeps the progress bar intact
+            tqdm.write(f'epoch {epoch}: ' + '  '.join(
+                f'{k} {v:.4f}' for k, v in metrics.items() if k != 'num_valid_queries'))
+        if config.with_tracking:
+            accelerator.log({f'eval/{k}': v for k, v in metrics.items()}, step=state['global_step'])
+        if state['best'] is None or metrics['mAP'] > state['best']['mAP']:
+            state['best'] = dict(metrics, epoch=epoch)
+            _save_model(model, accelerator, output_dir / 'best_model', processor)
+        return metrics
+
+    images, compute_time, wait_time = 0, 0.0, 0.0
+    metrics: Optional[Dict[str, Any]] = None
+    epochs = 0 if config.eval_only else config.epochs
+    every_steps = None if config.checkpointing_steps in (None, 'epoch') else int(config.checkpointing_steps)
+    accumulation = config.gradient_accumulation_steps
+    progress = tqdm(total=epochs * steps_per_epoch, initial=state['global_step'], desc='training',
+                    disable=_quiet_bars(accelerator))
+    for epoch in range(state['epoch'], epochs):
+        model.train()
+        sampler.set_epoch(epoch, start_batch=state['step_in_epoch'] * accumulation)
+        batches = iter(loader)
+        for micro in range(state['step_in_epoch'] * accumulation, micro_per_epoch):
+            started = time.perf_counter()
+            pixels, pids, _ = next(batches)
+            pixels, pids = pixels.to(accelerator.device, non_blocking=True), pids.to(accelerator.device)
+            waited = time.perf_counter()
+            sync = (micro + 1) % accumulation == 0
+            with nullcontext() if sync else accelerator.no_sync(model):
+                out = model(pixel_values=pixels)
+                losses = criterion(out.logits, out.features, pids)
+                # accelerate divides the loss by gradient_accumulation_steps itself (set on the Accelerator above)
+                accelerator.backward(losses['loss'])
+            # after backward (every process has joined its gradient all-reduce), before any optimiser step
+            _check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
+            if sync:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state['global_step'] += 1
+                state['step_in_epoch'] = (micro + 1) // accumulation
+                progress.update(1)
+                progress.set_postfix(loss=f'{losses["loss"].item():.3f}', epoch=epoch)
+                if config.with_tracking:
+                    accelerator.log({'train/' + k: v.item() for k, v in losses.items()}
+                                    | {'train/lr': scheduler.get_last_lr()[0]}, step=state['global_step'])
+            images += pixels.shape[0] * accelerator.num_processes
+            wait_time += waited - started
+            compute_time += time.perf_counter() - waited
+            if sync and every_steps and state['global_step'] % every_steps == 0:
+                save_checkpoint(f'step_{state["global_step"]}')
+        del batches
+        state['epoch'], state['step_in_epoch'] = epoch + 1, 0
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
+            metrics = evaluate_now(epoch + 1)  # before the checkpoint, so it records this epoch's best
+        if config.checkpointing_steps == 'epoch':
+            save_checkpoint(f'epoch_{epoch + 1}')
+    progress.close()
+    if metrics is None:  # resumed after the last epoch, or eval_only
+        metrics = evaluate_now(state['epoch'])
+
+    _save_model(model, accelerator, output_dir / 'model', processor)
+    elapsed = wait_time + compute_time
+    summary = dict(metrics, epochs=state['epoch'], images_per_second=images / elapsed if elapsed else None,
+                   train_images=images, train_seconds=elapsed,
+                   data_wait_share=wait_time / elapsed if elapsed else None, best=state['best'],
+                   model=config.model, baseline=config.baseline, dataset=config.dataset,
+                   processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))
+    if accelerator.is_main_process:
+        (output_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
+    if config.with_tracking:
+        accelerator.end_training()
+    if config.push_to_hub:
+        from aaformer_hf.hub import push_model_folder
+        push_model_folder(output_dir / 'model', config.hub_model_id)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """``examples/train.py``'s entry point: parse the config and flags, train, print the final table."""
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
+    if not sys.stderr.isatty():  # a log file: no progress bars from the libraries either (ours follow tqdm's rule)
+        import datasets
+        import huggingface_hub.utils
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+        datasets.disable_progress_bars()
+    try:
+        summary = train(parse_config(argv))
+    except (ValueError, OSError, RuntimeError, FloatingPointError, NotImplementedError) as error:
+        if type(error).__module__.split('.')[0] not in ('aaformer_hf', 'builtins', __name__, 'train_config',
+                                                        'train_outputs', 'train_losses'):
+            raise  # another library's error: its traceback is the useful part
+        # what a user can fix (a bad value, a missing file, a folder in use): the message, not a traceback
+        print(f'examples/train.py: error: {error}', file=sys.stderr)
+        raise SystemExit(2) from None
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    rows = [('R1', 'rank1'), ('R5', 'rank5'), ('R10', 'rank10'), ('mAP', 'mAP'), ('mINP', 'mINP')]
+    dataset = summary['dataset'] + (' (SYNTHETIC images: says nothing about real re-ID accuracy)'
+                                    if summary['dataset'] == 'synthetic' else '')
+    variant = summary['model'] + (f', baseline {summary["baseline"]}' if summary['baseline'] else '')
+    evaluations = {'': ''} if 'rerank_mAP' not in summary else {'plain': '', 're-ranked': 'rerank_'}
+    label = (lambda text: f'| {text} ') if len(evaluations) > 1 else (lambda text: '')
+    table = [label('') + '| ' + ' | '.join(name for name, _ in rows) + ' |',
+             label('---') + '|' + '---:|' * len(rows)]
+    table += [label(name) + '| ' + ' | '.join(f'{100 * summary[prefix + key]:.1f}' for _, key in rows) + ' |'
+              for name, prefix in evaluations.items()]
+    lines = [f'{variant} on {dataset}', *table,
+             f'{summary["num_valid_queries"]} valid queries, {summary["epochs"]} epochs' + (
+                 f', {summary["images_per_second"]:.1f} images/s (data wait {100 * summary["data_wait_share"]:.0f} %)'
+                 if summary['images_per_second'] else ''),
+             f'model folder: {summary["model_dir"]}  (AutoModel.from_pretrained or timm pretrained_cfg_overlay file)']
+    return '\n'.join(lines)
+
 
 if __name__ == '__main__':
     main()

@@ -74,7 +74,7 @@ def test_a_trained_reid_model_of_another_layout_initialises_the_trunk_only(tmp_p
         torch.testing.assert_close(state[key], source[key])
     assert state['bnneck.weight'].shape == (6 * 64,) and 0.01 < state['part_tokens'].std() < 0.03
     # the same through the trainer's path: --pretrained_file of a saved re-ID model folder
-    from aaformer_hf.training import TrainConfig, build_model
+    from train import TrainConfig, build_model
     config = TrainConfig(data_root='x', model='aaformer_tiny', pretrained_file=str(tmp_path / 'vit_baseline.safetensors'))
     reid, _, _ = build_model(config, num_classes=9)
     torch.testing.assert_close(reid.timm_model.blocks[0].attn.qkv.weight, baseline.blocks[0].attn.qkv.weight)

@@ -18,7 +18,7 @@ def run(code: str) -> str:
     'import aaformer_hf',
     'from aaformer_hf.evaluation import evaluate, re_rank',
     'from aaformer_hf.data import PKSampler',
-    'from aaformer_hf.losses import AAformerLoss',
+    'from aaformer_hf.losses import identity_loss',
     'import aaformer_hf.data.synthetic',
 ])
 def test_light_modules_import_no_heavy_library(statement):

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aaformer_hf.training import TrainConfig, train
-from aaformer_hf.training.output_dir import (LOCK_FILE, OutputDirError, complete_checkpoints, read_state,
-                                             resume_folder)
+from train import TrainConfig, train
+from train_outputs import LOCK_FILE, OutputDirError, complete_checkpoints, read_state, resume_folder
 from tests.test_training import synthetic_root, tiny  # noqa: F401  (the fixture)
 
 

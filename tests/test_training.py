@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from aaformer_hf.data.synthetic import generate_market_layout
-from aaformer_hf.training import TrainConfig, lr_at, parse_config, train
+import train as trainer
+from train import TrainConfig, lr_at, parse_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(ROOT / 'examples' / 'train.py')
@@ -97,7 +98,7 @@ def test_rerank_metrics_match_the_numpy_references():
     import numpy as np
     from benchmarks.reid_eval_reference import evaluate_reference
     from benchmarks.reid_rerank_reference import re_rank_reference
-    from aaformer_hf.training import retrieval_metrics
+    from train import retrieval_metrics
     from tests.test_evaluation import evaluate_reference_on_distances
     rng = np.random.default_rng(7)
     ids = rng.integers(1, 15, 120)
@@ -120,7 +121,7 @@ def test_rerank_metrics_match_the_numpy_references():
 
 
 def test_rerank_reaches_metrics_file_and_summary(tmp_path, synthetic_root):
-    from aaformer_hf.training import format_summary
+    from train import format_summary
     summary = train(TrainConfig(**tiny(synthetic_root, tmp_path / 'rerank', eval_only=True, rerank=True)))
     saved = json.loads((tmp_path / 'rerank' / 'metrics.json').read_text())
     assert 0 < saved['rerank_mAP'] <= 1 and saved['rerank_mAP'] == pytest.approx(summary['rerank_mAP'])
@@ -203,7 +204,8 @@ def test_accumulation_mixed_precision_and_step_checkpoints(tmp_path, synthetic_r
                   mixed_precision='bf16', checkpointing_steps='1', checkpoints_total_limit=2, flip_test=True)
     # the trainer in a subprocess, with a hook recording the dtype a linear layer computes in during training
     script = ('import json, sys\n'
-              'from aaformer_hf.training import TrainConfig, loop, train\n'
+              'sys.path.insert(0, "examples")\n'
+              'import train as loop\n'
               'seen, build = set(), loop.build_model\n'
               'def hooked(*args, **kwargs):\n'
               '    model, cfg, family = build(*args, **kwargs)\n'
@@ -211,7 +213,7 @@ def test_accumulation_mixed_precision_and_step_checkpoints(tmp_path, synthetic_r
               '        lambda module, inputs, output: seen.add((module.training, str(output.dtype))))\n'
               '    return model, cfg, family\n'
               'loop.build_model = hooked\n'
-              'train(TrainConfig(**json.loads(sys.argv[1])))\n'
+              'loop.train(loop.TrainConfig(**json.loads(sys.argv[1])))\n'
               'print("DTYPES", sorted(seen))\n')
     done = subprocess.run([sys.executable, '-c', script, json.dumps(values)], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
@@ -260,7 +262,7 @@ def test_unreadable_image_at_training_time_names_the_file(tmp_path, synthetic_ro
     """Loaded without the load-time check, a file broken afterwards fails in the loader naming its path."""
     import shutil
     from aaformer_hf.data import load_reid_dataset
-    from aaformer_hf.training.data import ReIDItems
+    from aaformer_hf.data import ReIDItems
     root = tmp_path / 'copy'
     shutil.copytree(synthetic_root, root)
     train_split = load_reid_dataset('market1501', root, verify_images=False)['train']
@@ -272,7 +274,7 @@ def test_unreadable_image_at_training_time_names_the_file(tmp_path, synthetic_ro
 
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, monkeypatch):
     """A loss term that turns NaN stops training at that optimiser step, naming the term, and saves no model."""
-    from aaformer_hf.training import loop
+    loop = trainer
     family = loop.FAMILIES[loop.AAformer]
     calls = []
 
@@ -300,7 +302,7 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, mo
 
 def test_a_diverged_model_is_never_saved(tmp_path):
     from accelerate import Accelerator
-    from aaformer_hf.training.loop import _save_model
+    from train import _save_model
     model = timm.create_model('aaformer_tiny')
     with torch.no_grad():
         model.blocks[1].attn.qkv.weight[0, 0] = float('nan')
@@ -345,7 +347,7 @@ def test_flip_test_averages_the_horizontal_mirror():
     from types import SimpleNamespace
     from accelerate import Accelerator
     from torchvision.transforms.v2.functional import horizontal_flip, vertical_flip
-    from aaformer_hf.training.loop import extract
+    from train import extract
 
     class LeftColumnAndTopRow(torch.nn.Module):  # a feature that tells left from right and top from bottom
         def forward(self, pixel_values):
@@ -389,7 +391,7 @@ def test_gradient_accumulation_averages_the_micro_batches(tmp_path, synthetic_ro
 def test_optimizer_is_heavy_ball_sgd_with_decay_on_weights_only():
     """The paper's SGD (momentum 0.9, weight decay 1e-4, as TransReID's torch.optim.SGD: not Nesterov); decay on
     matrices only, none on biases, norms, the BNNeck and the tokens and position embeddings."""
-    from aaformer_hf.training.loop import make_optimizer
+    from train import make_optimizer
     model = timm.create_model('aaformer_tiny', num_classes=5)
     optimizer = make_optimizer(model, TrainConfig(data_root='x'))
     assert isinstance(optimizer, torch.optim.SGD)
@@ -405,7 +407,7 @@ def test_optimizer_is_heavy_ball_sgd_with_decay_on_weights_only():
 
 
 def test_script_reports_user_errors_without_a_traceback(tmp_path, capsys):
-    from aaformer_hf.training import main
+    from train import main
     with pytest.raises(SystemExit) as exit_info:
         main(flags(tiny(tmp_path / 'missing', tmp_path / 'out')))
     assert exit_info.value.code == 2

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import yaml
 
-from ..data.sampler import EPOCH_MODES
+from aaformer_hf.data.sampler import EPOCH_MODES
 
 __all__ = ['TrainConfig', 'BASELINES', 'parse_config']
 

@@ -1,4 +1,4 @@
-"""Training and evaluation loaders: PK batches whose augmentation is a pure function of (seed, epoch, position).
+"""Training and evaluation loaders for re-ID ``datasets``: PK batches whose augmentation is a pure function of (seed, epoch, position).
 
 Seeding every item's augmentation from its position in the epoch (not from a worker's RNG stream) makes a resumed run
 see exactly the images an uninterrupted one would, whatever the number of workers and wherever it resumed.
@@ -10,7 +10,7 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data import PKSampler
+from .sampler import PKSampler
 
 __all__ = ['ReIDItems', 'SeededEpochSampler', 'train_loader', 'eval_loader']
 
