@@ -8,8 +8,8 @@ import torch
 import aaformer_hf  # noqa: F401  registers the models
 from .upstream import import_timm_tests
 
-MODELS = timm.list_models('aaformer*')
-TAGGED = timm.list_models('aaformer*', include_tags=True)
+MODELS = timm.list_models('aaformer*') + timm.list_models('pivl*')
+TAGGED = timm.list_models('aaformer*', include_tags=True) + timm.list_models('pivl*', include_tags=True)
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +24,7 @@ def _call(fn, **kwargs):
 
 
 def test_registered():
-    assert MODELS == ['aaformer_base', 'aaformer_small', 'aaformer_tiny']
+    assert MODELS == ['aaformer_base', 'aaformer_small', 'aaformer_tiny', 'pivl_vit_base_patch16', 'pivl_vit_tiny']
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -56,8 +56,11 @@ def test_default_cfgs_non_std(upstream, name):
     local = failed_at.frame.f_locals
     failing_model, width = local['model'], local['outputs'].shape[local['feat_dim']]
     assert failing_model.num_classes == 0
-    # and it fails for exactly the intended reason: the embedding is (1 + P) * D wide, num_features is D
-    assert width == failing_model.head_hidden_size == (1 + failing_model.num_parts) * failing_model.embed_dim
+    # and it fails for exactly the intended reason: the embedding is wider than the trunk (AAformer: (1 + P) * D;
+    # π-VL: D + the CLIP projection's E), num_features is D
+    expected = ((1 + failing_model.num_parts) * failing_model.embed_dim if hasattr(failing_model, 'num_parts')
+                else failing_model.embed_dim + failing_model.proj_dim)
+    assert width == failing_model.head_hidden_size == expected
     assert failing_model.num_features == failing_model.embed_dim
 
     model = timm.create_model(name, device='meta', num_classes=0).eval()
@@ -65,7 +68,9 @@ def test_default_cfgs_non_std(upstream, name):
     state = model.state_dict()
     assert model.pretrained_cfg['first_conv'] + '.weight' in state
     classifier = timm.create_model(name, device='meta', num_classes=3).state_dict()
-    assert model.pretrained_cfg['classifier'] + '.weight' in classifier
+    names = model.pretrained_cfg['classifier']
+    for name_ in (names,) if isinstance(names, str) else names:  # π-VL has two classifiers
+        assert name_ + '.weight' in classifier
     upstream._assert_reset_classifier_preserves_parent_device_dtype(model)
     upstream._assert_factory_device(name, 'meta')
     upstream._assert_frozen_survives_reset_and_resize(name, 'meta', reset_pool=False)
@@ -94,10 +99,10 @@ def test_forward_intermediates_features(upstream, name):
     _call(upstream.test_model_forward_intermediates_features, model_name=name, batch_size=1)
 
 
-@pytest.mark.parametrize('name', ['aaformer_tiny'])
+@pytest.mark.parametrize('name', ['aaformer_tiny', 'pivl_vit_tiny'])
 def test_prune_intermediate_layers_contract(upstream, name):
     """Pruned / stop_early taps equal the unpruned model's and every parameter left is used (the re-ID head goes
-    with the classifier). aaformer_tiny only: the contract is architecture-level and the others are 12 layers deep."""
+    with the classifier). The tiny models only: the contract is architecture-level and the others are 12 layers deep."""
     _call(upstream.test_prune_intermediate_layers_contract, model_name=name)
 
 

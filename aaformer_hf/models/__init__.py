@@ -1,1 +1,2 @@
 from .aaformer import AAformer, AAformerTokens, ReIDHeadOutput, checkpoint_filter_fn
+from .pivl import PiVLViT

@@ -16,12 +16,10 @@ open are constructor arguments whose docstrings say so.
 """
 import logging
 import math
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
 
 from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
@@ -29,6 +27,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import init_weights_vit_timm
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ._loading import check_encoder_keys, pretrained_file_checked
 from ..layers import (
     AssignmentMode, AssignmentScore, BNNeck, MultiHeadAutoAlignment, PartSelfKey, TokenClassifiers,
 )
@@ -494,7 +493,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
                 v, new_size=model.patch_embed.grid_size, old_size=_source_grid(v.shape[1], 1, model),
                 num_prefix_tokens=1, interpolation='bicubic', antialias=False, verbose=True)
         out[k] = v
-    _check_encoder_keys(out, own, _HEAD_KEYS + (_NEW_FOR_A_BACKBONE if backbone_only else ('part_pos_embed',)))
+    check_encoder_keys(out, own, _HEAD_KEYS + (_NEW_FOR_A_BACKBONE if backbone_only else ('part_pos_embed',)))
     for k, v in own.items():  # what may be missing keeps the model's own initialisation
         out.setdefault(k, v)
     if backbone_only and model.part_tokens is not None and model.part_init == 'cls' and 'cls_token' in state_dict:
@@ -502,30 +501,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
         noise = torch.empty_like(own['part_tokens']).normal_(std=.02)
         out['part_tokens'] = cls.expand_as(noise) + noise
     return out
-
-
-def _check_encoder_keys(loaded: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor], may_lack: Tuple[str, ...]
-                        ) -> None:
-    """Encoder weights missing, left over or of another shape mean the checkpoint is another architecture."""
-    missing = [k for k in own if k not in loaded and not k.startswith(may_lack)]
-    unexpected = [k for k in loaded if k not in own]
-    reshaped = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in loaded.items()
-                if k in own and v.shape != own[k].shape]
-    problems = [f'{len(keys)} {what}: {", ".join(keys[:6])}{", ..." if len(keys) > 6 else ""}'
-                for what, keys in (('missing', missing), ('unexpected', unexpected), ('of another shape', reshaped))
-                if keys]
-    if problems:
-        raise ValueError('the checkpoint does not fit this model\'s encoder (another depth, width or patch size?): '
-                         + '; '.join(problems))
-
-
-def _pretrained_file(kwargs: Dict[str, Any]) -> Optional[str]:
-    """The local file a timm call loads pretrained weights from, if it names one."""
-    for key in ('pretrained_cfg_overlay', 'pretrained_cfg'):
-        cfg = kwargs.get(key)
-        if isinstance(cfg, dict) and cfg.get('file'):
-            return str(cfg['file'])
-    return None
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -564,19 +539,13 @@ default_cfgs = generate_default_cfgs({
 
 def _create_aaformer(variant: str, pretrained: bool = False, **kwargs) -> AAformer:
     out_indices = kwargs.pop('out_indices', 3)
-    file = _pretrained_file(kwargs) if pretrained else None
-    if file is not None and not Path(file).is_file():  # timm raises an empty FileNotFoundError
-        raise FileNotFoundError(f'{file}: pretrained weights file not found')
-    try:
+    with pretrained_file_checked(variant, kwargs if pretrained else {}):
         return build_model_with_cfg(
             AAformer, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
             **kwargs,
         )
-    except SafetensorError as error:  # its messages name no file
-        raise ValueError(f'{file or variant + " pretrained weights"}: unreadable safetensors file ({error}); '
-                         'truncated or not a safetensors file?') from error
 
 
 @register_model

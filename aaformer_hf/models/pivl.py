@@ -1,0 +1,291 @@
+""" π-VL's inference model: a CLIP ViT image tower with CLIP-ReID's re-ID head.
+
+Papers: `Exploring Part-Informed Visual-Language Learning for Person Re-Identification` (Lin et al.,
+arXiv 2308.02738) and the method it builds on, `CLIP-ReID: Exploiting Vision-Language Model for Image
+Re-Identification without Concrete Text Labels` (Li et al., AAAI 2023). π-VL's text prompts and fusion head exist
+only in training; at inference it is this encoder.
+
+The image tower is timm's own ``VisionTransformer`` in the CLIP configuration (pre-norm, LayerNorm eps 1e-5, QuickGELU
+for OpenAI's weights) at 256x128 (a 16x8 patch grid). CLIP-ReID's head: the CLS token after the final norm (768-d)
+and its CLIP projection (512-d), one BNNeck and one bias-free identity classifier on each; the test feature is the two
+concatenated (1280-d), before the BNNecks as in CLIP-ReID's configs (``embedding``).
+"""
+import logging
+from functools import partial
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.layers import LayerNorm, resample_abs_pos_embed
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
+
+from ..layers import BNNeck
+from ._loading import check_encoder_keys, pretrained_file_checked
+
+__all__ = ['PiVLViT', 'PiVLHeadOutput']  # model_registry will add each entrypoint fn to this
+
+_logger = logging.getLogger(__name__)
+
+EmbeddingSource = Literal['before_bnneck', 'after_bnneck']
+
+
+class PiVLHeadOutput(NamedTuple):
+    features: Tuple[torch.Tensor, torch.Tensor]  # (B, D) CLS and (B, E) its projection, before the BNNecks
+    bn_features: Tuple[torch.Tensor, torch.Tensor]  # the same after the BNNecks (the classifiers use these)
+    logits: Optional[torch.Tensor]  # (B, 2, C): the CLS and projection classifiers' identity logits
+
+
+class ReIDClassifierPair(nn.Module):
+    """CLIP-ReID's two bias-free identity classifiers, on the CLS feature and on its projection (BoT's N(0, 0.001)
+    init). Output (B, 2, C), one row per classifier, the layout the identity loss (Eq. 6) averages over."""
+
+    def __init__(self, cls_features: int, proj_features: int, num_classes: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.cls = nn.Linear(cls_features, num_classes, bias=False, device=device, dtype=dtype)
+        self.proj = nn.Linear(proj_features, num_classes, bias=False, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.cls.weight, std=0.001)
+        nn.init.normal_(self.proj.weight, std=0.001)
+
+    def forward(self, cls: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.cls(cls), self.proj(proj)], dim=1)
+
+
+class PiVLViT(VisionTransformer):
+    """CLIP ViT image tower + CLIP-ReID re-ID head (the π-VL / CLIP-ReID inference model).
+
+    ``forward_features`` returns all tokens after the final norm (timm's ViT), ``forward_head(pre_logits=True)`` the
+    re-ID embedding (CLS and its projection, D + E wide), ``forward`` the two classifiers' logits (B, 2, num_classes)
+    or the embedding when ``num_classes=0``.
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = (256, 128),
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 0,
+            global_pool: Literal['', 'token'] = 'token',
+            embed_dim: int = 768,
+            depth: int = 12,
+            num_heads: int = 12,
+            mlp_ratio: float = 4.,
+            proj_dim: int = 512,
+            embedding: EmbeddingSource = 'before_bnneck',
+            act_layer: Union[str, type] = 'quick_gelu',
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+            **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            img_size: Input (H, W); 256x128 as in CLIP-ReID and π-VL.
+            patch_size: Patch size (16 for ViT-B/16).
+            in_chans: Image channels.
+            num_classes: Training identities; 0 builds no classifiers and ``forward`` returns the embedding.
+            global_pool: 'token' pools the CLS token into the re-ID head; '' returns unpooled tokens.
+            embed_dim, depth, num_heads, mlp_ratio: The CLIP image tower (768, 12, 12, 4 for ViT-B/16).
+            proj_dim: Width of CLIP's image projection (512 for ViT-B/16), the space the text features live in.
+            embedding: Test feature, 'before_bnneck' (default: CLIP-ReID's configs, ``NECK_FEAT 'before'``) or
+                'after_bnneck'. π-VL's paper does not state it.
+            act_layer: MLP activation: 'quick_gelu' for OpenAI's CLIP weights, 'gelu' for open_clip's others.
+            drop_rate: Dropout before the classifiers.
+            pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: timm ViT regularisation (all 0 in
+                CLIP-ReID).
+            device, dtype: For parameters and buffers.
+            kwargs: Other timm ``VisionTransformer`` arguments.
+        """
+        if global_pool not in ('', 'token'):
+            raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
+        if embedding not in ('before_bnneck', 'after_bnneck'):
+            raise ValueError(f"embedding must be 'before_bnneck' or 'after_bnneck', got {embedding!r}")
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool='token',
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, pre_norm=True,
+            norm_layer=partial(LayerNorm, eps=1e-5), act_layer=act_layer, drop_rate=drop_rate,
+            pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate, **dd, **kwargs)
+        self.global_pool = global_pool
+        self.embedding = embedding
+        self.proj_dim = proj_dim
+        # CLIP's image projection (timm keeps it as the `head` of its CLIP models; here the classifiers are the head)
+        self.proj = nn.Linear(embed_dim, proj_dim, bias=False, **dd)
+        self.bnneck = BNNeck(embed_dim, **dd)
+        self.bnneck_proj = BNNeck(proj_dim, **dd)
+        self.head_hidden_size = embed_dim + proj_dim
+        self.num_classes = num_classes
+        self.head = self._make_classifier(num_classes, **dd)
+
+    def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return ReIDClassifierPair(self.embed_dim, self.proj_dim, num_classes, device=device, dtype=dtype)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the identity classifiers (num_classes=0 removes them)."""
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
+        if global_pool is not None:
+            if global_pool not in ('', 'token'):
+                raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = self.bnneck.weight
+        self.head = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype).train(self.training)
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop blocks after the last requested intermediate (and optionally the norm and the whole re-ID head)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:  # the projection and BNNecks go with the classifiers: they would be left unused
+            self.reset_classifier(0, '')
+            self.proj, self.bnneck, self.bnneck_proj = nn.Identity(), nn.Identity(), nn.Identity()
+        return take_indices
+
+    def forward_reid_head(self, x: torch.Tensor) -> PiVLHeadOutput:
+        """CLS (after the final norm) and its projection, before and after the BNNecks, and the logits."""
+        cls = x[:, 0]
+        proj = self.proj(cls)
+        bn_cls, bn_proj = self.bnneck(cls), self.bnneck_proj(proj)
+        logits = None
+        if self.num_classes > 0:
+            logits = self.head(self.head_drop(bn_cls), self.head_drop(bn_proj))
+        return PiVLHeadOutput((cls, proj), (bn_cls, bn_proj), logits)
+
+    def embed(self, head: PiVLHeadOutput) -> torch.Tensor:
+        """The re-ID embedding (D + E) on the side of the BNNecks ``embedding`` names."""
+        return torch.cat(head.features if self.embedding == 'before_bnneck' else head.bn_features, dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.global_pool:
+            return x
+        head = self.forward_reid_head(x)
+        if pre_logits or head.logits is None:
+            return self.embed(head)
+        return head.logits
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) -> Dict[str, torch.Tensor]:
+    """Adapt a CLIP image tower or a π-VL checkpoint to ``model``.
+
+    CLIP checkpoints, in timm's layout (``vit_base_patch16_clip_quickgelu_224.openai``: the projection is ``head``) or
+    OpenAI's (``visual.*``, converted with timm's own converter): the projection becomes ``proj``, the position grid
+    (14x14 at 224) is resampled to the model's (16x8 at 256x128) bilinearly as CLIP-ReID resamples it, and the BNNecks
+    and classifiers keep their fresh initialisation. π-VL checkpoints load as they are (classifiers for another
+    number of identities, or for a model without any, are left out). Encoder weights the model needs and the
+    checkpoint lacks, or has in another shape, are an error naming them.
+    """
+    state_dict = state_dict.get('state_dict', state_dict)
+    state_dict = state_dict.get('model', state_dict)
+    if 'visual.proj' in state_dict:  # OpenAI / open_clip layout
+        state_dict = _convert_openai_clip(state_dict, model)
+    own = model.state_dict()
+    is_clip = 'bnneck.weight' not in state_dict
+    out = {}
+    for k, v in state_dict.items():
+        if is_clip and k in ('head.weight', 'head.bias'):
+            if k == 'head.weight':
+                out['proj.weight'] = v
+            elif bool(v.abs().max() > 0):
+                raise ValueError('the CLIP checkpoint\'s projection has a bias; CLIP\'s image projection has none')
+            continue
+        if k.startswith('head.') and (k not in own or own[k].shape != v.shape):
+            _logger.info('not loading %s %s: the model has %s', k, tuple(v.shape),
+                         tuple(own[k].shape) if k in own else 'no identity classifier')
+            continue
+        if k == 'pos_embed' and v.shape != own['pos_embed'].shape:
+            v = resample_abs_pos_embed(
+                v, new_size=model.patch_embed.grid_size, old_size=_square_grid(v.shape[1] - 1),
+                num_prefix_tokens=1, interpolation='bilinear', antialias=False, verbose=True)
+        out[k] = v
+    check_encoder_keys(out, own, ('head.',) + (('bnneck.', 'bnneck_proj.') if is_clip else ()))
+    for k, v in own.items():
+        out.setdefault(k, v)
+    return out
+
+
+def _square_grid(num_patches: int) -> Tuple[int, int]:
+    side = int(num_patches ** 0.5)
+    if side * side != num_patches:
+        raise ValueError(f'cannot tell the patch grid of a CLIP pos_embed with {num_patches} patch positions (not '
+                         'square); resample it to the model grid before loading')
+    return side, side
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {
+        'url': '',
+        'num_classes': 0,
+        'input_size': (3, 256, 128),
+        'pool_size': None,
+        'crop_pct': 1.0,
+        'interpolation': 'bicubic',
+        'fixed_input_size': True,
+        'mean': OPENAI_CLIP_MEAN,
+        'std': OPENAI_CLIP_STD,
+        'first_conv': 'patch_embed.proj',
+        'classifier': ('head.cls', 'head.proj'),
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2308.02738',
+        'paper_name': 'Exploring Part-Informed Visual-Language Learning for Person Re-Identification',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    # OpenAI's CLIP ViT-B/16 image tower, the initialisation CLIP-ReID and π-VL start from
+    'pivl_vit_base_patch16.clip_openai': _cfg(
+        hf_hub_id='timm/vit_base_patch16_clip_224.openai', license='mit',
+        notes=('backbone initialisation only (OpenAI CLIP ViT-B/16); train with examples/train.py',)),
+    'pivl_vit_tiny.untrained': _cfg(),
+})
+
+
+def _create_pivl(variant: str, pretrained: bool = False, **kwargs) -> PiVLViT:
+    out_indices = kwargs.pop('out_indices', 3)
+    with pretrained_file_checked(variant, kwargs if pretrained else {}):
+        return build_model_with_cfg(
+            PiVLViT, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            **kwargs,
+        )
+
+
+@register_model
+def pivl_vit_base_patch16(pretrained: bool = False, **kwargs) -> PiVLViT:
+    """ π-VL / CLIP-ReID inference model: CLIP ViT-B/16 image tower at 256x128 with CLIP-ReID's re-ID head. """
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, proj_dim=512)
+    return _create_pivl('pivl_vit_base_patch16', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def pivl_vit_tiny(pretrained: bool = False, **kwargs) -> PiVLViT:
+    """ A tiny π-VL model (4 layers, D=64, projection 32) at 256x128 for tests and demos; not for real re-ID. """
+    model_args = dict(patch_size=16, embed_dim=64, depth=4, num_heads=2, proj_dim=32)
+    return _create_pivl('pivl_vit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
