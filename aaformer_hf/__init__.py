@@ -14,6 +14,7 @@ __version__ = '0.1.0'
 _EXPORTS = {  # public name -> the submodule that defines it
     'AAformerConfig': 'hf', 'AAformerForReID': 'hf', 'AAformerImageProcessor': 'hf', 'AAformerModel': 'hf',
     'AutoModelForPersonReID': 'hf', 'AAformer': 'models',
+    'PiVLConfig': 'hf', 'PiVLModel': 'hf', 'PiVLForReID': 'hf', 'PiVLImageProcessor': 'hf', 'PiVLViT': 'models',
 }
 __all__ = sorted(_EXPORTS) + ['__version__']
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,11 +1,11 @@
 """transformers' common model and config tests (ModelTesterMixin, ConfigTester from the installed transformers'
-sdist) on a tiny AAformer, plus the tests ViT's own test file adds for vision models."""
+sdist) on a tiny AAformer and a tiny π-VL model, plus the tests ViT's own test file adds for vision models."""
 import unittest
 
 import torch
 from torch import nn
 
-from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel
+from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel, PiVLConfig, PiVLForReID, PiVLModel
 from .upstream import import_transformers_tests
 
 common, config_common = import_transformers_tests()
@@ -48,6 +48,7 @@ class AAformerModelTester:
 
 class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
     all_model_classes = (AAformerModel, AAformerForReID)
+    reid_class = AAformerForReID
     test_resize_embeddings = False
     has_attentions = True
     test_torch_exportable = True
@@ -59,7 +60,7 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
         # the mixin picks label-taking classes from transformers' own name tables, which never list external models
         inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=False)
-        if return_labels and model_class is AAformerForReID:
+        if return_labels and model_class is self.reid_class:
             inputs_dict['labels'] = torch.zeros(self.model_tester.batch_size, dtype=torch.long)
         return inputs_dict
 
@@ -71,7 +72,7 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
     # re-initialised encoder changes the embedding; tests/test_bad_weights_and_config.py), so they run with that
     # refusal turned off: the initialisation they check is still ours to pass.
     def _with_missing_encoder_weights_allowed(self, test):
-        classes = (AAformerModel, AAformerForReID)
+        classes = self.all_model_classes
         try:
             for cls in classes:
                 cls.refuse_missing_encoder_weights = False
@@ -90,11 +91,11 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
         self._with_missing_encoder_weights_allowed(super().test_model_weights_reload_no_missing_tied_weights)
 
     def test_training(self):
-        self.all_model_classes = (AAformerForReID,)  # the base model has no loss
+        self.all_model_classes = (self.reid_class,)  # the base model has no loss
         super().test_training()
 
     def check_training_gradient_checkpointing(self, gradient_checkpointing_kwargs=None):
-        self.all_model_classes = (AAformerForReID,)
+        self.all_model_classes = (self.reid_class,)
         super().check_training_gradient_checkpointing(gradient_checkpointing_kwargs)
 
     def test_model_get_set_embeddings(self):
@@ -112,3 +113,28 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
     @unittest.skip(reason='AAformer takes images, not inputs_embeds (vision model)')
     def test_inputs_embeds_matches_input_ids(self):
         pass
+
+
+
+class PiVLModelTester(AAformerModelTester):
+    """A 2-layer, 32-wide π-VL model at 32x16 with 8x8 patches and a 16-d projection."""
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, part_groups=(), **kwargs)  # CLS + 8 patches
+
+    def get_config(self):
+        return PiVLConfig(
+            image_size=self.image_size, patch_size=self.patch_size, num_channels=self.num_channels,
+            hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
+            projection_dim=16, num_labels=self.num_labels)
+
+
+class PiVLModelTest(AAformerModelTest):
+    all_model_classes = (PiVLModel, PiVLForReID)
+    reid_class = PiVLForReID
+    has_attentions = False  # timm's ViT blocks use fused attention and do not return probabilities
+
+    def setUp(self):
+        self.model_tester = PiVLModelTester(self)
+        self.config_tester = ConfigTester(self, config_class=PiVLConfig, has_text_modality=False, hidden_size=48)

@@ -100,3 +100,57 @@ def test_checkpoints_that_do_not_fit_are_named(tmp_path):
                             (dict(global_pool='avg'), 'global_pool')]:
         with pytest.raises(ValueError, match=message):
             timm.create_model('pivl_vit_tiny', **kwargs)
+
+
+# ---- the transformers front door: the same module, one weight layout ----
+
+HF_TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=256, projection_dim=32)
+
+
+def test_transformers_and_timm_share_one_weight_layout(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+    from aaformer_hf import AutoModelForPersonReID, PiVLConfig, PiVLForReID, PiVLModel
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 256, 128)
+    model = PiVLForReID(PiVLConfig(**HF_TINY, num_labels=7)).eval()
+    with torch.no_grad():
+        model.timm_model.bnneck.running_mean.normal_()  # non-default buffers travel too
+    model.save_pretrained(tmp_path)
+    keys = load_file(tmp_path / 'model.safetensors').keys()
+    assert 'proj.weight' in keys and 'head.cls.weight' in keys and not any(k.startswith('timm_model') for k in keys)
+    loaded = AutoModelForPersonReID.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, PiVLForReID)
+    out = model(x)
+    assert out.logits.shape == (2, 2, 7) and out.embeddings.shape == (2, 96)
+    torch.testing.assert_close(loaded(x).logits, out.logits, atol=0, rtol=0)
+    encoder = AutoModel.from_pretrained(tmp_path).eval()  # the encoder ignores the classifiers
+    assert isinstance(encoder, PiVLModel)
+    torch.testing.assert_close(encoder(x).pooler_output, out.embeddings, atol=0, rtol=0)
+    timm_model = timm.create_model('pivl_vit_tiny', depth=2, num_classes=7, pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors'),
+                                                               num_classes=7)).eval()
+    torch.testing.assert_close(timm_model(x), out.logits, atol=0, rtol=0)
+    # a model made through timm is described by a config, wrapped, saved and reloaded unchanged
+    from aaformer_hf import PiVLConfig as Config
+    config = Config.from_timm_model(timm_model, num_labels=7)
+    assert config.to_diff_dict() == PiVLConfig(**HF_TINY, num_labels=7).to_diff_dict()
+
+
+def test_processor_and_feature_extraction_pipeline(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel, pipeline
+    from aaformer_hf import PiVLConfig, PiVLImageProcessor
+    processor = PiVLImageProcessor()
+    timm_cfg = timm.create_model('pivl_vit_tiny', pretrained=False).pretrained_cfg
+    assert list(processor.image_mean) == list(timm_cfg['mean']) and list(processor.image_std) == list(timm_cfg['std'])
+    model = AutoModel.from_config(PiVLConfig(**HF_TINY)).eval()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), PiVLImageProcessor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 120, 3), dtype=np.uint8))
+    embedding = torch.tensor(pipeline('image-feature-extraction', model=str(tmp_path), pool=True)(image))
+    with torch.no_grad():
+        expected = model(processor(image, return_tensors='pt')['pixel_values']).pooler_output
+    torch.testing.assert_close(embedding.reshape(expected.shape), expected, atol=1e-5, rtol=1e-5)

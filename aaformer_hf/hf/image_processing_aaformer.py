@@ -5,7 +5,7 @@ from typing import Any, Dict
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import PILImageResampling
 
-__all__ = ['AAformerImageProcessor']
+__all__ = ['AAformerImageProcessor', 'PiVLImageProcessor']
 
 
 class AAformerImageProcessor(TorchvisionBackend):
@@ -31,3 +31,12 @@ class AAformerImageProcessor(TorchvisionBackend):
             image_std=list(pretrained_cfg['std']),
             resample=resample.get(pretrained_cfg.get('interpolation', 'bilinear'), PILImageResampling.BILINEAR),
         )
+
+
+class PiVLImageProcessor(AAformerImageProcessor):
+    """The same processing with the π-VL model's defaults: OpenAI CLIP's mean/std, bicubic resizing to 256x128
+    (``pivl_vit_base_patch16``'s pretrained cfg)."""
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = [0.48145466, 0.4578275, 0.40821073]
+    image_std = [0.26862954, 0.26130258, 0.27577711]

@@ -167,6 +167,18 @@ class PiVLViT(VisionTransformer):
             self.proj, self.bnneck, self.bnneck_proj = nn.Identity(), nn.Identity(), nn.Identity()
         return take_indices
 
+    def forward_tokens(self, x: torch.Tensor, output_hidden_states: bool = False
+                       ) -> Tuple[torch.Tensor, Optional[List[torch.Tensor]]]:
+        """``forward_features`` that can also return the embeddings (after ``norm_pre``) and every block's output."""
+        if not output_hidden_states:
+            return self.forward_features(x), None
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        hidden_states = [x]
+        for blk in self.blocks:
+            x = blk(x)
+            hidden_states.append(x)
+        return self.norm(x), hidden_states
+
     def forward_reid_head(self, x: torch.Tensor) -> PiVLHeadOutput:
         """CLS (after the final norm) and its projection, before and after the BNNecks, and the logits."""
         cls = x[:, 0]

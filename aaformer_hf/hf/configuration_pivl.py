@@ -1,0 +1,103 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""π-VL (and CLIP-ReID) inference model configuration."""
+from typing import Any, Dict
+
+from huggingface_hub.dataclasses import strict
+
+from .timm_backed import TimmBackedConfig
+
+__all__ = ['PiVLConfig']
+
+
+@strict
+class PiVLConfig(TimmBackedConfig):
+    r"""
+    Configuration of the π-VL inference model (Lin et al., "Exploring Part-Informed Visual-Language Learning for
+    Person Re-Identification"), which is CLIP-ReID's (Li et al., AAAI 2023): a CLIP ViT image tower with two BNNecks
+    and two identity classifiers. Defaults give CLIP ViT-B/16 at 256x128 (OpenAI's, QuickGELU).
+
+    Args:
+        image_size (`tuple[int, int]`, defaults to `(256, 128)`): Input height and width.
+        patch_size (`int`, defaults to 16): Patch size.
+        num_channels (`int`, defaults to 3): Image channels.
+        hidden_size (`int`, defaults to 768): Token width D.
+        num_hidden_layers (`int`, defaults to 12): Transformer layers.
+        num_attention_heads (`int`, defaults to 12): Attention heads.
+        intermediate_size (`int`, defaults to 3072): MLP hidden width.
+        projection_dim (`int`, defaults to 512): Width of CLIP's image projection (the text features' space).
+        hidden_act (`str`, defaults to `"quick_gelu"`): MLP activation (`"quick_gelu"` for OpenAI's CLIP,
+            `"gelu"` for others).
+        embedding (`str`, defaults to `"before_bnneck"`): Test feature taken before (CLIP-ReID's configs) or after
+            (`"after_bnneck"`) the BNNecks. Not stated by the π-VL paper.
+        hidden_dropout_prob (`float`, defaults to 0.0): Dropout after attention projections and in MLPs.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): Dropout on attention probabilities.
+        drop_path_rate (`float`, defaults to 0.0): Stochastic depth rate.
+        classifier_dropout (`float`, defaults to 0.0): Dropout before the identity classifiers.
+        label_smoothing (`float`, defaults to 0.1): Label smoothing of the identity loss.
+        initializer_range (`float`, defaults to 0.02): Std of the truncated normal init of linear layers.
+    """
+
+    model_type = 'pivl'
+
+    image_size: list[int] | tuple[int, int] = (256, 128)
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    projection_dim: int = 512
+    hidden_act: str = 'quick_gelu'
+    embedding: str = 'before_bnneck'
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    drop_path_rate: float | int = 0.0
+    classifier_dropout: float | int = 0.0
+    label_smoothing: float | int = 0.1
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.embedding not in ('before_bnneck', 'after_bnneck'):
+            raise ValueError(f"PiVLConfig.embedding must be 'before_bnneck' or 'after_bnneck', got {self.embedding!r}")
+        if self.hidden_act not in ('quick_gelu', 'gelu'):
+            raise ValueError(f"PiVLConfig.hidden_act must be 'quick_gelu' or 'gelu', got {self.hidden_act!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f'PiVLConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads '
+                             f'({self.num_attention_heads})')
+        self.image_size = tuple(self.image_size)
+        self.check_known_keys(kwargs)
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_timm_model(cls, model, **kwargs) -> 'PiVLConfig':
+        """The config describing an existing timm ``PiVLViT``; ``kwargs`` add or override fields."""
+        block = model.blocks[0]
+        fields = dict(
+            image_size=tuple(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size[0],
+            num_channels=model.patch_embed.proj.in_channels, hidden_size=model.embed_dim,
+            num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
+            intermediate_size=block.mlp.fc1.out_features, projection_dim=model.proj_dim,
+            hidden_act='quick_gelu' if type(block.mlp.act).__name__ == 'QuickGELU' else 'gelu',
+            embedding=model.embedding, hidden_dropout_prob=block.attn.proj_drop.p,
+            attention_probs_dropout_prob=block.attn.attn_drop.p,
+            drop_path_rate=getattr(model.blocks[-1].drop_path1, 'drop_prob', 0.0),
+            classifier_dropout=model.head_drop.p)
+        return cls(**{**fields, **kwargs})
+
+    def timm_kwargs(self) -> Dict[str, Any]:
+        return dict(
+            img_size=tuple(self.image_size),
+            patch_size=self.patch_size,
+            in_chans=self.num_channels,
+            embed_dim=self.hidden_size,
+            depth=self.num_hidden_layers,
+            num_heads=self.num_attention_heads,
+            mlp_ratio=self.intermediate_size / self.hidden_size,
+            proj_dim=self.projection_dim,
+            act_layer=self.hidden_act,
+            embedding=self.embedding,
+            drop_rate=self.classifier_dropout,
+            proj_drop_rate=self.hidden_dropout_prob,
+            attn_drop_rate=self.attention_probs_dropout_prob,
+            drop_path_rate=self.drop_path_rate,
+        )

@@ -1,0 +1,151 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch π-VL inference model for transformers: thin wrappers around the timm ``PiVLViT`` (one implementation).
+The training-only parts of π-VL (text tower, prompts, fusion head) never appear here."""
+from dataclasses import dataclass
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from ..losses import identity_loss
+from ..models.pivl import PiVLViT, ReIDClassifierPair
+from .configuration_pivl import PiVLConfig
+from .timm_backed import TimmBackedPreTrainedModel
+
+__all__ = ['PiVLPreTrainedModel', 'PiVLModel', 'PiVLForReID', 'PiVLModelOutput', 'PiVLReIDOutput']
+
+
+@dataclass
+class PiVLModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + N, hidden_size)`):
+        CLS and patch tokens after the final norm.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size + projection_dim)`):
+        The re-ID embedding: the CLS feature and its CLIP projection concatenated (1280-d for ViT-B/16), before (or
+        after, per `config.embedding`) the BNNecks.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        Embeddings plus the output of every layer, each `(batch_size, 1 + N, hidden_size)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class PiVLReIDOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        Identity loss: label-smoothed cross-entropy averaged over the CLS and projection classifiers.
+    logits (`torch.FloatTensor` of shape `(batch_size, 2, num_labels)`):
+        The two classifiers' identity logits.
+    embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size + projection_dim)`):
+        The re-ID embedding (as `PiVLModel`'s `pooler_output`).
+    cls_features, projected_features (`torch.FloatTensor`):
+        The CLS feature `(batch_size, hidden_size)` and its CLIP projection `(batch_size, projection_dim)` before the
+        BNNecks (the triplet and image-to-text losses use these).
+    hidden_states: as in `PiVLModelOutput`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    cls_features: torch.FloatTensor | None = None
+    projected_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class PiVLPreTrainedModel(TimmBackedPreTrainedModel):
+    config: PiVLConfig
+    config_class = PiVLConfig
+    timm_model_class = PiVLViT
+    _no_split_modules = ['Block']
+    # timm's ViT blocks are not transformers' GradientCheckpointingLayer; timm's set_grad_checkpointing works
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, VisionTransformer):
+            init.trunc_normal_(module.pos_embed, std=0.02)
+            init.normal_(module.cls_token, std=1e-6)
+        elif isinstance(module, ReIDClassifierPair):
+            init.normal_(module.cls.weight, std=0.001)
+            init.normal_(module.proj.weight, std=0.001)
+
+    def _encode(self, pixel_values, output_hidden_states):
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        tokens, hidden_states = self.timm_model.forward_tokens(
+            pixel_values.to(self.device, self.dtype), output_hidden_states=bool(output_hidden_states))
+        head = self.timm_model.forward_reid_head(tokens)
+        return tokens, head, tuple(hidden_states) if hidden_states is not None else None
+
+
+class PiVLModel(PiVLPreTrainedModel):
+    """π-VL / CLIP-ReID image encoder; `pooler_output` is the re-ID embedding."""
+
+    # a re-ID checkpoint's identity classifiers are expected, unused weights for the encoder
+    _keys_to_ignore_on_load_unexpected = [r'head\.(cls|proj)\.weight']
+
+    def __init__(self, config: PiVLConfig):
+        super().__init__(config)
+        self.timm_model = self._build_timm_model(num_classes=0)
+        self.post_init()
+
+    def forward(
+            self,
+            pixel_values: torch.Tensor,
+            output_hidden_states: bool | None = None,
+            return_dict: bool | None = None,
+            **kwargs,
+    ) -> PiVLModelOutput | tuple:
+        r"""
+        Example:
+
+        ```python
+        >>> import torch, aaformer_hf
+        >>> from transformers import AutoModel
+        >>> model = AutoModel.from_config(aaformer_hf.PiVLConfig(num_hidden_layers=2)).eval()
+        >>> model(torch.randn(1, 3, 256, 128)).pooler_output.shape
+        torch.Size([1, 1280])
+        ```"""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states)
+        output = PiVLModelOutput(last_hidden_state=tokens, pooler_output=self.timm_model.embed(head),
+                                 hidden_states=hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+class PiVLForReID(PiVLPreTrainedModel):
+    """The π-VL / CLIP-ReID encoder with its BNNecks and two identity classifiers, for training."""
+
+    def __init__(self, config: PiVLConfig):
+        super().__init__(config)
+        if config.num_labels < 1:
+            raise ValueError('PiVLForReID needs config.num_labels >= 1 (the number of training identities)')
+        self.timm_model = self._build_timm_model(num_classes=config.num_labels)
+        self.post_init()
+
+    def forward(
+            self,
+            pixel_values: torch.Tensor,
+            labels: torch.LongTensor | None = None,
+            output_hidden_states: bool | None = None,
+            return_dict: bool | None = None,
+            **kwargs,
+    ) -> PiVLReIDOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Identity labels in `[0, num_labels)`; when given, `loss` is the identity loss over both classifiers.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states)
+        loss = None
+        if labels is not None:
+            loss = identity_loss(head.logits, labels.to(head.logits.device), self.config.label_smoothing)
+        output = PiVLReIDOutput(
+            loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), cls_features=head.features[0],
+            projected_features=head.features[1], hidden_states=hidden_states)
+        return output if return_dict else output.to_tuple()
