@@ -12,10 +12,10 @@ from aaformer_hf import AAformerConfig, AAformerModel
 TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=256)
 
 
-@pytest.fixture(scope='module')
-def timm_model():
+@pytest.fixture(scope='module', params=['aaformer_tiny', 'pivl_vit_tiny'])
+def timm_model(request):
     torch.manual_seed(0)
-    return timm.create_model('aaformer_tiny', depth=2).eval()
+    return timm.create_model(request.param, depth=2).eval()
 
 
 def test_torch_export_timm_model_with_dynamic_batch(timm_model):
@@ -47,7 +47,7 @@ def test_torch_export_transformers_model():
 
 def test_onnx_export_runs_in_onnxruntime(timm_model, tmp_path):
     import onnxruntime  # dev extras
-    path = tmp_path / 'aaformer_tiny.onnx'
+    path = tmp_path / 'model.onnx'
     torch.onnx.export(timm_model, (torch.randn(2, 3, 256, 128),), str(path), dynamo=True,
                       dynamic_shapes=({0: Dim('batch')},), verbose=False)
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
@@ -55,5 +55,5 @@ def test_onnx_export_runs_in_onnxruntime(timm_model, tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         expected = timm_model(x).numpy()
-    assert out.shape == expected.shape == (3, 6 * 64)
+    assert out.shape == expected.shape == (3, timm_model.head_hidden_size)
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-4)
