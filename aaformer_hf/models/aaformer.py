@@ -15,19 +15,18 @@ No code was published with the paper; this implementation follows its text (§II
 open are constructor arguments whose docstrings say so.
 """
 import logging
-import math
 from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 
-from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import init_weights_vit_timm
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ._loading import check_encoder_keys, pretrained_file_checked
+from ._loading import classifier_fits, create_with_cfg, finish_loading, resampled_pos_embed, unwrap_state_dict
 from ..layers import (
     AssignmentMode, AssignmentScore, BNNeck, MultiHeadAutoAlignment, PartSelfKey, TokenClassifiers,
 )
@@ -434,19 +433,6 @@ class AAformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _source_grid(num_tokens: int, num_prefix: int, model: AAformer) -> Tuple[int, int]:
-    """Patch grid of a checkpoint's pos_embed, stated explicitly rather than guessed by resampling code."""
-    n = num_tokens - num_prefix
-    if n == model.patch_embed.num_patches:
-        return tuple(model.patch_embed.grid_size)
-    side = math.isqrt(n)
-    if side * side == n:  # ImageNet ViTs are square (224 / 16 = 14x14)
-        return side, side
-    raise ValueError(
-        f'Cannot tell the patch grid of a checkpoint pos_embed with {n} patch positions: it is neither the model grid '
-        f'{tuple(model.patch_embed.grid_size)} nor square. Resample it to the model grid before loading.')
-
-
 # parameters a checkpoint may lack: the model's own initialisation is kept (identity classifiers always; the
 # BNNeck and [PART] tokens too when the checkpoint is a backbone: a plain ViT or a re-ID model of another layout)
 _HEAD_KEYS = ('head.',)
@@ -465,8 +451,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
     left out and the model's own kept, with a warning. Encoder weights the model needs and the checkpoint lacks (or
     has in another shape or number, e.g. another depth or width) are an error naming them.
     """
-    state_dict = state_dict.get('state_dict', state_dict)
-    state_dict = state_dict.get('model', state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     own = model.state_dict()
     is_vit = 'bnneck.weight' not in state_dict
     other_layout = not is_vit and state_dict['bnneck.weight'].shape != own['bnneck.weight'].shape
@@ -482,20 +467,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: AAformer) -
             continue
         if other_layout and k.startswith(_HEAD_KEYS + _NEW_FOR_A_BACKBONE):
             continue
-        if k.startswith('head.') and (k not in own or own[k].shape != v.shape):
-            # a trained re-ID checkpoint's identity classifiers, loaded as a feature extractor (num_classes=0) or
-            # for other identities: the classifiers belong to the training identities, keep the model's own
-            _logger.info('not loading %s %s: the model has %s', k, tuple(v.shape),
-                         tuple(own[k].shape) if k in own else 'no identity classifier')
+        if not classifier_fits(k, v, own):
             continue
-        if k == 'pos_embed' and v.shape != own['pos_embed'].shape:
-            v = resample_abs_pos_embed(
-                v, new_size=model.patch_embed.grid_size, old_size=_source_grid(v.shape[1], 1, model),
-                num_prefix_tokens=1, interpolation='bicubic', antialias=False, verbose=True)
-        out[k] = v
-    check_encoder_keys(out, own, _HEAD_KEYS + (_NEW_FOR_A_BACKBONE if backbone_only else ('part_pos_embed',)))
-    for k, v in own.items():  # what may be missing keeps the model's own initialisation
-        out.setdefault(k, v)
+        out[k] = resampled_pos_embed(v, model, 'bicubic') if k == 'pos_embed' else v
+    out = finish_loading(out, own, _HEAD_KEYS + (_NEW_FOR_A_BACKBONE if backbone_only else ('part_pos_embed',)))
     if backbone_only and model.part_tokens is not None and model.part_init == 'cls' and 'cls_token' in state_dict:
         cls = state_dict['cls_token'].to(own['part_tokens'].dtype)
         noise = torch.empty_like(own['part_tokens']).normal_(std=.02)
@@ -538,14 +513,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_aaformer(variant: str, pretrained: bool = False, **kwargs) -> AAformer:
-    out_indices = kwargs.pop('out_indices', 3)
-    with pretrained_file_checked(variant, kwargs if pretrained else {}):
-        return build_model_with_cfg(
-            AAformer, variant, pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-            **kwargs,
-        )
+    return create_with_cfg(AAformer, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 @register_model

@@ -10,7 +10,6 @@ for OpenAI's weights) at 256x128 (a 16x8 patch grid). CLIP-ReID's head: the CLS 
 and its CLIP projection (512-d), one BNNeck and one bias-free identity classifier on each; the test feature is the two
 concatenated (1280-d), before the BNNecks as in CLIP-ReID's configs (``embedding``).
 """
-import logging
 from functools import partial
 from typing import Any, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 
@@ -18,17 +17,16 @@ import torch
 import torch.nn as nn
 
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from timm.layers import LayerNorm, resample_abs_pos_embed
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import LayerNorm
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
 
 from ..layers import BNNeck
-from ._loading import check_encoder_keys, pretrained_file_checked
+from ._loading import classifier_fits, create_with_cfg, finish_loading, resampled_pos_embed, unwrap_state_dict
 
 __all__ = ['PiVLViT', 'PiVLHeadOutput']  # model_registry will add each entrypoint fn to this
 
-_logger = logging.getLogger(__name__)
 
 EmbeddingSource = Literal['before_bnneck', 'after_bnneck']
 
@@ -212,8 +210,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) ->
     number of identities, or for a model without any, are left out). Encoder weights the model needs and the
     checkpoint lacks, or has in another shape, are an error naming them.
     """
-    state_dict = state_dict.get('state_dict', state_dict)
-    state_dict = state_dict.get('model', state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     if 'visual.proj' in state_dict:  # OpenAI / open_clip layout
         state_dict = _convert_openai_clip(state_dict, model)
     own = model.state_dict()
@@ -226,27 +223,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) ->
             elif bool(v.abs().max() > 0):
                 raise ValueError('the CLIP checkpoint\'s projection has a bias; CLIP\'s image projection has none')
             continue
-        if k.startswith('head.') and (k not in own or own[k].shape != v.shape):
-            _logger.info('not loading %s %s: the model has %s', k, tuple(v.shape),
-                         tuple(own[k].shape) if k in own else 'no identity classifier')
+        if not classifier_fits(k, v, own):
             continue
-        if k == 'pos_embed' and v.shape != own['pos_embed'].shape:
-            v = resample_abs_pos_embed(
-                v, new_size=model.patch_embed.grid_size, old_size=_square_grid(v.shape[1] - 1),
-                num_prefix_tokens=1, interpolation='bilinear', antialias=False, verbose=True)
-        out[k] = v
-    check_encoder_keys(out, own, ('head.',) + (('bnneck.', 'bnneck_proj.') if is_clip else ()))
-    for k, v in own.items():
-        out.setdefault(k, v)
-    return out
-
-
-def _square_grid(num_patches: int) -> Tuple[int, int]:
-    side = int(num_patches ** 0.5)
-    if side * side != num_patches:
-        raise ValueError(f'cannot tell the patch grid of a CLIP pos_embed with {num_patches} patch positions (not '
-                         'square); resample it to the model grid before loading')
-    return side, side
+        out[k] = resampled_pos_embed(v, model, 'bilinear') if k == 'pos_embed' else v  # bilinear as CLIP-ReID
+    return finish_loading(out, own, ('head.',) + (('bnneck.', 'bnneck_proj.') if is_clip else ()))
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -279,14 +259,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_pivl(variant: str, pretrained: bool = False, **kwargs) -> PiVLViT:
-    out_indices = kwargs.pop('out_indices', 3)
-    with pretrained_file_checked(variant, kwargs if pretrained else {}):
-        return build_model_with_cfg(
-            PiVLViT, variant, pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-            **kwargs,
-        )
+    return create_with_cfg(PiVLViT, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 @register_model
