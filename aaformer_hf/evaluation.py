@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .reranking import re_rank
+from .reranking import non_finite_rows, re_rank
 
 __all__ = ['evaluate', 'pairwise_distance', 'flip_features', 're_rank']
 
@@ -293,12 +293,11 @@ def evaluate(
         raise ValueError(f'nothing to evaluate: {len(qf)} query and {len(gf)} gallery items'
                          + (' (the gallery is empty)' if len(gf) == 0 else ' (no query)'))
     if distmat is not None:
-        bad = (~torch.isfinite(distmat)).any(dim=1)
-        if bad.any():
-            raise ValueError(f'distmat has non-finite (NaN or Inf) distances in {int(bad.sum())} of {len(bad)} '
-                             'query rows')
+        bad = non_finite_rows(distmat)
+        if bad:
+            raise ValueError(f'distmat has non-finite (NaN or Inf) distances in {bad} of {len(distmat)} query rows')
     else:  # a NaN sorts as neither near nor far: metrics would be meaningless (an all-NaN model scores R1 = 1)
-        bad_q, bad_g = (int((~torch.isfinite(f)).any(dim=1).sum()) for f in (qf, gf))
+        bad_q, bad_g = non_finite_rows(qf), non_finite_rows(gf)
         if bad_q or bad_g:
             raise ValueError(f'features are not finite (NaN or Inf) in {bad_q} of {len(qf)} query rows and {bad_g} '
                              f'of {len(gf)} gallery rows; the model that produced them has diverged or overflowed')

@@ -84,6 +84,11 @@ def _row_unique(values: torch.Tensor, valid: torch.Tensor):
 
 
 @torch.no_grad()
+def non_finite_rows(rows: torch.Tensor) -> int:
+    """How many rows of a (N, D) tensor hold a NaN or an infinity."""
+    return int((~torch.isfinite(rows)).any(dim=1).sum())
+
+
 def re_rank(
         query_features: torch.Tensor,
         gallery_features: torch.Tensor,
@@ -112,7 +117,7 @@ def re_rank(
     device = torch.device(device) if device is not None else query_features.device
     feats = torch.cat([torch.as_tensor(query_features), torch.as_tensor(gallery_features)]).to(device, dtype)
     num_query, n = len(query_features), len(feats)
-    bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+    bad = non_finite_rows(feats)
     if bad:
         raise ValueError(f'features are not finite (NaN or Inf) in {bad} of {n} rows (query and gallery)')
     if not 1 <= k1 < n or not 1 <= k2 <= k1 + 1:

@@ -1,4 +1,5 @@
-"""Re-ID data: dataset loaders, the PK sampler, training/evaluation DataLoaders and a synthetic Market-layout generator (``data.synthetic``).
+"""Re-ID data: dataset loaders, the PK sampler, training/evaluation DataLoaders and a synthetic Market-layout
+generator (``data.synthetic``).
 
 Names load on first access, so ``from aaformer_hf.data import PKSampler`` imports neither ``datasets`` nor
 torchvision."""

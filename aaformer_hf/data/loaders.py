@@ -1,4 +1,5 @@
-"""Training and evaluation loaders for re-ID ``datasets``: PK batches whose augmentation is a pure function of (seed, epoch, position).
+"""Training and evaluation loaders for re-ID ``datasets``: PK batches whose augmentation is a pure function of
+(seed, epoch, position).
 
 Seeding every item's augmentation from its position in the epoch (not from a worker's RNG stream) makes a resumed run
 see exactly the images an uninterrupted one would, whatever the number of workers and wherever it resumed.

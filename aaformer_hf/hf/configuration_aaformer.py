@@ -120,7 +120,6 @@ class AAformerConfig(TimmBackedConfig):
         so it can be wrapped by the transformers classes and saved with ``save_pretrained``. ``kwargs`` add or
         override fields (e.g. ``num_labels``, ``id2label``)."""
         block, attn = model.blocks[0], model.blocks[0].attn
-        last_drop_path = getattr(model.blocks[-1].drop_path1, 'drop_prob', 0.0)
         fields = dict(
             image_size=tuple(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size[0],
             num_channels=model.in_chans, hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks),
@@ -130,8 +129,7 @@ class AAformerConfig(TimmBackedConfig):
             sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
             patches_see_parts=attn.patches_see_parts, part_init=model.part_init,
             part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
-            hidden_dropout_prob=attn.proj_drop.p, attention_probs_dropout_prob=attn.attn_drop.p,
-            drop_path_rate=last_drop_path, classifier_dropout=model.head_drop.p)
+            **cls.regularisation_fields(model))
         if model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1] or model.pos_drop.p:
             raise ValueError('AAformerConfig describes square patches and no position dropout')
         return cls(**{**fields, **kwargs})
@@ -156,8 +154,5 @@ class AAformerConfig(TimmBackedConfig):
             part_init=self.part_init,
             part_pos_embed=self.part_pos_embed,
             embedding=self.embedding,
-            drop_rate=self.classifier_dropout,
-            proj_drop_rate=self.hidden_dropout_prob,
-            attn_drop_rate=self.attention_probs_dropout_prob,
-            drop_path_rate=self.drop_path_rate,
+            **self.regularisation_kwargs(),
         )

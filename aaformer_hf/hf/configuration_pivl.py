@@ -78,10 +78,7 @@ class PiVLConfig(TimmBackedConfig):
             num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
             intermediate_size=block.mlp.fc1.out_features, projection_dim=model.proj_dim,
             hidden_act='quick_gelu' if type(block.mlp.act).__name__ == 'QuickGELU' else 'gelu',
-            embedding=model.embedding, hidden_dropout_prob=block.attn.proj_drop.p,
-            attention_probs_dropout_prob=block.attn.attn_drop.p,
-            drop_path_rate=getattr(model.blocks[-1].drop_path1, 'drop_prob', 0.0),
-            classifier_dropout=model.head_drop.p)
+            embedding=model.embedding, **cls.regularisation_fields(model))
         return cls(**{**fields, **kwargs})
 
     def timm_kwargs(self) -> Dict[str, Any]:
@@ -96,8 +93,5 @@ class PiVLConfig(TimmBackedConfig):
             proj_dim=self.projection_dim,
             act_layer=self.hidden_act,
             embedding=self.embedding,
-            drop_rate=self.classifier_dropout,
-            proj_drop_rate=self.hidden_dropout_prob,
-            attn_drop_rate=self.attention_probs_dropout_prob,
-            drop_path_rate=self.drop_path_rate,
+            **self.regularisation_kwargs(),
         )

@@ -7,7 +7,6 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ..layers import TokenClassifiers
-from ..losses import identity_loss
 from ..models.aaformer import AAformer
 from .configuration_aaformer import AAformerConfig
 from .timm_backed import TimmBackedPreTrainedModel
@@ -142,9 +141,7 @@ class AAformerForReID(AAformerPreTrainedModel):
 
     def __init__(self, config: AAformerConfig):
         super().__init__(config)
-        if config.num_labels < 1:
-            raise ValueError('AAformerForReID needs config.num_labels >= 1 (the number of training identities)')
-        self.timm_model = self._build_timm_model(num_classes=config.num_labels)
+        self.timm_model = self._build_reid_timm_model()
         self.post_init()
 
     def forward(
@@ -165,9 +162,7 @@ class AAformerForReID(AAformerPreTrainedModel):
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, extras = self._encode(pixel_values, output_attentions, output_hidden_states, output_assignments)
-        loss = None
-        if labels is not None:
-            loss = identity_loss(head.logits, labels.to(head.logits.device), self.config.label_smoothing)
+        loss = self._identity_loss(head.logits, labels)
         output = AAformerReIDOutput(
             loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), features=head.features, **extras)
         return output if return_dict else output.to_tuple()

@@ -8,7 +8,6 @@ from timm.models.vision_transformer import VisionTransformer
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ..losses import identity_loss
 from ..models.pivl import PiVLViT, ReIDClassifierPair
 from .configuration_pivl import PiVLConfig
 from .timm_backed import TimmBackedPreTrainedModel
@@ -123,9 +122,7 @@ class PiVLForReID(PiVLPreTrainedModel):
 
     def __init__(self, config: PiVLConfig):
         super().__init__(config)
-        if config.num_labels < 1:
-            raise ValueError('PiVLForReID needs config.num_labels >= 1 (the number of training identities)')
-        self.timm_model = self._build_timm_model(num_classes=config.num_labels)
+        self.timm_model = self._build_reid_timm_model()
         self.post_init()
 
     def forward(
@@ -142,9 +139,7 @@ class PiVLForReID(PiVLPreTrainedModel):
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states)
-        loss = None
-        if labels is not None:
-            loss = identity_loss(head.logits, labels.to(head.logits.device), self.config.label_smoothing)
+        loss = self._identity_loss(head.logits, labels)
         output = PiVLReIDOutput(
             loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), cls_features=head.features[0],
             projected_features=head.features[1], hidden_states=hidden_states)

@@ -25,6 +25,8 @@ from transformers.core_model_loading import WeightRenaming
 from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+from ..losses import identity_loss
+
 __all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family']
 
 TIMM_MODULE_PREFIX = 'timm_model'
@@ -65,6 +67,21 @@ class TimmBackedConfig(PreTrainedConfig):
     def timm_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for the family's timm model class (everything but ``num_classes``)."""
         raise NotImplementedError
+
+    def regularisation_kwargs(self) -> Dict[str, float]:
+        """The timm constructor's dropout / stochastic-depth arguments from the fields every family declares
+        (``hidden_dropout_prob``, ``attention_probs_dropout_prob``, ``drop_path_rate``, ``classifier_dropout``)."""
+        return dict(drop_rate=self.classifier_dropout, proj_drop_rate=self.hidden_dropout_prob,
+                    attn_drop_rate=self.attention_probs_dropout_prob, drop_path_rate=self.drop_path_rate)
+
+    @staticmethod
+    def regularisation_fields(model: nn.Module) -> Dict[str, float]:
+        """Those fields read back from a built timm model (its blocks' ``attn`` and ``drop_path1``, its
+        ``head_drop``; the drop-path rate is the last block's, the top of timm's linear ramp)."""
+        attn = model.blocks[0].attn
+        return dict(hidden_dropout_prob=attn.proj_drop.p, attention_probs_dropout_prob=attn.attn_drop.p,
+                    drop_path_rate=getattr(model.blocks[-1].drop_path1, 'drop_prob', 0.0),
+                    classifier_dropout=model.head_drop.p)
 
     def check_known_keys(self, kwargs: Dict[str, Any]) -> None:
         """Warn about keyword arguments that are neither a field nor one transformers' base config understands:
@@ -122,6 +139,18 @@ class TimmBackedPreTrainedModel(PreTrainedModel):
 
     def _build_timm_model(self, num_classes: int) -> nn.Module:
         return self.timm_model_class(**self.config.timm_kwargs(), num_classes=num_classes)
+
+    def _build_reid_timm_model(self) -> nn.Module:
+        """The timm model with its identity classifiers, for a family's ``...ForReID`` class."""
+        if self.config.num_labels < 1:
+            raise ValueError(f'{type(self).__name__} needs config.num_labels >= 1 (the number of training identities)')
+        return self._build_timm_model(num_classes=self.config.num_labels)
+
+    def _identity_loss(self, logits: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The models' own loss when ``labels`` are given (transformers' convention): Eq. 6 over the classifiers."""
+        if labels is None:
+            return None
+        return identity_loss(logits, labels.to(logits.device), self.config.label_smoothing)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.timm_model.patch_embed
