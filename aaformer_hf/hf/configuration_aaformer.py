@@ -136,13 +136,7 @@ class AAformerConfig(TimmBackedConfig):
 
     def timm_kwargs(self) -> Dict[str, Any]:
         return dict(
-            img_size=tuple(self.image_size),
-            patch_size=self.patch_size,
-            in_chans=self.num_channels,
-            embed_dim=self.hidden_size,
-            depth=self.num_hidden_layers,
-            num_heads=self.num_attention_heads,
-            mlp_ratio=self.intermediate_size / self.hidden_size,
+            **self.trunk_kwargs(),
             qkv_bias=self.qkv_bias,
             part_groups=tuple(self.part_groups),
             assignment=self.assignment,

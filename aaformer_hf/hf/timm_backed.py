@@ -68,6 +68,14 @@ class TimmBackedConfig(PreTrainedConfig):
         """Keyword arguments for the family's timm model class (everything but ``num_classes``)."""
         raise NotImplementedError
 
+    def trunk_kwargs(self) -> Dict[str, Any]:
+        """The timm constructor's ViT trunk arguments from the fields every family declares (``image_size``,
+        ``patch_size``, ``num_channels``, ``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+        ``intermediate_size``)."""
+        return dict(img_size=tuple(self.image_size), patch_size=self.patch_size, in_chans=self.num_channels,
+                    embed_dim=self.hidden_size, depth=self.num_hidden_layers, num_heads=self.num_attention_heads,
+                    mlp_ratio=self.intermediate_size / self.hidden_size)
+
     def regularisation_kwargs(self) -> Dict[str, float]:
         """The timm constructor's dropout / stochastic-depth arguments from the fields every family declares
         (``hidden_dropout_prob``, ``attention_probs_dropout_prob``, ``drop_path_rate``, ``classifier_dropout``)."""

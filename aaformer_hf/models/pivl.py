@@ -19,7 +19,6 @@ import torch.nn as nn
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import LayerNorm
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
 
 from ..layers import BNNeck
@@ -155,13 +154,9 @@ class PiVLViT(VisionTransformer):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop blocks after the last requested intermediate (and optionally the norm and the whole re-ID head)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:  # the projection and BNNecks go with the classifiers: they would be left unused
-            self.reset_classifier(0, '')
+        """timm's ViT pruning; with the head, the projection and BNNecks go too (they would be left unused)."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        if prune_head:
             self.proj, self.bnneck, self.bnneck_proj = nn.Identity(), nn.Identity(), nn.Identity()
         return take_indices
 
