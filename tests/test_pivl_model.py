@@ -154,3 +154,35 @@ def test_processor_and_feature_extraction_pipeline(tmp_path):
     with torch.no_grad():
         expected = model(processor(image, return_tensors='pt')['pixel_values']).pooler_output
     torch.testing.assert_close(embedding.reshape(expected.shape), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_overlapping_patches_and_camera_embedding_options(clip_file):
+    """CLIP-ReID's OLP (stride 12 -> 21x10 patches at 256x128) and SIE (camera vector on the CLS token only)."""
+    from aaformer_hf import PiVLConfig, PiVLModel
+    model = from_clip(clip_file, patch_stride=12, num_cameras=4, camera_embed_scale=3.0)
+    assert tuple(model.patch_embed.grid_size) == (21, 10) and model.patch_embed.proj.stride == (12, 12)
+    expected = resample_abs_pos_embed(clip_tower().state_dict()['pos_embed'], new_size=(21, 10), old_size=(14, 14),
+                                      num_prefix_tokens=1, interpolation='bilinear', antialias=False)
+    torch.testing.assert_close(model.pos_embed, expected)
+    x, cams = torch.randn(2, 3, 256, 128), torch.tensor([3, 1])
+    with torch.no_grad():
+        patches = torch.nn.functional.conv2d(x, model.patch_embed.proj.weight, stride=12)  # 12-pixel steps
+        torch.testing.assert_close(model.patch_embed(x), patches.flatten(2).transpose(1, 2))
+        tokens = model._pos_embed(model.patch_embed(x), cams)
+        plain = timm.models.vision_transformer.VisionTransformer._pos_embed(model, model.patch_embed(x))
+        torch.testing.assert_close(tokens[:, 0], plain[:, 0] + 3.0 * model.camera_embed[cams])
+        torch.testing.assert_close(tokens[:, 1:], plain[:, 1:])  # patches untouched
+        assert model(x, camera_ids=cams).shape == (2, 96)
+    # the config describes it; the transformers model gives the same features and needs the cameras too
+    config = PiVLConfig.from_timm_model(model)
+    assert (config.patch_stride, config.num_cameras, config.camera_embed_scale) == (12, 4, 3.0)
+    hf = PiVLModel(config).eval()
+    hf.timm_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x, camera_ids=cams).pooler_output, model(x, camera_ids=cams))
+    with pytest.raises(ValueError, match='pass camera_ids'):
+        hf(x)
+    with pytest.raises(ValueError, match='without a camera embedding'):
+        from_clip(clip_file)(x, camera_ids=cams)
+    with pytest.raises(ValueError, match='patch_stride must lie in'):
+        PiVLConfig(patch_stride=20)

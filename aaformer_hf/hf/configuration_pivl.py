@@ -29,6 +29,11 @@ class PiVLConfig(TimmBackedConfig):
             `"gelu"` for others).
         embedding (`str`, defaults to `"before_bnneck"`): Test feature taken before (CLIP-ReID's configs) or after
             (`"after_bnneck"`) the BNNecks. Not stated by the π-VL paper.
+        patch_stride (`int`, *optional*): Stride of the patch embedding; `None` = `patch_size`. 12 is CLIP-ReID's
+            overlapping-patch option ("OLP", a 21x10 grid at 256x128). Off by default.
+        num_cameras (`int`, defaults to 0): > 0 adds CLIP-ReID's camera embedding (SIE) to the CLS token; every
+            forward then needs `camera_ids`. 0 = none (default), so no camera id is needed at inference.
+        camera_embed_scale (`float`, defaults to 1.0): Factor on the camera embedding (CLIP-ReID's `SIE_COE`).
         hidden_dropout_prob (`float`, defaults to 0.0): Dropout after attention projections and in MLPs.
         attention_probs_dropout_prob (`float`, defaults to 0.0): Dropout on attention probabilities.
         drop_path_rate (`float`, defaults to 0.0): Stochastic depth rate.
@@ -49,6 +54,9 @@ class PiVLConfig(TimmBackedConfig):
     projection_dim: int = 512
     hidden_act: str = 'quick_gelu'
     embedding: str = 'before_bnneck'
+    patch_stride: int | None = None
+    num_cameras: int = 0
+    camera_embed_scale: float | int = 1.0
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
     drop_path_rate: float | int = 0.0
@@ -64,6 +72,11 @@ class PiVLConfig(TimmBackedConfig):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f'PiVLConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads '
                              f'({self.num_attention_heads})')
+        if self.patch_stride is not None and not 0 < self.patch_stride <= self.patch_size:
+            raise ValueError(f'PiVLConfig.patch_stride must lie in (0, patch_size={self.patch_size}], '
+                             f'got {self.patch_stride}')
+        if self.num_cameras < 0:
+            raise ValueError(f'PiVLConfig.num_cameras must be >= 0, got {self.num_cameras}')
         self.image_size = tuple(self.image_size)
         self.check_known_keys(kwargs)
         super().__post_init__(**kwargs)
@@ -78,7 +91,10 @@ class PiVLConfig(TimmBackedConfig):
             num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
             intermediate_size=block.mlp.fc1.out_features, projection_dim=model.proj_dim,
             hidden_act='quick_gelu' if type(block.mlp.act).__name__ == 'QuickGELU' else 'gelu',
-            embedding=model.embedding, **cls.regularisation_fields(model))
+            embedding=model.embedding,
+            patch_stride=None if model.patch_stride == model.patch_embed.patch_size[0] else model.patch_stride,
+            num_cameras=model.num_cameras, camera_embed_scale=model.camera_embed_scale,
+            **cls.regularisation_fields(model))
         return cls(**{**fields, **kwargs})
 
     def timm_kwargs(self) -> Dict[str, Any]:
@@ -87,5 +103,8 @@ class PiVLConfig(TimmBackedConfig):
             proj_dim=self.projection_dim,
             act_layer=self.hidden_act,
             embedding=self.embedding,
+            patch_stride=self.patch_stride,
+            num_cameras=self.num_cameras,
+            camera_embed_scale=self.camera_embed_scale,
             **self.regularisation_kwargs(),
         )

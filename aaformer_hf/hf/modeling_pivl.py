@@ -69,15 +69,18 @@ class PiVLPreTrainedModel(TimmBackedPreTrainedModel):
         if isinstance(module, VisionTransformer):
             init.trunc_normal_(module.pos_embed, std=0.02)
             init.normal_(module.cls_token, std=1e-6)
+            if getattr(module, 'camera_embed', None) is not None:
+                init.trunc_normal_(module.camera_embed, std=0.02)
         elif isinstance(module, ReIDClassifierPair):
             init.normal_(module.cls.weight, std=0.001)
             init.normal_(module.proj.weight, std=0.001)
 
-    def _encode(self, pixel_values, output_hidden_states):
+    def _encode(self, pixel_values, output_hidden_states, camera_ids):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         tokens, hidden_states = self.timm_model.forward_tokens(
-            pixel_values.to(self.device, self.dtype), output_hidden_states=bool(output_hidden_states))
+            pixel_values.to(self.device, self.dtype), output_hidden_states=bool(output_hidden_states),
+            camera_ids=None if camera_ids is None else camera_ids.to(self.device))
         head = self.timm_model.forward_reid_head(tokens)
         return tokens, head, tuple(hidden_states) if hidden_states is not None else None
 
@@ -96,11 +99,15 @@ class PiVLModel(PiVLPreTrainedModel):
     def forward(
             self,
             pixel_values: torch.Tensor,
+            camera_ids: torch.LongTensor | None = None,
             output_hidden_states: bool | None = None,
             return_dict: bool | None = None,
             **kwargs,
     ) -> PiVLModelOutput | tuple:
         r"""
+        camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            0-based camera of each image; needed only by a model with a camera embedding (`config.num_cameras > 0`).
+
         Example:
 
         ```python
@@ -111,7 +118,7 @@ class PiVLModel(PiVLPreTrainedModel):
         torch.Size([1, 1280])
         ```"""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states)
+        tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states, camera_ids)
         output = PiVLModelOutput(last_hidden_state=tokens, pooler_output=self.timm_model.embed(head),
                                  hidden_states=hidden_states)
         return output if return_dict else output.to_tuple()
@@ -129,6 +136,7 @@ class PiVLForReID(PiVLPreTrainedModel):
             self,
             pixel_values: torch.Tensor,
             labels: torch.LongTensor | None = None,
+            camera_ids: torch.LongTensor | None = None,
             output_hidden_states: bool | None = None,
             return_dict: bool | None = None,
             **kwargs,
@@ -136,9 +144,11 @@ class PiVLForReID(PiVLPreTrainedModel):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Identity labels in `[0, num_labels)`; when given, `loss` is the identity loss over both classifiers.
+        camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            0-based camera of each image; needed only by a model with a camera embedding (`config.num_cameras > 0`).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states)
+        tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states, camera_ids)
         loss = self._identity_loss(head.logits, labels)
         output = PiVLReIDOutput(
             loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), cls_features=head.features[0],

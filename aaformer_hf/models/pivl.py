@@ -18,10 +18,11 @@ import torch.nn as nn
 
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import LayerNorm
-from timm.models import generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
 
-from ..layers import BNNeck
+from ..layers import BNNeck, OverlappingPatchEmbed
 from ._loading import classifier_fits, create_with_cfg, finish_loading, resampled_pos_embed, unwrap_state_dict
 
 __all__ = ['PiVLViT', 'PiVLHeadOutput']  # model_registry will add each entrypoint fn to this
@@ -75,6 +76,9 @@ class PiVLViT(VisionTransformer):
             mlp_ratio: float = 4.,
             proj_dim: int = 512,
             embedding: EmbeddingSource = 'before_bnneck',
+            patch_stride: Optional[int] = None,
+            num_cameras: int = 0,
+            camera_embed_scale: float = 1.0,
             act_layer: Union[str, type] = 'quick_gelu',
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
@@ -96,6 +100,11 @@ class PiVLViT(VisionTransformer):
             proj_dim: Width of CLIP's image projection (512 for ViT-B/16), the space the text features live in.
             embedding: Test feature, 'before_bnneck' (default: CLIP-ReID's configs, ``NECK_FEAT 'before'``) or
                 'after_bnneck'. π-VL's paper does not state it.
+            patch_stride: Stride of the patch embedding; None = ``patch_size``. CLIP-ReID's "OLP" option (its
+                ``STRIDE_SIZE``) uses 12: overlapping 16x16 patches, a 21x10 grid at 256x128. Off by default.
+            num_cameras: > 0 adds CLIP-ReID's side-information embedding (SIE): a learned per-camera vector added to
+                the CLS token before the blocks, so every forward then needs ``camera_ids``. 0 (default) = none.
+            camera_embed_scale: Factor on the camera embedding (CLIP-ReID's ``SIE_COE``; 1.0 in its SIE+OLP run).
             act_layer: MLP activation: 'quick_gelu' for OpenAI's CLIP weights, 'gelu' for open_clip's others.
             drop_rate: Dropout before the classifiers.
             pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: timm ViT regularisation (all 0 in
@@ -109,7 +118,11 @@ class PiVLViT(VisionTransformer):
             raise ValueError(f"embedding must be 'before_bnneck' or 'after_bnneck', got {embedding!r}")
         if num_classes < 0:
             raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
+        if num_cameras < 0:
+            raise ValueError(f'num_cameras must be >= 0 (0: no camera embedding), got {num_cameras}')
         dd = {'device': device, 'dtype': dtype}
+        if patch_stride is not None and patch_stride != patch_size:
+            kwargs['embed_layer'] = partial(OverlappingPatchEmbed, stride=patch_stride)
         super().__init__(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool='token',
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, pre_norm=True,
@@ -124,6 +137,13 @@ class PiVLViT(VisionTransformer):
         self.bnneck = BNNeck(embed_dim, **dd)
         self.bnneck_proj = BNNeck(proj_dim, **dd)
         self.head_hidden_size = embed_dim + proj_dim
+        self.patch_stride = patch_stride or patch_size
+        self.num_cameras = num_cameras
+        self.camera_embed_scale = camera_embed_scale
+        self.camera_embed = None
+        if num_cameras:
+            self.camera_embed = nn.Parameter(torch.zeros(num_cameras, embed_dim, **dd))
+            trunc_normal_(self.camera_embed, std=.02)  # CLIP-ReID's cv_embed init
         self.num_classes = num_classes
         self.head = self._make_classifier(num_classes, **dd)
 
@@ -160,12 +180,52 @@ class PiVLViT(VisionTransformer):
             self.proj, self.bnneck, self.bnneck_proj = nn.Identity(), nn.Identity(), nn.Identity()
         return take_indices
 
-    def forward_tokens(self, x: torch.Tensor, output_hidden_states: bool = False
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return super().no_weight_decay() | {'camera_embed'}
+
+    def _pos_embed(self, x: torch.Tensor, camera_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """timm's CLS + position embedding, plus (SIE) the scaled camera embedding on the CLS token only."""
+        x = super()._pos_embed(x)
+        if self.camera_embed is None:
+            if camera_ids is not None:
+                raise ValueError('camera_ids given to a model without a camera embedding (num_cameras=0)')
+            return x
+        if camera_ids is None:
+            raise ValueError(f'this model adds a camera embedding (SIE, num_cameras={self.num_cameras}): pass '
+                             'camera_ids, 0-based, one per image')
+        camera_ids = torch.as_tensor(camera_ids, device=x.device)
+        if camera_ids.shape != (x.shape[0],):
+            raise ValueError(f'camera_ids must have shape ({x.shape[0]},), got {tuple(camera_ids.shape)}')
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling() and (
+                bool((camera_ids < 0).any()) or bool((camera_ids >= self.num_cameras).any())):
+            raise ValueError(f'camera_ids must lie in [0, {self.num_cameras}), got {camera_ids.tolist()}')
+        cls = x[:, :1] + self.camera_embed_scale * self.camera_embed[camera_ids].unsqueeze(1).to(x.dtype)
+        return torch.cat([cls, x[:, 1:]], dim=1)
+
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                         camera_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if camera_ids is None:
+            return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None or is_causal:
+            raise ValueError('attn_mask / is_causal are not supported together with camera_ids')
+        return self.forward_tokens(x, camera_ids=camera_ids)[0]
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                camera_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal, camera_ids=camera_ids)
+        return self.forward_head(x)
+
+    def forward_tokens(self, x: torch.Tensor, output_hidden_states: bool = False,
+                       camera_ids: Optional[torch.Tensor] = None
                        ) -> Tuple[torch.Tensor, Optional[List[torch.Tensor]]]:
-        """``forward_features`` that can also return the embeddings (after ``norm_pre``) and every block's output."""
+        """``forward_features`` that can also return the embeddings (after ``norm_pre``) and every block's output,
+        and takes the camera ids of a model with a camera embedding."""
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x), camera_ids)))
         if not output_hidden_states:
-            return self.forward_features(x), None
-        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                return self.norm(checkpoint_seq(self.blocks, x)), None
+            return self.norm(self.blocks(x)), None
         hidden_states = [x]
         for blk in self.blocks:
             x = blk(x)
@@ -200,8 +260,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) ->
 
     CLIP checkpoints, in timm's layout (``vit_base_patch16_clip_quickgelu_224.openai``: the projection is ``head``) or
     OpenAI's (``visual.*``, converted with timm's own converter): the projection becomes ``proj``, the position grid
-    (14x14 at 224) is resampled to the model's (16x8 at 256x128) bilinearly as CLIP-ReID resamples it, and the BNNecks
-    and classifiers keep their fresh initialisation. π-VL checkpoints load as they are (classifiers for another
+    (14x14 at 224) is resampled to the model's (16x8 at 256x128, 21x10 with overlapping patches) bilinearly as CLIP-ReID
+    resamples it, and the BNNecks, classifiers and camera embedding keep their fresh initialisation. π-VL checkpoints load as they are (classifiers for another
     number of identities, or for a model without any, are left out). Encoder weights the model needs and the
     checkpoint lacks, or has in another shape, are an error naming them.
     """
@@ -221,7 +281,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) ->
         if not classifier_fits(k, v, own):
             continue
         out[k] = resampled_pos_embed(v, model, 'bilinear') if k == 'pos_embed' else v  # bilinear as CLIP-ReID
-    return finish_loading(out, own, ('head.',) + (('bnneck.', 'bnneck_proj.') if is_clip else ()))
+    return finish_loading(out, own, ('head.',) + (('bnneck.', 'bnneck_proj.', 'camera_embed') if is_clip else ()))
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

@@ -1,0 +1,165 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""Convert a CLIP-ReID ViT-B/16 checkpoint (Li et al., AAAI 2023; the ``.pth`` state dicts its README links) into the
+π-VL inference model's layout and a ``save_pretrained`` folder that timm and transformers both load.
+
+    python -m aaformer_hf.hf.convert_clipreid ViT-B-16_60.pth ./clipreid-msmt17
+
+CLIP-ReID keeps OpenAI's CLIP image tower as ``image_encoder.*`` (position embedding already on the re-ID grid), two
+BatchNorm necks (``bottleneck``, ``bottleneck_proj``), two bias-free classifiers (``classifier``,
+``classifier_proj``) and, with SIE, a camera embedding ``cv_embed``; its prompt learner and text encoder are
+training-only and are left out (the converter says how many tensors it leaves). The checkpoint does not record the
+input size or the patch stride: the size is an argument (CLIP-ReID's 256x128 by default), the stride is read off the
+position grid (16, or 12 for "OLP"), nor its normalisation: CLIP-ReID's configs use mean = std = 0.5, which the saved
+image processor states. Files are read with ``torch.load(weights_only=True)``; nothing is unpickled.
+"""
+import argparse
+import logging
+import re
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from timm.models.vision_transformer import _convert_openai_clip
+
+from .configuration_pivl import PiVLConfig
+from .image_processing_aaformer import PiVLImageProcessor
+from .modeling_pivl import PiVLForReID, PiVLModel
+
+__all__ = ['convert_clipreid_state_dict', 'convert_clipreid_checkpoint', 'main']
+
+_logger = logging.getLogger(__name__)
+
+CLIPREID_MEAN = CLIPREID_STD = (0.5, 0.5, 0.5)  # INPUT.PIXEL_MEAN / PIXEL_STD in CLIP-ReID's person configs
+_TRAINING_ONLY = ('prompt_learner.', 'text_encoder.')
+_NECKS = {'bottleneck.': 'bnneck.', 'bottleneck_proj.': 'bnneck_proj.'}
+_CLASSIFIERS = {'classifier.weight': 'head.cls.weight', 'classifier_proj.weight': 'head.proj.weight'}
+
+
+def _patch_stride(num_positions: int, image_size: Tuple[int, int], patch: int) -> int:
+    """The stride (patch size down to 1) whose grid on ``image_size`` has ``num_positions`` patches."""
+    for stride in range(patch, 0, -1):
+        if ((image_size[0] - patch) // stride + 1) * ((image_size[1] - patch) // stride + 1) == num_positions:
+            return stride
+    raise ValueError(f'the checkpoint\'s position embedding has {num_positions} patch positions, which no patch '
+                     f'stride gives at image size {tuple(image_size)}; pass the size it was trained at')
+
+
+def convert_clipreid_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        image_size: Sequence[int] = (256, 128),
+        camera_embed_scale: float = 1.0,
+        embedding: str = 'before_bnneck',
+) -> Tuple[Dict[str, torch.Tensor], PiVLConfig]:
+    """CLIP-ReID weights -> (π-VL weights in timm's layout, the ``PiVLConfig`` describing them).
+
+    ``camera_embed_scale`` is CLIP-ReID's ``SIE_COE`` (not stored in checkpoints; used only if it has ``cv_embed``).
+    Keys the converter does not know are an error naming them; the training-only prompt learner and text encoder are
+    left out and logged.
+    """
+    state_dict = state_dict.get('state_dict', state_dict)
+    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}  # DataParallel / DDP saves
+    if 'image_encoder.proj' not in state_dict:
+        resnet = any(k.startswith('image_encoder.layer1.') for k in state_dict)
+        raise ValueError('not a CLIP-ReID ViT checkpoint: no image_encoder.proj'
+                         + (' (this is the RN50 variant, which has no π-VL inference model here)' if resnet else ''))
+    image_size = tuple(int(s) for s in image_size)
+    visual, out, left_out, unknown = {}, {}, [], []
+    for key, value in state_dict.items():
+        if key.startswith('image_encoder.'):
+            visual['visual.' + key.removeprefix('image_encoder.')] = value
+        elif key.startswith(tuple(_NECKS)):
+            prefix = 'bottleneck_proj.' if key.startswith('bottleneck_proj.') else 'bottleneck.'
+            out[_NECKS[prefix] + key.removeprefix(prefix)] = value
+        elif key in _CLASSIFIERS:
+            out[_CLASSIFIERS[key]] = value
+        elif key == 'cv_embed':
+            out['camera_embed'] = value
+        elif key.startswith(_TRAINING_ONLY):
+            left_out.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f'{len(unknown)} CLIP-ReID checkpoint key(s) this converter does not know: '
+                         f'{", ".join(unknown[:6])}{", ..." if len(unknown) > 6 else ""}')
+    if left_out:
+        _logger.info('left out %d training-only tensors (prompt learner, text encoder)', len(left_out))
+
+    conv = visual['visual.conv1.weight']
+    width, patch = conv.shape[0], conv.shape[-1]
+    depth = len({int(m.group(1)) for k in visual if (m := re.match(r'visual\.transformer\.resblocks\.(\d+)\.', k))})
+    stride = _patch_stride(visual['visual.positional_embedding'].shape[0] - 1, image_size, patch)
+    config = PiVLConfig(
+        image_size=image_size, patch_size=patch, num_channels=conv.shape[1], hidden_size=width,
+        num_hidden_layers=depth, num_attention_heads=width // 64,  # CLIP's head width is 64
+        intermediate_size=visual['visual.transformer.resblocks.0.mlp.c_fc.weight'].shape[0],
+        projection_dim=visual['visual.proj'].shape[1], hidden_act='quick_gelu', embedding=embedding,
+        patch_stride=None if stride == patch else stride,
+        num_cameras=out['camera_embed'].shape[0] if 'camera_embed' in out else 0,
+        camera_embed_scale=camera_embed_scale,
+        num_labels=out['head.cls.weight'].shape[0] if 'head.cls.weight' in out else 2)
+    tower = _convert_openai_clip(visual, model=None)  # timm's OpenAI-CLIP key mapping; the projection is `head`
+    tower['proj.weight'] = tower.pop('head.weight')
+    del tower['head.bias']  # zeros timm adds; CLIP's projection has none
+    return {**tower, **out}, config
+
+
+def convert_clipreid_checkpoint(
+        checkpoint: str | Path,
+        output_dir: str | Path,
+        image_size: Sequence[int] = (256, 128),
+        camera_embed_scale: float = 1.0,
+        embedding: str = 'before_bnneck',
+        image_mean: Sequence[float] = CLIPREID_MEAN,
+        image_std: Sequence[float] = CLIPREID_STD,
+        overwrite: bool = False,
+) -> PiVLModel | PiVLForReID:
+    """Read a CLIP-ReID ``.pth`` (weights only), convert it and ``save_pretrained`` it (with its image processor)
+    into ``output_dir``; returns the model (``PiVLForReID`` when the checkpoint has its classifiers)."""
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f'{checkpoint}: CLIP-ReID checkpoint not found')
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f'{output_dir}: not empty; choose another folder or pass overwrite=True')
+    try:
+        state_dict = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    except Exception as error:  # unpickling refused or a damaged file: name it
+        raise ValueError(f'{checkpoint}: not a plain state dict torch.load(weights_only=True) can read ({error})') \
+            from error
+    weights, config = convert_clipreid_state_dict(state_dict, image_size, camera_embed_scale, embedding)
+    model = (PiVLForReID if 'head.cls.weight' in weights else PiVLModel)(config)
+    model.timm_model.load_state_dict(weights, strict=True)  # every tensor placed, none left over
+    model.eval().save_pretrained(output_dir)
+    PiVLImageProcessor(size={'height': config.image_size[0], 'width': config.image_size[1]},
+                       image_mean=list(image_mean), image_std=list(image_std)).save_pretrained(output_dir)
+    return model
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog='python -m aaformer_hf.hf.convert_clipreid', allow_abbrev=False,
+        description='Convert a CLIP-ReID ViT-B/16 checkpoint into a timm / transformers π-VL model folder.')
+    parser.add_argument('checkpoint', help='CLIP-ReID .pth state dict (read with weights_only=True)')
+    parser.add_argument('output_dir', help='folder for save_pretrained (must be new or empty)')
+    parser.add_argument('--image_size', type=int, nargs=2, default=(256, 128), metavar=('H', 'W'),
+                        help='input size the checkpoint was trained at (default: 256 128)')
+    parser.add_argument('--sie_coe', type=float, default=1.0,
+                        help='CLIP-ReID MODEL.SIE_COE of an SIE checkpoint (default: 1.0, its SIE+OLP run)')
+    parser.add_argument('--neck_feat', choices=('before', 'after'), default='before',
+                        help='test feature before or after the BNNecks (CLIP-ReID TEST.NECK_FEAT, default before)')
+    parser.add_argument('--overwrite', action='store_true', help='write into a non-empty output folder')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        model = convert_clipreid_checkpoint(args.checkpoint, args.output_dir, args.image_size, args.sie_coe,
+                                            f'{args.neck_feat}_bnneck', overwrite=args.overwrite)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f'{parser.prog}: error: {error}\n')
+    config = model.config
+    print(f'{args.output_dir}: {type(model).__name__}, {config.num_hidden_layers} layers, grid '
+          f'{tuple(model.timm_model.patch_embed.grid_size)}, {config.num_cameras} camera(s), '
+          f'{config.num_labels if isinstance(model, PiVLForReID) else 0} identities; '
+          f'embedding {config.hidden_size + config.projection_dim}-d')
+
+
+if __name__ == '__main__':
+    main()
