@@ -1,0 +1,54 @@
+"""π-VL's alignment pieces (examples/train_fusion.py): parsing on the feature grid, the text-embedding map, the
+fusion head."""
+import pytest
+import torch
+
+from train_fusion import PatchProjection, SimpleFeaturePyramidFusion, build_alignment_head, parsing_on_grid, \
+    text_embedding_map
+
+
+def test_parsing_majority_label_per_cell_by_hand():
+    parsing = torch.tensor([[[0, 0, 5, 5],
+                             [0, 2, 5, 9],
+                             [9, 9, 1, 1],
+                             [9, 0, 1, 3]]])
+    labels, share = parsing_on_grid(parsing, (2, 2))
+    assert labels.tolist() == [[[0, 5], [9, 1]]]
+    torch.testing.assert_close(share, torch.tensor([[[0.75, 0.75], [0.75, 0.75]]]))
+    # a one-pixel-wide part keeps its cells on a fine grid; a tie goes to the lower label (background)
+    thin = torch.zeros(1, 4, 4, dtype=torch.long)
+    thin[0, :, 3] = 14
+    assert parsing_on_grid(thin, (2, 4))[0].tolist() == [[[0, 0, 0, 14], [0, 0, 0, 14]]]
+    labels, share = parsing_on_grid(thin, (1, 2))
+    assert labels.tolist() == [[[0, 0]]] and share.tolist() == [[[1.0, 0.5]]]
+
+
+def test_text_embedding_map_looks_up_identity_and_part():
+    part_texts = torch.arange(3 * 4 * 2, dtype=torch.float32).reshape(3, 4, 2)  # 3 identities, 4 parts, E = 2
+    cells = torch.tensor([[[0, 3]], [[2, 2]]])  # (B=2, h=1, w=2)
+    out = text_embedding_map(part_texts, torch.tensor([2, 0]), cells)
+    assert out.shape == (2, 2, 1, 2)
+    torch.testing.assert_close(out[0, :, 0, 0], part_texts[2, 0])
+    torch.testing.assert_close(out[0, :, 0, 1], part_texts[2, 3])
+    torch.testing.assert_close(out[1, :, 0, 1], part_texts[0, 2])
+
+
+def test_fusion_head_output_at_half_the_patch_stride_with_every_level_contributing():
+    torch.manual_seed(0)
+    head = SimpleFeaturePyramidFusion(in_dim=32, out_dim=16, hidden=8).eval()
+    patches = torch.randn(2, 32, 16, 8)  # a 16x8 ViT patch grid (stride 16 at 256x128)
+    with torch.no_grad():
+        out = head(patches)
+        assert out.shape == (2, 16, 32, 16)  # stride 8
+        for level in head.levels:  # silencing any one pyramid level changes the output: all four are summed
+            norm = level[-1]
+            saved = norm.weight.clone(), norm.bias.clone()
+            norm.weight.zero_(), norm.bias.zero_()
+            assert not torch.allclose(head(patches), out)
+            norm.weight.copy_(saved[0]), norm.bias.copy_(saved[1])
+        # an odd grid (overlapping patches: 21x10) works too
+        assert head(torch.randn(1, 32, 21, 10)).shape == (1, 16, 42, 20)
+    assert isinstance(build_alignment_head('linear', 32, 16), PatchProjection)
+    assert build_alignment_head('linear', 32, 16)(patches).shape == (2, 16, 16, 8)
+    with pytest.raises(ValueError, match="'pyramid' or 'linear'"):
+        build_alignment_head('fpn', 32, 16)
