@@ -8,10 +8,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
+from aaformer_hf.data.parsing import NUM_PARSING_CLASSES
+
 __all__ = ['NUM_PARSING_CLASSES', 'parsing_on_grid', 'text_embedding_map', 'SimpleFeaturePyramidFusion',
            'PatchProjection', 'build_alignment_head']
-
-NUM_PARSING_CLASSES = 20  # LIP, SCHP's label order
 
 
 def parsing_on_grid(parsing: torch.Tensor, grid: Tuple[int, int], num_classes: int = NUM_PARSING_CLASSES

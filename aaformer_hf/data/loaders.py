@@ -8,7 +8,10 @@ import random
 from typing import Callable, Iterator, Optional, Tuple
 
 import datasets
+import numpy as np
 import torch
+from PIL import Image
+from torchvision import tv_tensors
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .sampler import PKSampler
@@ -18,10 +21,17 @@ __all__ = ['ReIDItems', 'SeededEpochSampler', 'train_loader', 'eval_loader']
 
 class ReIDItems(Dataset):
     """A re-ID ``datasets.Dataset`` as (pixels, pid, camid) items. A key is an index, or (index, seed) to run the
-    transform under that seed (the caller's RNG state is left as it was)."""
+    transform under that seed (the caller's RNG state is left as it was).
 
-    def __init__(self, dataset: datasets.Dataset, transform: Callable) -> None:
-        self.dataset, self.transform = dataset, transform
+    With ``parsing=True`` (the split has a ``parsing`` column, ``aaformer_hf.data.parsing``) items are (pixels,
+    pid, camid, parsing, has_parsing): the parsing map transformed with the image (same flip, crop) as an int64
+    (H, W) label map, and False with an all-background map for an image whose map is missing.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, transform: Callable, parsing: bool = False) -> None:
+        if parsing and 'parsing' not in dataset.column_names:
+            raise ValueError('parsing=True needs a parsing column (aaformer_hf.data.parsing.add_parsing_column)')
+        self.dataset, self.transform, self.parsing = dataset, transform, parsing
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -35,20 +45,36 @@ class ReIDItems(Dataset):
             path = self.dataset.select_columns(['path'])[index]['path'] if has_path else '?'
             raise RuntimeError(f'cannot load item {index} ({path}): {error}') from error
 
-    def __getitem__(self, key) -> Tuple[torch.Tensor, int, int]:
+    def _inputs(self, row) -> tuple:
+        if not self.parsing:
+            return (row['image'],)
+        image = row['image']
+        if row['parsing'] is None:
+            labels = torch.zeros(image.size[1], image.size[0], dtype=torch.uint8)
+        else:
+            with Image.open(row['parsing']) as parsing:
+                labels = torch.from_numpy(np.array(parsing, dtype=np.uint8))
+        return image, tv_tensors.Mask(labels.unsqueeze(0))
+
+    def __getitem__(self, key) -> tuple:
         index, seed = key if isinstance(key, tuple) else (key, None)
         row = self._load(int(index))
+        inputs = self._inputs(row)
         if seed is None:
-            pixels = self.transform(row['image'])
+            out = self.transform(*inputs)
         else:
             python_state = random.getstate()  # timm's RandomErasing draws from `random`, torchvision from torch
             with torch.random.fork_rng(devices=[]):
                 # the CPU generator only: torch.manual_seed also seeds every accelerator (~0.4 ms an item)
                 torch.default_generator.manual_seed(seed)
                 random.seed(seed)
-                pixels = self.transform(row['image'])
+                out = self.transform(*inputs)
             random.setstate(python_state)
-        return pixels, row['pid'], row['camid']
+        if not self.parsing:
+            return out, row['pid'], row['camid']
+        pixels, parsing = out
+        return pixels, row['pid'], row['camid'], parsing.as_subclass(torch.Tensor)[0].long(), \
+            row['parsing'] is not None
 
 
 class SeededEpochSampler(Sampler):
@@ -84,9 +110,10 @@ def _loader_kwargs(num_workers: int, seed: int) -> dict:
 
 
 def train_loader(dataset: datasets.Dataset, transform: Callable, batch_size: int, num_instances: int, seed: int,
-                 num_workers: int, num_replicas: int = 1, rank: int = 0, epoch: str = 'images'
-                 ) -> Tuple[DataLoader, SeededEpochSampler]:
-    """PK batches of ``batch_size`` (over all processes) for this process; returns the loader and its sampler."""
+                 num_workers: int, num_replicas: int = 1, rank: int = 0, epoch: str = 'images',
+                 parsing: bool = False) -> Tuple[DataLoader, SeededEpochSampler]:
+    """PK batches of ``batch_size`` (over all processes) for this process; returns the loader and its sampler.
+    ``parsing``: items carry their parsing maps (``ReIDItems``)."""
     if batch_size % (num_instances * num_replicas):
         raise ValueError(f'batch_size ({batch_size}) must be divisible by num_instances x processes '
                          f'({num_instances} x {num_replicas})')
@@ -94,12 +121,12 @@ def train_loader(dataset: datasets.Dataset, transform: Callable, batch_size: int
     pk = PKSampler(dataset['pid'], per_process, num_instances, seed=seed, num_replicas=num_replicas, rank=rank,
                    epoch=epoch)
     sampler = SeededEpochSampler(pk, seed)
-    loader = DataLoader(ReIDItems(dataset, transform), batch_size=per_process, sampler=sampler, drop_last=True,
+    loader = DataLoader(ReIDItems(dataset, transform, parsing), batch_size=per_process, sampler=sampler, drop_last=True,
                         **_loader_kwargs(num_workers, seed))
     return loader, sampler
 
 
 def eval_loader(dataset: datasets.Dataset, transform: Callable, batch_size: int, num_workers: int,
-                seed: Optional[int] = 0) -> DataLoader:
-    return DataLoader(ReIDItems(dataset, transform), batch_size=batch_size, shuffle=False,
+                seed: Optional[int] = 0, parsing: bool = False) -> DataLoader:
+    return DataLoader(ReIDItems(dataset, transform, parsing), batch_size=batch_size, shuffle=False,
                       **_loader_kwargs(num_workers, seed))
