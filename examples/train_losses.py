@@ -175,11 +175,9 @@ class CLIPReIDLoss(nn.Module):
                 text_features: torch.Tensor, alignment: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """logits (B, 2, C); features: the three (B, *) triplet features, the projected CLS last; text_features
         (C, E); alignment: the ALIGN term when π-VL computes one -> dict of the loss and its terms."""
-        id_loss = sum(F.cross_entropy(logits[:, k].float(), labels, label_smoothing=self.label_smoothing)
-                      for k in range(logits.shape[1]))
+        id_loss = logits.shape[1] * identity_loss(logits, labels, self.label_smoothing)  # a sum, not a mean
         triplet = sum(batch_hard_triplet_loss(f, labels, self.margin) for f in features)
-        i2t_logits = features[-1].float() @ text_features.float().t()
-        i2t = F.cross_entropy(i2t_logits, labels, label_smoothing=self.label_smoothing)
+        i2t = identity_loss(features[-1].float() @ text_features.float().t(), labels, self.label_smoothing)
         loss = self.id_weight * id_loss + self.triplet_weight * triplet + self.i2t_weight * i2t
         losses = {'id_loss': id_loss, 'triplet_loss': triplet, 'i2t_loss': i2t}
         if alignment is not None:

@@ -106,8 +106,8 @@ class PromptLearner(nn.Module):
             if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
                 raise ValueError(f'the prompt {text!r} has words the tokenizer does not know')
             where = [i for i, token in enumerate(ids) if token == placeholder[0]]
-            if with_context and (len(where) != self.num_context or where != list(range(where[0], where[0]
-                                                                                        + self.num_context))):
+            consecutive = bool(where) and where == list(range(where[0], where[0] + self.num_context))
+            if with_context and not consecutive:
                 raise ValueError(f'the prompt {text!r} does not tokenise to {self.num_context} consecutive '
                                  f'placeholder tokens (a part name containing {PLACEHOLDER!r}?)')
             eos.append(ids.index(tokenizer.eos_token_id))
@@ -120,10 +120,9 @@ class PromptLearner(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings and end-of-text positions of the prompts of ``labels`` (the identity prompt) or, with
         ``parts`` (same shape, 0-based parsing classes), of the part prompts of those identities."""
-        row = torch.zeros_like(labels) if parts is None else parts + 1
-        if parts is not None and (self.num_parts == 0 or bool((parts < 0).any()) or bool((parts >= self.num_parts)
-                                                                                           .any())):
+        if parts is not None and not bool(((parts >= 0) & (parts < self.num_parts)).all()):
             raise ValueError(f'part indices must lie in [0, {self.num_parts})')
+        row = torch.zeros_like(labels) if parts is None else parts + 1
         embeddings = self.template_embeddings[row].to(self.context.dtype)
         positions = self.context_index[row]  # (N, M)
         has_context = positions[:, 0] >= 0

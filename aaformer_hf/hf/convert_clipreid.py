@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from timm.models.vision_transformer import _convert_openai_clip
 
+from ..models._loading import unwrap_state_dict
 from .configuration_pivl import PiVLConfig
 from .image_processing_aaformer import PiVLImageProcessor
 from .modeling_pivl import PiVLForReID, PiVLModel
@@ -56,7 +57,7 @@ def convert_clipreid_state_dict(
     Keys the converter does not know are an error naming them; the training-only prompt learner and text encoder are
     left out and logged.
     """
-    state_dict = state_dict.get('state_dict', state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}  # DataParallel / DDP saves
     if 'image_encoder.proj' not in state_dict:
         resnet = any(k.startswith('image_encoder.layer1.') for k in state_dict)
