@@ -17,7 +17,6 @@ objective; everything else (data, schedule, checkpoints, evaluation, saving) is 
 """
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -37,12 +36,15 @@ from timm.optim import create_optimizer_v2
 from tqdm.auto import tqdm
 
 from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, train_loader
+from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.synthetic import generate_market_layout
 from aaformer_hf.evaluation import evaluate, flip_features, re_rank
-from aaformer_hf.hf import AAformerConfig, AAformerForReID, AAformerImageProcessor
+from aaformer_hf.hf import (AAformerConfig, AAformerForReID, AAformerImageProcessor, PiVLConfig, PiVLForReID,
+                            PiVLImageProcessor)
 from aaformer_hf.models.aaformer import AAformer
+from aaformer_hf.models.pivl import PiVLViT
 from train_config import BASELINES, TrainConfig, parse_config
-from train_losses import AAformerLoss
+from train_recipe import Recipe, RunContext, check_finite_losses, quiet_bars, scheduled_lr
 from train_outputs import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
 
 __all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'format_summary', 'lr_at', 'main',
@@ -53,28 +55,34 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Family:
-    """How a model family trains: its transformers config / re-ID / image-processor classes and its objective."""
+    """How a model family trains: its transformers config / re-ID / image-processor classes, the methods that train
+    it and the recipe that says what those methods add to the shared loop."""
     config_class: Type
     reid_class: Type
     processor_class: Type
-    make_loss: Callable[[TrainConfig], nn.Module]
+    methods: Tuple[str, ...]
+    make_recipe: Callable[..., 'Recipe']
+
+
+def _aaformer_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -> Recipe:
+    return Recipe(config, model)
+
+
+def _two_stage_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -> Recipe:
+    from train_clipreid import TwoStageRecipe
+    return TwoStageRecipe(config, model, num_classes)
 
 
 FAMILIES: Dict[Type[nn.Module], Family] = {
-    AAformer: Family(AAformerConfig, AAformerForReID, AAformerImageProcessor, lambda c: AAformerLoss(
-        label_smoothing=c.label_smoothing, margin=c.triplet_margin, id_weight=c.id_loss_weight,
-        triplet_weight=c.triplet_loss_weight)),
+    AAformer: Family(AAformerConfig, AAformerForReID, AAformerImageProcessor, ('aaformer',), _aaformer_recipe),
+    PiVLViT: Family(PiVLConfig, PiVLForReID, PiVLImageProcessor, ('clipreid', 'pivl'), _two_stage_recipe),
 }
 
 
 def lr_at(step: float, steps_per_epoch: int, config: TrainConfig) -> float:
-    """Learning rate after ``step`` optimiser steps: linear warm-up from warmup_lr to lr, then cosine to min_lr."""
-    epoch = step / steps_per_epoch
-    if epoch < config.warmup_epochs:
-        return config.warmup_lr + (config.lr - config.warmup_lr) * epoch / config.warmup_epochs
-    span = max(config.epochs - config.warmup_epochs, 1e-12)
-    progress = min((epoch - config.warmup_epochs) / span, 1.0)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+    """Learning rate after ``step`` optimiser steps of the (stage-2) training epochs, by ``config.lr_schedule``."""
+    return scheduled_lr(step / steps_per_epoch, config.lr, config.warmup_epochs, config.warmup_lr, config.epochs,
+                        config.lr_schedule, config.min_lr, config.lr_decay_epochs, config.lr_decay_factor)
 
 
 def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[int, str]] = None):
@@ -88,6 +96,9 @@ def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[i
     if family is None:
         raise ValueError(f'{config.model!r} is not a model family this trainer knows '
                          f'({", ".join(f.__name__ for f in FAMILIES)})')
+    if config.method not in family.methods:
+        raise ValueError(f'--method {config.method} does not train {config.model!r} ({type(timm_model).__name__} '
+                         f'trains with --method {" / ".join(family.methods)})')
     hf_config = family.config_class.from_timm_model(
         timm_model, num_labels=num_classes, label_smoothing=config.label_smoothing, id2label=id2label)
     model = family.reid_class(hf_config)
@@ -100,7 +111,7 @@ def _load_data(config: TrainConfig):
         root = Path(config.data_root)
         if not root.exists():
             logger.info('generating the SYNTHETIC dataset into %s', root)
-            generate_market_layout(root, **{'seed': config.seed, **config.dataset_options})
+            generate_market_layout(root, **{'seed': config.seed, 'parsing': True, **config.dataset_options})
         return load_reid_dataset('market1501', root)
     return load_reid_dataset(config.dataset, config.data_root, **config.dataset_options)
 
@@ -110,9 +121,13 @@ def extract(model, loader, accelerator: Accelerator, flip: bool) -> Tuple[torch.
     """Embeddings, pids and camids of a (prepared) loader, gathered from every process without padding."""
     model.eval()
     feats, pids, cams = [], [], []
-    embed = lambda x: model(pixel_values=x).embeddings  # noqa: E731
-    for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=_quiet_bars(accelerator)):
-        emb = flip_features(embed, pixels) if flip else embed(pixels)
+    # a model with a camera embedding (SIE) needs each image's camera
+    needs_cameras = getattr(getattr(accelerator.unwrap_model(model), 'config', None), 'num_cameras', 0)
+    for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=quiet_bars(accelerator)):
+        extra = {'camera_ids': cam} if needs_cameras else {}
+        embed = lambda x: model(pixel_values=x, **extra).embeddings  # noqa: E731
+        with accelerator.autocast():
+            emb = flip_features(embed, pixels) if flip else embed(pixels)
         emb, pid, cam = accelerator.gather_for_metrics((emb.float().contiguous(), pid, cam))
         feats.append(emb.cpu()), pids.append(pid.cpu()), cams.append(cam.cpu())
     return torch.cat(feats), torch.cat(pids), torch.cat(cams)
@@ -149,26 +164,13 @@ def _summarise(result: Dict[str, Any]) -> Dict[str, Any]:
             'num_valid_queries': result['num_valid_queries']}
 
 
-def _quiet_bars(accelerator: Accelerator) -> Optional[bool]:
-    """tqdm's ``disable``: off on all but the local main process; None there (tqdm then draws only to a terminal, so
-    a log file gets no escape codes)."""
-    return None if accelerator.is_local_main_process else True
-
-
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with (heavy-ball) momentum as the paper and TransReID use it: timm's 'momentum' optimiser (its 'sgd' is
-    Nesterov's), weight decay on weights only: biases, norms and the model's ``no_weight_decay`` tokens get none."""
-    return create_optimizer_v2(model, 'momentum', lr=config.lr, weight_decay=config.weight_decay,
-                               momentum=config.momentum)
-
-
-def _check_finite_losses(losses: Dict[str, torch.Tensor], step: int, epoch: int, batch: int) -> None:
-    if bool(torch.isfinite(losses['loss'])):
-        return
-    terms = ', '.join(f'{name} = {float(value.detach())}' for name, value in losses.items())
-    raise FloatingPointError(
-        f'training diverged at optimiser step {step} (epoch {epoch}, batch {batch}): {terms}. Nothing of this step '
-        'was applied or saved; try a lower lr, more warm-up or --mixed_precision no, and resume from a checkpoint')
+    """timm's optimiser ``config.optimizer``: AAformer's SGD with (heavy-ball) momentum as the paper and TransReID use
+    it (timm's 'momentum'; its 'sgd' is Nesterov's), CLIP-ReID's Adam. Weight decay on weights only: biases, norms
+    and the model's ``no_weight_decay`` tokens get none (timm's convention; CLIP-ReID decays biases too and gives
+    them 2x the learning rate, which this trainer does not copy)."""
+    extra = {'momentum': config.momentum} if config.optimizer in ('momentum', 'sgd', 'nesterov') else {}
+    return create_optimizer_v2(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
 def _non_finite_parameters(model: nn.Module) -> list:
@@ -215,14 +217,17 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     originals = data['train']['pid_original']
     id2label = {label: str(pid) for label, pid in sorted(set(zip(data['train']['pid'], originals)))}
     model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
-    criterion = family.make_loss(config)
+    recipe = family.make_recipe(config, model, len(id2label))
     processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg)
+    if recipe.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
+        data['train'] = add_parsing_column(data['train'], _data_folder(config), missing=config.parsing_missing)
 
     # torchrun (and so accelerate launch) says how many processes share this machine
     workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
     loader, sampler = train_loader(
         data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
-        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch)
+        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch,
+        parsing=recipe.parsing and not config.eval_only)
     test_transform = build_transforms(pretrained_cfg, train=False)
     query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
     gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
@@ -231,13 +236,15 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     if steps_per_epoch == 0:
         raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
 
-    optimizer = make_optimizer(model.timm_model, config)
+    optimizer = make_optimizer(recipe.optimizer_target(), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, steps_per_epoch, config) / config.lr)
     # the train loader is not prepared: the PK sampler already deals whole identities to each process
-    model, optimizer, query_loader, gallery_loader = accelerator.prepare(
-        model, optimizer, query_loader, gallery_loader)
+    trainable, optimizer, query_loader, gallery_loader = accelerator.prepare(
+        recipe.trainable, optimizer, query_loader, gallery_loader)
     accelerator.register_for_checkpointing(scheduler)
+    recipe.prepare(accelerator)  # after the objects above: checkpoints list them in this order
+    model = recipe.reid_model if recipe.trainable is not recipe.reid_model else trainable  # evaluated and saved
     if config.with_tracking:
         accelerator.init_trackers('aaformer_hf', config={
             k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v)
@@ -277,30 +284,31 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
             _save_model(model, accelerator, output_dir / 'best_model', processor)
         return metrics
 
+    if not config.eval_only:  # CLIP-ReID / π-VL: stage 1 (or, resumed in stage 2, the fixed text features)
+        recipe.before_epochs(RunContext(accelerator, data, pretrained_cfg, state, save_checkpoint, workers,
+                                        output_dir))
     images, compute_time, wait_time = 0, 0.0, 0.0
     metrics: Optional[Dict[str, Any]] = None
     epochs = 0 if config.eval_only else config.epochs
     every_steps = None if config.checkpointing_steps in (None, 'epoch') else int(config.checkpointing_steps)
     accumulation = config.gradient_accumulation_steps
     progress = tqdm(total=epochs * steps_per_epoch, initial=state['global_step'], desc='training',
-                    disable=_quiet_bars(accelerator))
+                    disable=quiet_bars(accelerator))
     for epoch in range(state['epoch'], epochs):
-        model.train()
+        trainable.train()
         sampler.set_epoch(epoch, start_batch=state['step_in_epoch'] * accumulation)
         batches = iter(loader)
         for micro in range(state['step_in_epoch'] * accumulation, micro_per_epoch):
             started = time.perf_counter()
-            pixels, pids, _ = next(batches)
-            pixels, pids = pixels.to(accelerator.device, non_blocking=True), pids.to(accelerator.device)
+            batch = [item.to(accelerator.device, non_blocking=True) for item in next(batches)]
             waited = time.perf_counter()
             sync = (micro + 1) % accumulation == 0
-            with nullcontext() if sync else accelerator.no_sync(model):
-                out = model(pixel_values=pixels)
-                losses = criterion(out.logits, out.features, pids)
+            with nullcontext() if sync else accelerator.no_sync(trainable):
+                losses = recipe.losses(trainable, batch)
                 # accelerate divides the loss by gradient_accumulation_steps itself (set on the Accelerator above)
                 accelerator.backward(losses['loss'])
             # after backward (every process has joined its gradient all-reduce), before any optimiser step
-            _check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
+            check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
             if sync:
                 optimizer.step()
                 scheduler.step()
@@ -312,7 +320,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
                 if config.with_tracking:
                     accelerator.log({'train/' + k: v.item() for k, v in losses.items()}
                                     | {'train/lr': scheduler.get_last_lr()[0]}, step=state['global_step'])
-            images += pixels.shape[0] * accelerator.num_processes
+            images += batch[0].shape[0] * accelerator.num_processes
             wait_time += waited - started
             compute_time += time.perf_counter() - waited
             if sync and every_steps and state['global_step'] % every_steps == 0:
@@ -332,8 +340,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     summary = dict(metrics, epochs=state['epoch'], images_per_second=images / elapsed if elapsed else None,
                    train_images=images, train_seconds=elapsed,
                    data_wait_share=wait_time / elapsed if elapsed else None, best=state['best'],
-                   model=config.model, baseline=config.baseline, dataset=config.dataset,
+                   model=config.model, baseline=config.baseline, method=config.method,
+                   pivl_ablation=config.pivl_ablation, dataset=config.dataset,
                    processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))
+    summary.update({k: v for k, v in state.items() if k.startswith('stage1_')})
     if accelerator.is_main_process:
         (output_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
     if config.with_tracking:
@@ -342,6 +352,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
         from aaformer_hf.hub import push_model_folder
         push_model_folder(output_dir / 'model', config.hub_model_id)
     return summary
+
+
+def _data_folder(config: TrainConfig) -> Path:
+    return Path(config.data_root)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -359,7 +373,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         summary = train(parse_config(argv))
     except (ValueError, OSError, RuntimeError, FloatingPointError, NotImplementedError) as error:
         if type(error).__module__.split('.')[0] not in ('aaformer_hf', 'builtins', __name__, 'train_config',
-                                                        'train_outputs', 'train_losses'):
+                                                        'train_outputs', 'train_losses', 'train_clipreid',
+                                                        'train_recipe',
+                                                        'train_prompts', 'train_fusion'):
             raise  # another library's error: its traceback is the useful part
         # what a user can fix (a bad value, a missing file, a folder in use): the message, not a traceback
         print(f'examples/train.py: error: {error}', file=sys.stderr)

@@ -1,8 +1,14 @@
 """The training configuration: one dataclass, filled from a YAML file and command-line flags (flags win).
 
-Defaults are AAformer's recipe (§IV-A): SGD (momentum 0.9, weight decay 1e-4), 10 warm-up epochs rising linearly from
-8e-4 to 8e-3, then cosine decay, 120 epochs, batches of 16 identities x 4 images at 256x128, an ImageNet-pretrained
-ViT-B/16 from timm. Fields the paper does not state say so.
+``method`` picks the recipe; fields left None take that method's values (``METHOD_DEFAULTS``):
+- 'aaformer' (default, AAformer §IV-A): SGD (momentum 0.9, weight decay 1e-4), 10 warm-up epochs rising linearly from
+  8e-4 to 8e-3, then cosine decay, 120 epochs, batches of 16 identities x 4 images at 256x128, an ImageNet-pretrained
+  ViT-B/16 from timm.
+- 'clipreid' (CLIP-ReID, ViT-B/16) and 'pivl' (π-VL §4.2): two stages. Stage 1 tunes prompt tokens only (Adam 3.5e-4,
+  5 warm-up epochs from 1e-5, cosine to 1e-6; CLIP-ReID 120 epochs, π-VL 60 identity + 20 part-informed epochs);
+  stage 2 trains the image encoder (Adam 5e-6, weight decay 1e-4, 10 warm-up epochs from 0.1 x lr, x0.1 at epochs 30
+  and 50 of 60; loss weights ID 0.25, TRI 1, I2T 1 [+ ALIGN 1]).
+Fields the papers do not state say so.
 """
 import argparse
 import dataclasses
@@ -10,13 +16,13 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
 from aaformer_hf.data.sampler import EPOCH_MODES
 
-__all__ = ['TrainConfig', 'BASELINES', 'parse_config']
+__all__ = ['TrainConfig', 'BASELINES', 'METHODS', 'METHOD_DEFAULTS', 'PIVL_ABLATIONS', 'parse_config']
 
 # The paper's ablation baselines as model arguments (Table IV: [PART]s on fixed partitions; Table V: nearest
 # neighbour instead of optimal transport; the ViT-baseline has no [PART]s).
@@ -27,14 +33,37 @@ BASELINES: Dict[str, Dict[str, Any]] = {
     'nearest': dict(assignment='nearest'),
 }
 
+METHODS = ('aaformer', 'clipreid', 'pivl')
+_TWO_STAGE = dict(
+    model='pivl_vit_base_patch16', optimizer='adam', lr=5e-6, epochs=60, warmup_epochs=10, warmup_lr=5e-7,
+    lr_schedule='step', id_loss_weight=0.25)
+# a method's recipe: the values of the fields left None
+METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    'aaformer': dict(model='aaformer_base', optimizer='momentum', lr=8e-3, epochs=120, warmup_epochs=10,
+                     warmup_lr=8e-4, lr_schedule='cosine', id_loss_weight=1.0, stage1_epochs=0, stage1_part_epochs=0,
+                     part_prompts='off', alignment_head='off'),
+    'clipreid': dict(_TWO_STAGE, stage1_epochs=120, stage1_part_epochs=0, part_prompts='off', alignment_head='off'),
+    'pivl': dict(_TWO_STAGE, stage1_epochs=60, stage1_part_epochs=20, part_prompts='identity',
+                 alignment_head='pyramid'),
+}
+# π-VL's Table 3 rows (with --method pivl): B = CLIP-ReID; H = parsing-label prompts (no identity tokens);
+# P = identity-aware part prompts; F = hierarchical-fusion alignment head (without F: a 1x1 projection at the patch grid)
+PIVL_ABLATIONS: Dict[str, Dict[str, Any]] = {
+    'B': dict(part_prompts='off', alignment_head='off', stage1_part_epochs=0),
+    'B+H': dict(part_prompts='label', alignment_head='linear', stage1_part_epochs=0),  # nothing to tune in H's prompts
+    'B+P': dict(part_prompts='identity', alignment_head='linear'),
+    'B+P+F': dict(part_prompts='identity', alignment_head='pyramid'),
+}
+
 
 @dataclasses.dataclass
 class TrainConfig:
     """Everything ``examples/train.py`` needs. Every field is also a ``--flag``; dict fields take JSON on the
     command line (``--model_args '{"part_groups": [6]}'``)."""
 
-    # model
-    model: str = 'aaformer_base'  # a timm model name registered by aaformer_hf
+    # method and model
+    method: str = 'aaformer'  # 'aaformer' | 'clipreid' | 'pivl': the recipe of every field left None
+    model: Optional[str] = None  # a timm model name (None: aaformer_base / pivl_vit_base_patch16)
     model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments, e.g. part_groups
     baseline: Optional[str] = None  # one of BASELINES: vit, pcb, mgn, nearest (None: AAformer itself)
     pretrained: bool = True  # the timm pretrained backbone (ImageNet ViT-B/16 for aaformer_base)
@@ -49,26 +78,59 @@ class TrainConfig:
     # processes on this machine, at most 8 (a worker core prepares ~490 Market-size crops/s: bench_loader.py)
     num_workers: Optional[int] = None
 
-    # optimisation (AAformer §IV-A)
-    epochs: int = 120
+    # optimisation (AAformer §IV-A; CLIP-ReID / π-VL stage 2). None: the method's value (METHOD_DEFAULTS)
+    epochs: Optional[int] = None
     batch_size: int = 64  # identities x num_instances per step, over all processes
     num_instances: int = 4  # K images per identity
     # 'images': the toolkits' epoch (BoT / TransReID / CLIP-ReID), about every training image once;
     # 'identities': each identity once, one group of K (4x shorter on Market-1501, 7x on MSMT17). See PKSampler.
     sampler_epoch: str = 'images'
-    lr: float = 8e-3
-    warmup_epochs: int = 10
-    warmup_lr: float = 8e-4
+    optimizer: Optional[str] = None  # a timm optimiser name: 'momentum' (SGD, heavy ball) | 'adam' | 'adamw' ...
+    lr: Optional[float] = None
+    warmup_epochs: Optional[int] = None
+    warmup_lr: Optional[float] = None
+    lr_schedule: Optional[str] = None  # 'cosine' (to min_lr) | 'step' (x lr_decay_factor at each lr_decay_epochs)
     min_lr: float = 1.6e-5  # end of the cosine decay; not stated by the paper (TransReID's 0.002 x lr)
+    lr_decay_epochs: List[int] = dataclasses.field(default_factory=lambda: [30, 50])  # 'step' (CLIP-ReID ViT)
+    lr_decay_factor: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4  # not applied to biases, norms and tokens (timm's convention; the paper is silent)
     label_smoothing: float = 0.1
     triplet_margin: Optional[float] = 0.3  # None: soft-margin triplet
-    id_loss_weight: float = 1.0
+    id_loss_weight: Optional[float] = None  # AAformer 1 (Eq. 8); CLIP-ReID's ViT 0.25
     triplet_loss_weight: float = 1.0
     gradient_accumulation_steps: int = 1
     mixed_precision: Optional[str] = None  # 'no' | 'fp16' | 'bf16'; None: whatever `accelerate launch` says
     seed: int = 42
+
+    # CLIP-ReID / π-VL: the text side and stage 1 (prompt tuning on cached image features)
+    # a folder or Hub id holding a transformers CLIPTextModelWithProjection and its tokenizer (the image tower's CLIP)
+    text_model: str = 'openai/clip-vit-base-patch16'
+    num_context_tokens: int = 4  # learnable identity tokens per prompt (X1..X4)
+    stage1_epochs: Optional[int] = None  # identity-prompt epochs (CLIP-ReID 120; π-VL 60)
+    stage1_part_epochs: Optional[int] = None  # π-VL's part-informed prompt epochs that follow (20)
+    stage1_batch_size: int = 64  # P x K over all processes (num_instances per identity), as π-VL §4.2
+    stage1_lr: float = 3.5e-4
+    stage1_warmup_epochs: int = 5  # CLIP-ReID's stage-1 scheduler (π-VL states only the cosine decay)
+    stage1_warmup_lr: float = 1e-5
+    stage1_min_lr: float = 1e-6
+    stage1_weight_decay: float = 1e-4
+    # π-VL (Table 3): 'off' (B), 'label' (H: "A photo of a person's <part>.") or 'identity' (P: identity tokens in
+    # every part prompt); and the stage-2 alignment head: 'off', 'linear' (1x1 conv at the patch grid) or 'pyramid'
+    # (F: the hierarchical fusion at stride 8). pivl_ablation names a Table 3 row and sets both.
+    part_prompts: Optional[str] = None
+    alignment_head: Optional[str] = None
+    pivl_ablation: Optional[str] = None  # 'B' | 'B+H' | 'B+P' | 'B+P+F' (with method 'pivl')
+    # τ of the pixel-level InfoNCE (Eq. 7); the paper gives no value. Features are not normalised (CLIP-ReID's form)
+    part_temperature: float = 1.0
+    align_hidden: int = 256  # the fusion head's width (ViTDet's 256; the paper gives none)
+    i2t_loss_weight: float = 1.0
+    align_loss_weight: float = 1.0  # Eq. 12 adds L_align with weight 1
+    # π-VL v2 weights the alignment error by the parsing confidence (softmax over space). The PNG maps carry no
+    # parser confidence, so this uses each cell's share of pixels with its majority label. Off by default.
+    align_confidence: bool = False
+    # images without a parsing map: 'error' (default) lists them; 'keep' trains them without the part losses
+    parsing_missing: str = 'error'
 
     # evaluation
     eval_every: int = 10  # epochs
@@ -97,6 +159,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):  # YAML and Python callers get the same typed values as flags
             setattr(self, field.name, coerce_field(field, getattr(self, field.name)))
+        if self.method not in METHODS:
+            raise ValueError(f'method must be one of {METHODS}, got {self.method!r}')
+        if self.pivl_ablation is not None:
+            if self.method != 'pivl' or self.pivl_ablation not in PIVL_ABLATIONS:
+                raise ValueError(f'pivl_ablation must be one of {sorted(PIVL_ABLATIONS)} with method pivl, got '
+                                 f'{self.pivl_ablation!r} with method {self.method!r}')
+            for name, value in PIVL_ABLATIONS[self.pivl_ablation].items():
+                if getattr(self, name) is not None and getattr(self, name) != value:
+                    raise ValueError(f'pivl_ablation {self.pivl_ablation!r} sets {name}={value!r}; '
+                                     f'do not also pass {name}={getattr(self, name)!r}')
+                setattr(self, name, value)
+        for name, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ValueError(f'baseline must be one of {sorted(BASELINES)}, got {self.baseline!r}')
         if self.batch_size < 1 or self.num_instances < 1 or self.batch_size % self.num_instances:
@@ -122,6 +198,30 @@ class TrainConfig:
             raise ValueError(f'num_workers must be >= 0 or None (automatic), got {self.num_workers}')
         if self.data_root is None:
             raise ValueError('data_root is required (the dataset folder)')
+        if self.lr_schedule not in ('cosine', 'step'):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
+        if self.part_prompts not in ('off', 'label', 'identity'):
+            raise ValueError(f"part_prompts must be 'off', 'label' or 'identity', got {self.part_prompts!r}")
+        if self.alignment_head not in ('off', 'linear', 'pyramid'):
+            raise ValueError(f"alignment_head must be 'off', 'linear' or 'pyramid', got {self.alignment_head!r}")
+        if (self.part_prompts == 'off') != (self.alignment_head == 'off'):
+            raise ValueError(f'part_prompts={self.part_prompts!r} and alignment_head={self.alignment_head!r}: the '
+                             'alignment head regresses the part prompts, so both are used or neither')
+        if self.method == 'aaformer' and (self.part_prompts != 'off' or self.stage1_epochs or self.stage1_part_epochs):
+            raise ValueError('part prompts and stage 1 belong to --method clipreid / pivl')
+        if self.stage1_part_epochs and self.part_prompts != 'identity':
+            raise ValueError('stage1_part_epochs tunes identity-aware part prompts (part_prompts identity)')
+        if self.stage1_epochs < 0 or self.stage1_part_epochs < 0:
+            raise ValueError('stage1_epochs and stage1_part_epochs must be >= 0')
+        if self.stage1_batch_size % self.num_instances:
+            raise ValueError(f'stage1_batch_size ({self.stage1_batch_size}) must be a multiple of num_instances '
+                             f'({self.num_instances})')
+        if self.part_temperature <= 0:
+            raise ValueError(f'part_temperature must be > 0, got {self.part_temperature}')
+        if self.parsing_missing not in ('error', 'keep'):
+            raise ValueError(f"parsing_missing must be 'error' or 'keep', got {self.parsing_missing!r}")
+        if sorted(self.lr_decay_epochs) != list(self.lr_decay_epochs) or any(e < 0 for e in self.lr_decay_epochs):
+            raise ValueError(f'lr_decay_epochs must be increasing epochs >= 0, got {self.lr_decay_epochs}')
 
     def model_kwargs(self) -> Dict[str, Any]:
         """Constructor arguments for the timm model: ``model_args`` with the baseline's settings on top."""
@@ -157,7 +257,8 @@ def coerce_field(field: dataclasses.Field, value: Any) -> Any:
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         kind, optional = args[0], len(args) < len(typing.get_args(kind))
     base = typing.get_origin(kind) or kind
-    wanted = {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string', dict: 'a mapping'}[base]
+    wanted = {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string', dict: 'a mapping',
+              list: 'a list of integers'}[base]
     if value is None or (optional and isinstance(value, str) and value.lower() in ('none', 'null')):
         if optional:
             return None
@@ -174,6 +275,17 @@ def coerce_field(field: dataclasses.Field, value: Any) -> Any:
                 pass
         if isinstance(value, dict):
             return dict(value)
+    elif base is list:  # List[int]: a YAML / JSON list, or '30,50' on the command line
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith('[') else [v for v in text.split(',') if v.strip()]
+            except ValueError:
+                pass
+        if isinstance(value, (list, tuple)):
+            items = [int(v) if isinstance(v, str) and v.strip().lstrip('-').isdigit() else v for v in value]
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+                return items
     elif base is str:
         if isinstance(value, str):
             return value

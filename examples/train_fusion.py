@@ -1,7 +1,7 @@
 """π-VL's training-only alignment pieces: the parsing map on the feature grid, the text-embedding map built from it
 (Eq. 6) and the hierarchical-fusion auxiliary head (§3.4) that regresses it. None of this is part of the saved model.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn

@@ -38,13 +38,15 @@ def read_state(folder: Path) -> Dict[str, Any]:
 
 
 def complete_checkpoints(output_dir: Path) -> List[Path]:
-    """Complete checkpoint folders, oldest first (by optimiser step). Folders still being written
+    """Complete checkpoint folders, oldest first (by stage, then optimiser step). Folders still being written
     (``.incomplete-*``) and folders without a trainer state are never considered."""
     found = []
     for folder in (Path(output_dir) / 'checkpoints').glob('*'):
         if folder.name.startswith('.') or not folder.is_dir() or not (folder / STATE_FILE).is_file():
             continue
-        found.append((read_state(folder)['global_step'], folder))
+        state = read_state(folder)
+        # CLIP-ReID / π-VL: stage-1 checkpoints (stage 1) precede stage 2's; AAformer's states have no stage
+        found.append(((state.get('stage', 2), state['global_step'], state.get('stage1_step', 0)), folder))
     return [folder for _, folder in sorted(found)]
 
 

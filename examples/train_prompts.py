@@ -116,12 +116,18 @@ class PromptLearner(nn.Module):
                                else tokenizer.eos_token_id] * (max_length - len(ids)))
         return torch.tensor(rows), torch.tensor(eos), torch.tensor(positions)
 
+    def forward(self, labels: torch.Tensor, parts: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``prompts``: a forward, so that a DistributedDataParallel wrapper synchronises the context's gradients."""
+        return self.prompts(labels, parts)
+
     def prompts(self, labels: torch.Tensor, parts: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings and end-of-text positions of the prompts of ``labels`` (the identity prompt) or, with
-        ``parts`` (same shape, 0-based parsing classes), of the part prompts of those identities."""
-        if parts is not None and not bool(((parts >= 0) & (parts < self.num_parts)).all()):
-            raise ValueError(f'part indices must lie in [0, {self.num_parts})')
+        ``parts`` (same shape, 0-based parsing classes), of the part prompts of those identities; a part index of -1
+        asks for the identity prompt (both kinds in one call)."""
+        if parts is not None and not bool(((parts >= -1) & (parts < self.num_parts)).all()):
+            raise ValueError(f'part indices must lie in [-1, {self.num_parts}) (-1: the identity prompt)')
         row = torch.zeros_like(labels) if parts is None else parts + 1
         embeddings = self.template_embeddings[row].to(self.context.dtype)
         positions = self.context_index[row]  # (N, M)

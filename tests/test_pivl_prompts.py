@@ -1,34 +1,10 @@
 """The text side of CLIP-ReID / π-VL training (examples/train_prompts.py) on a tiny offline CLIP text tower."""
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
+from tests.tiny_text import WORDS, text_tower, word_tokenizer
 from train_losses import supcon_loss
-from train_prompts import LIP_PART_WORDS, PromptLearner, encode_prompt_embeddings, freeze
-
-WORDS = sorted({w for text in ("a photo of a x person ' s .", *LIP_PART_WORDS) for w in text.split()})
-
-
-def word_tokenizer(words=WORDS):
-    """A word-level tokenizer with CLIP's special tokens (start/end of text, end of text also padding)."""
-    vocab = {'<|startoftext|>': 0, '<|endoftext|>': 1, '[UNK]': 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single='<|startoftext|> $A <|endoftext|>', special_tokens=[('<|startoftext|>', 0), ('<|endoftext|>', 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token='<|startoftext|>', eos_token='<|endoftext|>',
-                                   unk_token='[UNK]', pad_token='<|endoftext|>')
-
-
-def text_tower(vocab_size, max_length=16):
-    torch.manual_seed(0)
-    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=max_length, projection_dim=16,
-                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    return freeze(CLIPTextModelWithProjection(config))
-
+from train_prompts import LIP_PART_WORDS, PromptLearner, encode_prompt_embeddings
 
 @pytest.fixture(scope='module')
 def tower_and_tokenizer():
@@ -70,6 +46,11 @@ def test_identity_and_part_prompts_put_the_identity_tokens_in_place(tower_and_to
     assert eos.item() == len(words) - 1
     torch.testing.assert_close(embeddings[0, 5:9], prompts.context[2])
     torch.testing.assert_close(embeddings[0, 9:len(words)], table[words[9:]])
+    # both kinds in one call (part -1: the identity prompt), as stage 1 asks for them
+    mixed, mixed_eos = prompts(torch.tensor([3, 2]), parts=torch.tensor([-1, 17]))
+    torch.testing.assert_close(mixed[0], prompts.prompts(torch.tensor([3]))[0][0])
+    torch.testing.assert_close(mixed[1], embeddings[0])
+    assert mixed_eos.tolist() == [len(ids('A photo of a x x x x person.')) - 1, eos.item()]
     # label-only part prompts (B+H) carry no identity tokens: the same for every identity
     plain = learner(tower, tokenizer, part_words=LIP_PART_WORDS, identity_parts=False)
     a, _ = plain.prompts(torch.tensor([0]), parts=torch.tensor([2]))
@@ -108,5 +89,5 @@ def test_prompts_that_cannot_be_built_are_named(tower_and_tokenizer):
         learner(tower, tokenizer, part_words=['hat', 'umbrella'])
     with pytest.raises(ValueError, match='placeholder'):
         learner(tower, word_tokenizer([w for w in WORDS if w != 'x']))
-    with pytest.raises(ValueError, match=r'part indices must lie in \[0, 20\)'):
+    with pytest.raises(ValueError, match=r'part indices must lie in \[-1, 20\)'):
         learner(tower, tokenizer, part_words=LIP_PART_WORDS).prompts(torch.tensor([0]), parts=torch.tensor([20]))

@@ -278,8 +278,9 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, mo
     family = loop.FAMILIES[loop.AAformer]
     calls = []
 
-    def make_loss(config):
-        criterion = family.make_loss(config)
+    def make_recipe(config, model, num_classes):
+        recipe = family.make_recipe(config, model, num_classes)
+        criterion = recipe.criterion
 
         def poisoned(logits, features, labels):
             losses = criterion(logits, features, labels)
@@ -288,10 +289,11 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, mo
                 losses['triplet_loss'] = losses['triplet_loss'] * float('inf')
                 losses['loss'] = losses['id_loss'] + losses['triplet_loss']
             return losses
-        return poisoned
+        recipe.criterion = poisoned
+        return recipe
 
     monkeypatch.setitem(loop.FAMILIES, loop.AAformer, loop.Family(
-        family.config_class, family.reid_class, family.processor_class, make_loss))
+        family.config_class, family.reid_class, family.processor_class, family.methods, make_recipe))
     out = tmp_path / 'diverged'
     with pytest.raises(FloatingPointError, match=r'diverged at optimiser step 3 \(epoch 0, batch 2\): '
                                                  r'loss = inf, id_loss = [0-9.]+, triplet_loss = inf'):
@@ -320,10 +322,12 @@ def test_yaml_and_flag_values_are_typed_and_named(tmp_path, capsys):
     assert config.lr == 1e-3 and isinstance(config.lr, float)
     assert config.flip_test is False and config.eval_normalize is False and config.rerank is True
     assert config.checkpointing_steps == '500' and config.triplet_margin is None and config.epochs == 12
-    for text, message in [('epochs: ten\n', "epochs must be an integer, got 'ten'"),
-                          ('epochs: 2.5\n', 'epochs must be an integer, got 2.5'),
+    # (epochs and lr may be none: the method's recipe)
+    for text, message in [('epochs: ten\n', "epochs must be an integer or none, got 'ten'"),
+                          ('epochs: 2.5\n', 'epochs must be an integer or none, got 2.5'),
                           ('flip_test: maybe\n', "flip_test must be a boolean, got 'maybe'"),
-                          ('lr: true\n', 'lr must be a number, got True'),
+                          ('lr: true\n', 'lr must be a number or none, got True'),
+                          ('lr_decay_epochs: [30, fifty]\n', r"lr_decay_epochs must be a list of integers, got \[30, 'fifty'\]"),
                           ('model_args: [1, 2]\n', r'model_args must be a mapping, got \[1, 2\]'),
                           ('triplet_margin: wide\n', "triplet_margin must be a number or none, got 'wide'")]:
         config_file.write_text(text)
@@ -331,11 +335,11 @@ def test_yaml_and_flag_values_are_typed_and_named(tmp_path, capsys):
             parse_config(['--config', str(config_file), '--data_root', 'x'])
     # the Python API gets the same checks
     assert TrainConfig(data_root='x', flip_test='no').flip_test is False
-    with pytest.raises(ValueError, match="warmup_lr must be a number, got 'fast'"):
+    with pytest.raises(ValueError, match="warmup_lr must be a number or none, got 'fast'"):
         TrainConfig(data_root='x', warmup_lr='fast')
     # flags: bad values and abbreviations are refused by name
     for argv, message in [(['--epoch', '1'], 'unrecognized arguments: --epoch 1'),
-                          (['--lr', 'abc'], "argument --lr: lr must be a number, got 'abc'")]:
+                          (['--lr', 'abc'], "argument --lr: lr must be a number or none, got 'abc'")]:
         with pytest.raises(SystemExit):
             parse_config(['--data_root', 'x', *argv])
         assert message in capsys.readouterr().err

@@ -1,0 +1,86 @@
+"""The pieces of examples/train.py's loop that a training method plugs into (``Recipe``), and small helpers the
+methods share (the learning-rate schedule, the divergence check, progress-bar rules)."""
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+
+from train_config import TrainConfig
+from train_losses import AAformerLoss
+
+__all__ = ['Recipe', 'RunContext', 'scheduled_lr', 'check_finite_losses', 'quiet_bars']
+
+
+class Recipe:
+    """What a training method adds to the shared loop (data, schedule, checkpoints, evaluation, saving).
+
+    AAformer's recipe: the re-ID model is what the optimiser trains; each batch's loss is Eq. 8. CLIP-ReID and π-VL
+    (train_clipreid.py) train a wrapper holding the re-ID model and an alignment head, run their stage 1 before the
+    epochs, and add parsing maps to the batches.
+    """
+    parsing = False  # the training items carry their parsing maps
+
+    def __init__(self, config: TrainConfig, model: nn.Module) -> None:
+        self.config, self.reid_model, self.trainable = config, model, model
+        self.criterion = AAformerLoss(
+            label_smoothing=config.label_smoothing, margin=config.triplet_margin, id_weight=config.id_loss_weight,
+            triplet_weight=config.triplet_loss_weight)
+
+    def optimizer_target(self) -> nn.Module:
+        """The module whose parameters the optimiser gets (timm's parameter groups need the timm model)."""
+        return self.trainable.timm_model
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Prepare and register this method's own objects, after the trainable module and its optimiser."""
+
+    def before_epochs(self, run: "RunContext") -> None:
+        """Work before (or, resumed, instead of part of) the training epochs: CLIP-ReID's stage 1."""
+
+    def losses(self, trainable: nn.Module, batch: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        pixels, pids = batch[0], batch[1]
+        out = trainable(pixel_values=pixels)
+        return self.criterion(out.logits, out.features, pids)
+
+
+@dataclass
+class RunContext:
+    """What a recipe's stage before the epochs needs of the run."""
+    accelerator: Accelerator
+    data: Dict[str, Any]
+    pretrained_cfg: Dict[str, Any]
+    state: Dict[str, Any]
+    save_checkpoint: Callable[[str], None]
+    workers: int
+    output_dir: Path
+
+
+def scheduled_lr(epoch: float, lr: float, warmup_epochs: float, warmup_lr: float, epochs: float, schedule: str,
+                 min_lr: float = 0.0, decay_epochs: Sequence[int] = (), decay_factor: float = 0.1) -> float:
+    """Learning rate at (fractional) ``epoch``: linear warm-up from warmup_lr to lr, then 'cosine' to min_lr at
+    ``epochs`` or 'step': x decay_factor at each of ``decay_epochs``."""
+    if epoch < warmup_epochs:
+        return warmup_lr + (lr - warmup_lr) * epoch / warmup_epochs
+    if schedule == 'step':
+        return lr * decay_factor ** sum(epoch >= milestone for milestone in decay_epochs)
+    span = max(epochs - warmup_epochs, 1e-12)
+    progress = min((epoch - warmup_epochs) / span, 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def quiet_bars(accelerator: Accelerator) -> Optional[bool]:
+    """tqdm's ``disable``: off on all but the local main process; None there (tqdm then draws only to a terminal, so
+    a log file gets no escape codes)."""
+    return None if accelerator.is_local_main_process else True
+
+
+def check_finite_losses(losses: Dict[str, torch.Tensor], step: int, epoch: int, batch: int) -> None:
+    if bool(torch.isfinite(losses['loss'])):
+        return
+    terms = ', '.join(f'{name} = {float(value.detach())}' for name, value in losses.items())
+    raise FloatingPointError(
+        f'training diverged at optimiser step {step} (epoch {epoch}, batch {batch}): {terms}. Nothing of this step '
+        'was applied or saved; try a lower lr, more warm-up or --mixed_precision no, and resume from a checkpoint')

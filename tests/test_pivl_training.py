@@ -1,0 +1,159 @@
+"""CLIP-ReID / π-VL training through examples/train.py (--method clipreid | pivl) on SYNTHETIC data with parsing maps
+and a tiny offline text tower: both stages end to end, what each stage may change, exact resume inside either stage,
+the saved inference model, and bad input."""
+import json
+
+import pytest
+import timm
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from aaformer_hf.data import load_reid_dataset
+from aaformer_hf.data.synthetic import generate_market_layout
+from tests.tiny_text import save_text_side
+from train import TrainConfig, build_model, train
+from train_recipe import RunContext
+
+
+@pytest.fixture(scope='module')
+def parsed_root(tmp_path_factory):
+    """24 training and 12 test identities with parsing maps."""
+    return generate_market_layout(tmp_path_factory.mktemp('pivl') / 'market', train_ids=24, test_ids=12,
+                                  images_per_id=6, distractors=4, junk=2, parsing=True, seed=3)
+
+
+@pytest.fixture(scope='module')
+def text_folder(tmp_path_factory):
+    return save_text_side(tmp_path_factory.mktemp('text') / 'tiny-clip-text', projection_dim=32)
+
+
+def tiny(root, text, out, **overrides):
+    values = dict(method='pivl', model='pivl_vit_tiny', pretrained=False, dataset='market1501', data_root=str(root),
+                  text_model=str(text), output_dir=str(out), stage1_epochs=2, stage1_part_epochs=1, epochs=2,
+                  warmup_epochs=1, lr=1e-3, batch_size=16, stage1_batch_size=16, num_instances=4, eval_every=100,
+                  num_workers=0, eval_batch_size=64, checkpointing_steps=None)
+    values.update(overrides)
+    return values
+
+
+def test_two_stage_run_learns_and_saves_only_the_inference_model(tmp_path, parsed_root, text_folder):
+    untrained = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'untrained', eval_only=True)))
+    out = tmp_path / 'pivl'
+    trained = train(TrainConfig(**tiny(parsed_root, text_folder, out, epochs=4)))
+    assert trained['mAP'] > untrained['mAP'] + 0.1, (untrained['mAP'], trained['mAP'])
+    # stage 1: 3 epochs of 24 identities x 2 groups of 4 / 4 identities per batch
+    assert trained['stage1_step'] == 3 * 12 and trained['method'] == 'pivl'
+    weights = load_file(out / 'model' / 'model.safetensors')
+    assert not [k for k in weights if 'alignment' in k or 'prompt' in k or 'text' in k or 'context' in k]
+    assert set(weights) == set(timm.create_model('pivl_vit_tiny', num_classes=24).state_dict())
+    model = AutoModel.from_pretrained(out / 'model').eval()
+    assert model(torch.randn(2, 3, 256, 128)).pooler_output.shape == (2, 64 + 32)
+    texts = load_file(out / 'text_features.safetensors')
+    assert texts['identity'].shape == (24, 32) and texts['parts'].shape == (24, 20, 32)
+    # identity-aware part prompts differ between identities (label-only ones would not)
+    assert not torch.allclose(texts['parts'][0], texts['parts'][1])
+
+
+def test_label_only_part_prompts_and_clipreid_rows_run(tmp_path, parsed_root, text_folder):
+    """Table 3's B+H: parsing-label prompts, the same for every identity, nothing to tune after the identity epochs.
+    B (= --method clipreid) writes no part prompts."""
+    summary = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'bh', pivl_ablation='B+H', epochs=1,
+                                       stage1_part_epochs=None)))
+    assert summary['stage1_step'] == 2 * 12 and summary['pivl_ablation'] == 'B+H'
+    parts = load_file(tmp_path / 'bh' / 'text_features.safetensors')['parts']
+    torch.testing.assert_close(parts[0], parts[5])
+    train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'b', method='clipreid', stage1_part_epochs=None,
+                             epochs=1)))
+    assert set(load_file(tmp_path / 'b' / 'text_features.safetensors')) == {'identity'}
+
+
+def _recipe(config):
+    data = load_reid_dataset('market1501', config.data_root)
+    model, pretrained_cfg, family = build_model(config, 24)
+    recipe = family.make_recipe(config, model, 24)
+    if recipe.parsing:
+        from aaformer_hf.data.parsing import add_parsing_column
+        data['train'] = add_parsing_column(data['train'], config.data_root)
+    accelerator = Accelerator(cpu=True)
+    recipe.prepare(accelerator)
+    return recipe, data, pretrained_cfg, accelerator
+
+
+def test_stage1_tunes_only_the_context_and_stage2_keeps_the_text_fixed(tmp_path, parsed_root, text_folder):
+    config = TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'unit', stage1_epochs=1, stage1_part_epochs=1))
+    recipe, data, pretrained_cfg, accelerator = _recipe(config)
+    snapshot = lambda module: {k: v.clone() for k, v in module.state_dict().items()}  # noqa: E731
+    image_before, text_before = snapshot(recipe.trainable), snapshot(recipe.text_model)
+    context_before = recipe.prompt_learner.context.detach().clone()
+    state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
+    saved = []
+    recipe.before_epochs(RunContext(accelerator, data, pretrained_cfg, state, saved.append, 0, tmp_path))
+    assert state['stage'] == 2 and state['stage1_step'] == 24 and saved == []
+    assert all(torch.equal(v, image_before[k]) for k, v in recipe.trainable.state_dict().items())
+    assert all(torch.equal(v, text_before[k]) for k, v in recipe.text_model.state_dict().items())
+    moved = (recipe.prompt_learner.context.detach() - context_before).abs().amax(dim=(1, 2))
+    assert bool((moved > 0).all())  # every identity was in some batch
+    fixed = recipe.text_features.clone()
+    # stage 2: the loss reaches the image tower and the head, never the text side
+    from aaformer_hf.data import build_transforms, train_loader
+    loader, _ = train_loader(data['train'], build_transforms(pretrained_cfg, train=True), 16, 4, 0, 0, parsing=True)
+    batch = next(iter(loader))
+    losses = recipe.losses(recipe.trainable, batch)
+    assert set(losses) == {'loss', 'id_loss', 'triplet_loss', 'i2t_loss', 'align_loss'}
+    losses['loss'].backward()
+    assert recipe.trainable.alignment_head.out.weight.grad is not None
+    assert recipe.trainable.reid_model.timm_model.patch_embed.proj.weight.grad is not None
+    assert all(p.grad is None for p in recipe.text_model.parameters()) and recipe.prompt_learner.context.grad is None
+    assert not recipe.text_features.requires_grad and torch.equal(recipe.text_features, fixed)
+
+
+@pytest.mark.parametrize('point', ['stage1_step_5', 'step_5'])
+def test_resume_inside_either_stage_is_exact(tmp_path, parsed_root, text_folder, point):
+    """A run resumed from a checkpoint in stage 1 (mid-epoch) or in stage 2 ends with the same weights."""
+    common = dict(checkpointing_steps='5', checkpoints_total_limit=None, stage1_epochs=1, epochs=1)
+    whole = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'whole', **common)))
+    checkpoint = tmp_path / 'whole' / 'checkpoints' / point
+    state = json.loads((checkpoint / 'trainer_state.json').read_text())
+    assert state['stage'] == (1 if point.startswith('stage1') else 2)
+    resumed = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'resumed', **common,
+                                       resume_from_checkpoint=str(checkpoint))))
+    assert resumed['mAP'] == whole['mAP']
+    a, b = (load_file(tmp_path / run / 'model' / 'model.safetensors') for run in ('whole', 'resumed'))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_bad_input_is_named_before_training(tmp_path, parsed_root, text_folder):
+    bare = generate_market_layout(tmp_path / 'bare', train_ids=4, test_ids=2, seed=1)  # no parsing maps
+    from aaformer_hf.data import ReIDDatasetError
+    with pytest.raises(ReIDDatasetError, match=r'parsing map'):
+        train(TrainConfig(**tiny(bare, text_folder, tmp_path / 'out')))
+    with pytest.raises(ValueError, match='--method pivl does not train .aaformer_tiny.'):
+        train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'out', model='aaformer_tiny')))
+    with pytest.raises(ValueError, match='--method aaformer does not train .pivl_vit_tiny.'):
+        train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'out', method='aaformer',
+                                 stage1_epochs=None, stage1_part_epochs=None)))
+    wide = save_text_side(tmp_path / 'wide-text', projection_dim=48)
+    with pytest.raises(ValueError, match='its projection is 48-d, the image tower.s 32-d'):
+        train(TrainConfig(**tiny(parsed_root, wide, tmp_path / 'out')))
+    with pytest.raises(ValueError, match="pivl_ablation 'B\\+H' sets alignment_head='linear'"):
+        TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'out', pivl_ablation='B+H', alignment_head='pyramid'))
+    with pytest.raises(ValueError, match='both are used or neither'):
+        TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'out', part_prompts='identity', alignment_head='off'))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_method_recipes_fill_the_fields_left_unset():
+    clip = TrainConfig(data_root='x', method='clipreid')
+    assert (clip.model, clip.optimizer, clip.lr, clip.epochs, clip.lr_schedule, clip.id_loss_weight) == (
+        'pivl_vit_base_patch16', 'adam', 5e-6, 60, 'step', 0.25)
+    assert (clip.stage1_epochs, clip.stage1_part_epochs, clip.part_prompts) == (120, 0, 'off')
+    pivl = TrainConfig(data_root='x', method='pivl', lr=1e-5)
+    assert (pivl.stage1_epochs, pivl.stage1_part_epochs, pivl.alignment_head, pivl.lr) == (60, 20, 'pyramid', 1e-5)
+    assert TrainConfig(data_root='x').optimizer == 'momentum'
+    from train import lr_at
+    # CLIP-ReID stage 2: 10 warm-up epochs from 0.1 x lr, then x0.1 at epochs 30 and 50
+    for epoch, expected in [(0, 5e-7), (5, 5e-7 + 0.5 * (5e-6 - 5e-7)), (10, 5e-6), (29.9, 5e-6), (30, 5e-7),
+                            (50, 5e-8), (59, 5e-8)]:
+        assert lr_at(epoch * 10, 10, clip) == pytest.approx(expected), epoch
