@@ -13,6 +13,7 @@ Fields the papers do not state say so.
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import typing
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 
 from aaformer_hf.data.sampler import EPOCH_MODES
 
+logger = logging.getLogger(__name__)
 __all__ = ['TrainConfig', 'BASELINES', 'METHODS', 'METHOD_DEFAULTS', 'PIVL_ABLATIONS', 'parse_config']
 
 # The paper's ablation baselines as model arguments (Table IV: [PART]s on fixed partitions; Table V: nearest
@@ -166,7 +168,10 @@ class TrainConfig:
                 raise ValueError(f'pivl_ablation must be one of {sorted(PIVL_ABLATIONS)} with method pivl, got '
                                  f'{self.pivl_ablation!r} with method {self.method!r}')
             for name, value in PIVL_ABLATIONS[self.pivl_ablation].items():
-                if getattr(self, name) is not None and getattr(self, name) != value:
+                if name == 'stage1_part_epochs' and getattr(self, name):  # one YAML file serves every row
+                    logger.warning('pivl_ablation %s has no part prompts to tune: stage1_part_epochs %s -> 0',
+                                   self.pivl_ablation, getattr(self, name))
+                elif getattr(self, name) is not None and getattr(self, name) != value:
                     raise ValueError(f'pivl_ablation {self.pivl_ablation!r} sets {name}={value!r}; '
                                      f'do not also pass {name}={getattr(self, name)!r}')
                 setattr(self, name, value)

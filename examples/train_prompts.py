@@ -103,7 +103,9 @@ class PromptLearner(nn.Module):
             if len(ids) > max_length:
                 raise ValueError(f'the prompt {text!r} is {len(ids)} tokens long, more than the text tower\'s '
                                  f'{max_length}: shorten the part name')
-            if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
+            # CLIP's unknown token is its end-of-text token (byte-level BPE knows every word): nothing to check then
+            unknown = tokenizer.unk_token_id
+            if unknown is not None and unknown != tokenizer.eos_token_id and unknown in ids:
                 raise ValueError(f'the prompt {text!r} has words the tokenizer does not know')
             where = [i for i, token in enumerate(ids) if token == placeholder[0]]
             consecutive = bool(where) and where == list(range(where[0], where[0] + self.num_context))

@@ -5,13 +5,15 @@ an optional bag on one side — so identity lives in body parts, as AAformer ass
 a per-camera colour cast and brightness, detector misalignment (scale and offset), background clutter and,
 optionally, an occluding box. The test split has junk files (pid -1) and distractors (pid 0) like the real gallery.
 With ``parsing=True`` it also writes LIP-label parsing maps (20 classes, SCHP's label order) to
-``<root>/parsing/<split>/<stem>.png``.
+``<root>/parsing/<split>/<stem>.png``; with ``captions=True`` a caption per image describing its identity's parts in
+words (``<root>/captions.json``: image path relative to root -> caption), the text a tiny CLIP learns from.
 
     python -m aaformer_hf.data.synthetic --root data/synthetic_market --train_ids 40 --test_ids 30
 
 Everything it writes is synthetic: no real person is depicted.
 """
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -19,7 +21,7 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['LIP_LABELS', 'generate_market_layout']
+__all__ = ['LIP_LABELS', 'COLOUR_NAMES', 'CAPTIONS_FILE', 'colour_name', 'caption', 'generate_market_layout']
 
 # SCHP's LIP label order
 LIP_LABELS = ('Background', 'Hat', 'Hair', 'Glove', 'Sunglasses', 'Upper-clothes', 'Dress', 'Coat', 'Socks', 'Pants',
@@ -28,6 +30,15 @@ LIP_LABELS = ('Background', 'Hat', 'Hair', 'Glove', 'Sunglasses', 'Upper-clothes
 _LABEL = {name: i for i, name in enumerate(LIP_LABELS)}
 WIDTH, HEIGHT = 64, 128
 Colour = Tuple[int, int, int]
+CAPTIONS_FILE = 'captions.json'
+# colour words for captions: a generated colour is named by the nearest of these (in RGB)
+COLOUR_NAMES = {
+    'black': (20, 20, 20), 'white': (235, 235, 235), 'grey': (128, 128, 128), 'red': (200, 30, 30),
+    'orange': (240, 140, 20), 'yellow': (230, 220, 40), 'green': (40, 170, 50), 'teal': (20, 140, 140),
+    'blue': (30, 60, 200), 'purple': (130, 40, 170), 'pink': (240, 130, 190), 'brown': (120, 70, 30),
+    'navy': (20, 25, 90), 'olive': (110, 120, 30), 'maroon': (110, 20, 40), 'cyan': (60, 220, 230),
+}
+_PATTERN_WORDS = {'solid': 'plain', 'stripes': 'striped', 'checks': 'checked'}
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,24 @@ def _identity(rng) -> _Identity:
         hair=_colour(rng), upper=_colour(rng), upper_pattern=str(rng.choice(['solid', 'stripes', 'checks'])),
         pattern_colour=_colour(rng), pants=_colour(rng), shoes=_colour(rng),
         bag=[None, 'left', 'right'][int(rng.integers(0, 3))], bag_colour=_colour(rng))
+
+
+def colour_name(colour: Colour) -> str:
+    """The name of the nearest ``COLOUR_NAMES`` entry."""
+    return min(COLOUR_NAMES, key=lambda name: sum((a - b) ** 2 for a, b in zip(colour, COLOUR_NAMES[name])))
+
+
+def caption(person: _Identity) -> str:
+    """A description of an identity's parts in words, e.g. "a person with black hair, a red striped top with white
+    stripes, blue trousers and grey shoes, carrying a green bag on the left." """
+    top = f'a {colour_name(person.upper)} {_PATTERN_WORDS[person.upper_pattern]} top'
+    if person.upper_pattern != 'solid':
+        top += f' with {colour_name(person.pattern_colour)} {person.upper_pattern}'
+    text = (f'a person with {colour_name(person.hair)} hair, {top}, {colour_name(person.pants)} trousers and '
+            f'{colour_name(person.shoes)} shoes')
+    if person.bag:
+        text += f', carrying a {colour_name(person.bag_colour)} bag on the {person.bag}'
+    return text + '.'
 
 
 def _render(person: _Identity, camera: int, rng, occlude: bool):
@@ -103,7 +132,8 @@ def _render(person: _Identity, camera: int, rng, occlude: bool):
 
 def generate_market_layout(
         root, train_ids: int = 40, test_ids: int = 30, images_per_id: int = 6, num_cameras: int = 6,
-        distractors: int = 10, junk: int = 5, occlusion: float = 0.0, parsing: bool = False, seed: int = 0) -> Path:
+        distractors: int = 10, junk: int = 5, occlusion: float = 0.0, parsing: bool = False, captions: bool = True,
+        seed: int = 0) -> Path:
     """Write a synthetic dataset in the Market-1501 layout under ``root`` and return ``root``.
 
     Train identities are 1..train_ids, test identities follow; each test identity gets one query image and the rest
@@ -123,6 +153,7 @@ def generate_market_layout(
         raise FileExistsError(f'{root}: exists and is not an empty folder; choose a new root')
     rng = np.random.default_rng(seed)
     frame = 0
+    texts = {}
 
     def save(split: str, pid: int, camera: int, person: Optional[_Identity]) -> None:
         nonlocal frame
@@ -134,6 +165,7 @@ def generate_market_layout(
         folder = root / split
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f'{stem}.jpg', quality=95)
+        texts[f'{split}/{stem}.jpg'] = caption(person)
         if parsing:
             (root / 'parsing' / split).mkdir(parents=True, exist_ok=True)
             parse.save(root / 'parsing' / split / f'{stem}.png')
@@ -154,6 +186,8 @@ def generate_market_layout(
         save('bounding_box_test', 0, int(rng.integers(num_cameras)), None)
     for _ in range(junk):
         save('bounding_box_test', -1, int(rng.integers(num_cameras)), None)
+    if captions:
+        (root / CAPTIONS_FILE).write_text(json.dumps(texts, indent=0))
     (root / 'README.txt').write_text(
         'SYNTHETIC re-ID data generated by aaformer_hf.data.synthetic (Market-1501 layout). No real person appears.\n')
     return root
