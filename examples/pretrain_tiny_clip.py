@@ -150,7 +150,7 @@ def pretrain(config: PretrainConfig) -> Path:
                         num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
                         generator=torch.Generator().manual_seed(config.seed))
     total = config.epochs * len(loader)
-    progress = tqdm(total=total, desc='pretraining a tiny CLIP')
+    progress = tqdm(total=total, desc='pretraining a tiny CLIP', disable=None)  # a bar only on a terminal
     step, started, loss, epoch_losses = 0, time.perf_counter(), torch.tensor(float('nan')), []
     for epoch in range(config.epochs):
         running = []
@@ -167,6 +167,8 @@ def pretrain(config: PretrainConfig) -> Path:
             progress.set_postfix(loss=f'{loss.item():.3f}', epoch=epoch)
             running.append(loss.item())
         epoch_losses.append(round(sum(running) / len(running), 4))
+        if (epoch + 1) % 10 == 0 or epoch + 1 == config.epochs:
+            tqdm.write(f'tiny CLIP epoch {epoch + 1}/{config.epochs}: mean loss {epoch_losses[-1]:.3f}')
     progress.close()
 
     (out / 'image').mkdir(parents=True)

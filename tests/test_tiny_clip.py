@@ -1,0 +1,76 @@
+"""The embedded stand-in for CLIP (examples/pretrain_tiny_clip.py): captions from the synthetic generator, a tokenizer
+in CLIP's format, a short pretraining whose outputs the trainer reads through its real loading paths."""
+import json
+
+import pytest
+import timm
+import torch
+from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+from aaformer_hf.data.synthetic import CAPTIONS_FILE, COLOUR_NAMES, caption, colour_name, generate_market_layout
+from pretrain_tiny_clip import PretrainConfig, build_clip_tokenizer, clip_loss, pretrain, prompt_corpus
+
+
+def test_captions_name_each_part_with_its_nearest_colour(tmp_path):
+    assert colour_name((250, 10, 5)) == 'red' and colour_name((25, 30, 95)) == 'navy'
+    assert all(colour_name(rgb) == name for name, rgb in COLOUR_NAMES.items())
+    from aaformer_hf.data.synthetic import _Identity
+    person = _Identity(hair=(20, 20, 20), upper=(200, 30, 30), upper_pattern='stripes', pattern_colour=(235, 235, 235),
+                       pants=(30, 60, 200), shoes=(128, 128, 128), bag='left', bag_colour=(40, 170, 50))
+    assert caption(person) == ('a person with black hair, a red striped top with white stripes, blue trousers and grey '
+                               'shoes, carrying a green bag on the left.')
+    root = generate_market_layout(tmp_path / 'm', train_ids=2, test_ids=2, images_per_id=3, distractors=1, junk=1)
+    captions = json.loads((root / CAPTIONS_FILE).read_text())
+    images = sorted(str(p.relative_to(root)) for p in root.rglob('*.jpg'))
+    assert sorted(captions) == images  # one caption per image, junk and distractors included
+    train = [c for p, c in captions.items() if p.startswith('bounding_box_train/0001')]
+    assert len(set(train)) == 1  # an identity's images share its description
+
+
+def test_tokenizer_is_clip_format_and_keeps_prompt_words_whole():
+    from transformers import CLIPTokenizer
+    texts = ['a person with black hair, a red plain top, blue trousers and grey shoes.'] + prompt_corpus()
+    tokenizer = build_clip_tokenizer(texts, vocab_size=400)
+    assert isinstance(tokenizer, CLIPTokenizer)
+    ids = tokenizer("A photo of a X X X X person's left shoe.")['input_ids']
+    # CLIP's pipeline: lower-cased words with the end-of-word suffix, "'s" split off, start/end-of-text around
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        '<|startoftext|>', 'a</w>', 'photo</w>', 'of</w>', 'a</w>', 'x</w>', 'x</w>', 'x</w>', 'x</w>', 'person</w>',
+        "'s</w>", 'left</w>', 'shoe</w>', '.</w>', '<|endoftext|>']
+    # an unseen word still tokenises (byte-level BPE), into pieces
+    assert len(tokenizer('zebra', add_special_tokens=False)['input_ids']) > 1
+
+
+def test_clip_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 3.0]])
+    pids = torch.tensor([7, 8, 7])
+    rows = torch.log_softmax(logits, 1)
+    cols = torch.log_softmax(logits.t(), 1)
+    # identity 7 (items 0 and 2): two positives of weight 1/2 each
+    by_hand = -(0.5 * (rows[0, 0] + rows[0, 2]) + rows[1, 1] + 0.5 * (rows[2, 0] + rows[2, 2])) / 3 \
+        - (0.5 * (cols[0, 0] + cols[0, 2]) + cols[1, 1] + 0.5 * (cols[2, 0] + cols[2, 2])) / 3
+    torch.testing.assert_close(clip_loss(logits, pids), by_hand / 2)
+
+
+def test_a_short_pretraining_writes_what_the_trainer_loads(tmp_path):
+    out = pretrain(PretrainConfig(output_dir=str(tmp_path / 'clip'), identities=16, images_per_id=4, epochs=2,
+                                  batch_size=16, num_workers=0))
+    record = json.loads((out / 'pretraining.json').read_text())
+    assert record['steps'] == 2 * 4 and record['epoch_losses'][-1] < record['epoch_losses'][0] + 1.0
+    assert not (out / 'data').exists()
+    # the image tower loads through timm's pretrained path as a CLIP checkpoint (projection in, BNNecks fresh)
+    model = timm.create_model('pivl_vit_tiny', pretrained=True, num_classes=5,
+                              pretrained_cfg_overlay=dict(file=str(out / 'image' / 'model.safetensors')))
+    from safetensors.torch import load_file
+    saved = load_file(out / 'image' / 'model.safetensors')
+    torch.testing.assert_close(model.proj.weight, saved['head.weight'])
+    torch.testing.assert_close(model.blocks[3].mlp.fc2.weight, saved['blocks.3.mlp.fc2.weight'])
+    text = CLIPTextModelWithProjection.from_pretrained(out / 'text')
+    tokenizer = AutoTokenizer.from_pretrained(out / 'text')
+    assert text.config.projection_dim == model.proj_dim and text.config.eos_token_id == tokenizer.eos_token_id
+    # a finished folder is reused, an unfinished one is not silently replaced
+    assert pretrain(PretrainConfig(output_dir=str(out))) == out
+    (tmp_path / 'half').mkdir()
+    (tmp_path / 'half' / 'something').write_text('x')
+    with pytest.raises(FileExistsError, match='holds no finished pretraining'):
+        pretrain(PretrainConfig(output_dir=str(tmp_path / 'half')))
