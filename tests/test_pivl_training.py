@@ -157,3 +157,16 @@ def test_method_recipes_fill_the_fields_left_unset():
     for epoch, expected in [(0, 5e-7), (5, 5e-7 + 0.5 * (5e-6 - 5e-7)), (10, 5e-6), (29.9, 5e-6), (30, 5e-7),
                             (50, 5e-8), (59, 5e-8)]:
         assert lr_at(epoch * 10, 10, clip) == pytest.approx(expected), epoch
+
+
+def test_runs_report_side_by_side(tmp_path):
+    from report_runs import table
+    for name, value in (('B', 0.5), ('B+P+F', 0.625)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'metrics.json').write_text(json.dumps(
+            dict(rank1=value, rank5=0.9, rank10=1.0, mAP=value / 2, mINP=0.1)))
+    assert table([f'B={tmp_path / "B"}', str(tmp_path / 'B+P+F')]).splitlines() == [
+        '| run | R1 | R5 | R10 | mAP | mINP |', '|---|---:|---:|---:|---:|---:|',
+        '| B | 50.0 | 90.0 | 100.0 | 25.0 | 10.0 |', '| B+P+F | 62.5 | 90.0 | 100.0 | 31.2 | 10.0 |']
+    with pytest.raises(FileNotFoundError, match='no metrics.json'):
+        table([str(tmp_path / 'missing')])
