@@ -392,6 +392,8 @@ def format_summary(summary: dict) -> str:
     dataset = summary['dataset'] + (' (SYNTHETIC images: says nothing about real re-ID accuracy)'
                                     if summary['dataset'] == 'synthetic' else '')
     variant = summary['model'] + (f', baseline {summary["baseline"]}' if summary['baseline'] else '')
+    if summary.get('method', 'aaformer') != 'aaformer':
+        variant += f', {summary["method"]}' + (f' {summary["pivl_ablation"]}' if summary.get('pivl_ablation') else '')
     evaluations = {'': ''} if 'rerank_mAP' not in summary else {'plain': '', 're-ranked': 'rerank_'}
     label = (lambda text: f'| {text} ') if len(evaluations) > 1 else (lambda text: '')
     table = [label('') + '| ' + ' | '.join(name for name, _ in rows) + ' |',

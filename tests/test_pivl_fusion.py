@@ -21,6 +21,18 @@ def test_parsing_majority_label_per_cell_by_hand():
     assert parsing_on_grid(thin, (2, 4))[0].tolist() == [[[0, 0, 0, 14], [0, 0, 0, 14]]]
     labels, share = parsing_on_grid(thin, (1, 2))
     assert labels.tolist() == [[[0, 0]]] and share.tolist() == [[[1.0, 0.5]]]
+    # unequal cells (an overlapping-patch grid, 5 rows into 3 cells) take adaptive pooling's cells: rows 0-1, 1-3, 3-4
+    odd = torch.tensor([[[1], [1], [2], [2], [3]]])
+    labels, share = parsing_on_grid(odd, (3, 1))
+    assert labels.tolist() == [[[1], [2], [2]]]
+    torch.testing.assert_close(share, torch.tensor([[[1.0], [2 / 3], [0.5]]]))
+    # both ways agree on a random map whose cells are equal
+    random_map = torch.randint(0, 20, (3, 32, 16), generator=torch.Generator().manual_seed(0))
+    one_hot = torch.nn.functional.one_hot(random_map, 20).permute(0, 3, 1, 2).float()
+    pooled = torch.nn.functional.avg_pool2d(one_hot, (4, 4))
+    labels, share = parsing_on_grid(random_map, (8, 4))
+    torch.testing.assert_close(share, pooled.amax(dim=1))
+    assert bool((pooled.gather(1, labels[:, None]).squeeze(1) == pooled.amax(dim=1)).all())
 
 
 def test_text_embedding_map_looks_up_identity_and_part():
