@@ -14,7 +14,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,27 +23,14 @@ import torch
 import aaformer_hf  # noqa: F401  (registers the models with timm)
 from aaformer_hf.hf import PiVLConfig, PiVLForReID
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'examples'))
+from benchmarks.bench_model import timed  # noqa: E402
 from train_clipreid import Stage2Model  # noqa: E402
 from train_fusion import build_alignment_head, parsing_on_grid, text_embedding_map  # noqa: E402
 from train_losses import CLIPReIDLoss, alignment_loss, supcon_loss  # noqa: E402
 from train_prompts import encode_prompt_embeddings  # noqa: E402
-
-
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, repeats):
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def interleaved(contenders, device, rounds, repeats, warmup=1):

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -37,8 +36,7 @@ from aaformer_hf.data import build_transforms, load_reid_dataset
 from aaformer_hf.data.loaders import ReIDItems
 from aaformer_hf.data.synthetic import CAPTIONS_FILE, generate_market_layout
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_prompts import IDENTITY_TEMPLATE, LABEL_PART_TEMPLATE, LIP_PART_WORDS, PART_TEMPLATE, PLACEHOLDER  # noqa: E402
+from train_prompts import IDENTITY_TEMPLATE, LABEL_PART_TEMPLATE, LIP_PART_WORDS, PART_TEMPLATE, PLACEHOLDER
 
 __all__ = ['PretrainConfig', 'build_clip_tokenizer', 'TinyCLIP', 'pretrain', 'main']
 

@@ -220,7 +220,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     recipe = family.make_recipe(config, model, len(id2label))
     processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg)
     if recipe.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
-        data['train'] = add_parsing_column(data['train'], _data_folder(config), missing=config.parsing_missing)
+        data['train'] = add_parsing_column(data['train'], config.data_root, missing=config.parsing_missing)
 
     # torchrun (and so accelerate launch) says how many processes share this machine
     workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
@@ -290,7 +290,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     images, compute_time, wait_time = 0, 0.0, 0.0
     metrics: Optional[Dict[str, Any]] = None
     epochs = 0 if config.eval_only else config.epochs
-    every_steps = None if config.checkpointing_steps in (None, 'epoch') else int(config.checkpointing_steps)
+    every_steps = config.checkpoint_every_steps
     accumulation = config.gradient_accumulation_steps
     progress = tqdm(total=epochs * steps_per_epoch, initial=state['global_step'], desc='training',
                     disable=quiet_bars(accelerator))
@@ -352,10 +352,6 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
         from aaformer_hf.hub import push_model_folder
         push_model_folder(output_dir / 'model', config.hub_model_id)
     return summary
-
-
-def _data_folder(config: TrainConfig) -> Path:
-    return Path(config.data_root)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -145,7 +145,7 @@ class TwoStageRecipe(Recipe):
             for group in self.stage1_optimizer.param_groups:
                 group['lr'] = lr
             return lr
-        every_steps = None if config.checkpointing_steps in (None, 'epoch') else int(config.checkpointing_steps)
+        every_steps = config.checkpoint_every_steps
         progress = tqdm(total=total * steps, initial=state['stage1_step'], desc='stage 1 (prompts)',
                         disable=quiet_bars(accelerator))
         self.prompt_learner.train()
@@ -172,12 +172,9 @@ class TwoStageRecipe(Recipe):
                 if every_steps and state['stage1_step'] % every_steps == 0:
                     run.save_checkpoint(f'stage1_step_{state["stage1_step"]}')
             state['stage1_epoch'], state['stage1_step_in_epoch'] = epoch + 1, 0
-            if epoch + 1 == total:
-                state['stage'] = 2
             if config.checkpointing_steps == 'epoch':
                 run.save_checkpoint(f'stage1_epoch_{epoch + 1}')
         progress.close()
-        state['stage'] = 2
 
     @torch.no_grad()
     def cache_image_features(self, run: RunContext, with_patches: bool) -> Dict[str, torch.Tensor]:

@@ -238,6 +238,11 @@ class TrainConfig:
             kwargs.update(BASELINES[self.baseline])
         return kwargs
 
+    @property
+    def checkpoint_every_steps(self) -> Optional[int]:
+        """``checkpointing_steps`` as a step count, None when checkpoints are per epoch or off."""
+        return None if self.checkpointing_steps in (None, 'epoch') else int(self.checkpointing_steps)
+
     def loader_workers(self, local_processes: int = 1) -> int:
         """``num_workers``, or when it is None: usable CPU cores // processes on this machine, between 1 and 8."""
         if self.num_workers is not None:

@@ -56,7 +56,8 @@ def test_a_short_pretraining_writes_what_the_trainer_loads(tmp_path):
     out = pretrain(PretrainConfig(output_dir=str(tmp_path / 'clip'), identities=16, images_per_id=4, epochs=2,
                                   batch_size=16, num_workers=0))
     record = json.loads((out / 'pretraining.json').read_text())
-    assert record['steps'] == 2 * 4 and record['epoch_losses'][-1] < record['epoch_losses'][0] + 1.0
+    assert record['steps'] == 2 * 4 and len(record['epoch_losses']) == 2
+    assert all(0 < loss < float('inf') for loss in record['epoch_losses'])
     assert not (out / 'data').exists()
     # the image tower loads through timm's pretrained path as a CLIP checkpoint (projection in, BNNecks fresh)
     model = timm.create_model('pivl_vit_tiny', pretrained=True, num_classes=5,

@@ -93,7 +93,7 @@ def write_parsing_maps(split: datasets.Dataset, root: Union[str, Path], model, p
         return {'parsing': [str(targets[i]) for i in indices]}
 
     split.map(segment, batched=True, batch_size=batch_size, with_indices=True, desc='writing parsing maps',
-              remove_columns=[c for c in split.column_names], load_from_cache_file=False)
+              remove_columns=split.column_names, load_from_cache_file=False)
     return len(targets)
 
 

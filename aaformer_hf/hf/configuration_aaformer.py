@@ -119,12 +119,9 @@ class AAformerConfig(TimmBackedConfig):
         """The config describing an existing timm ``AAformer`` (e.g. one made by ``timm.create_model`` and trained),
         so it can be wrapped by the transformers classes and saved with ``save_pretrained``. ``kwargs`` add or
         override fields (e.g. ``num_labels``, ``id2label``)."""
-        block, attn = model.blocks[0], model.blocks[0].attn
+        attn = model.blocks[0].attn
         fields = dict(
-            image_size=tuple(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size[0],
-            num_channels=model.in_chans, hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks),
-            num_attention_heads=attn.num_heads, intermediate_size=block.mlp.fc1.out_features,
-            qkv_bias=attn.qkv.bias is not None, part_groups=model.part_groups, assignment=attn.assignment,
+            **cls.trunk_fields(model), qkv_bias=attn.qkv.bias is not None, part_groups=model.part_groups, assignment=attn.assignment,
             assignment_score=attn.assignment_score, sinkhorn_epsilon=attn.sinkhorn_epsilon,
             sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
             patches_see_parts=attn.patches_see_parts, part_init=model.part_init,

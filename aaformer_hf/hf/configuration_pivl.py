@@ -86,10 +86,7 @@ class PiVLConfig(TimmBackedConfig):
         """The config describing an existing timm ``PiVLViT``; ``kwargs`` add or override fields."""
         block = model.blocks[0]
         fields = dict(
-            image_size=tuple(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size[0],
-            num_channels=model.patch_embed.proj.in_channels, hidden_size=model.embed_dim,
-            num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
-            intermediate_size=block.mlp.fc1.out_features, projection_dim=model.proj_dim,
+            **cls.trunk_fields(model), projection_dim=model.proj_dim,
             hidden_act='quick_gelu' if type(block.mlp.act).__name__ == 'QuickGELU' else 'gelu',
             embedding=model.embedding,
             patch_stride=None if model.patch_stride == model.patch_embed.patch_size[0] else model.patch_stride,

@@ -76,6 +76,15 @@ class TimmBackedConfig(PreTrainedConfig):
                     embed_dim=self.hidden_size, depth=self.num_hidden_layers, num_heads=self.num_attention_heads,
                     mlp_ratio=self.intermediate_size / self.hidden_size)
 
+    @staticmethod
+    def trunk_fields(model: nn.Module) -> Dict[str, Any]:
+        """Those trunk fields read back from a built timm ViT (the inverse of ``trunk_kwargs``)."""
+        block = model.blocks[0]
+        return dict(image_size=tuple(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size[0],
+                    num_channels=model.patch_embed.proj.in_channels, hidden_size=model.embed_dim,
+                    num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
+                    intermediate_size=block.mlp.fc1.out_features)
+
     def regularisation_kwargs(self) -> Dict[str, float]:
         """The timm constructor's dropout / stochastic-depth arguments from the fields every family declares
         (``hidden_dropout_prob``, ``attention_probs_dropout_prob``, ``drop_path_rate``, ``classifier_dropout``)."""
