@@ -28,6 +28,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -86,7 +87,17 @@ def build_clip_tokenizer(texts: Sequence[str], vocab_size: int):
     backend.train_from_iterator(texts, trainer)
     model = json.loads(backend.to_str())['model']
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(' ')) for m in model['merges']]
-    return CLIPTokenizer(vocab=model['vocab'], merges=merges)
+    return CLIPTokenizer(vocab=_canonical_ids(model['vocab']), merges=merges)
+
+
+def _canonical_ids(vocab: Dict[str, int]) -> Dict[str, int]:
+    """The trainer numbers the end-of-word symbols in the order a hash map yields the words, so the same tokens get
+    other ids from run to run (and the text tower another initialisation). Renumber deterministically, in CLIP's
+    layout: byte symbols, the same with '</w>', merged tokens, then the special tokens."""
+    special = [t for t in vocab if t.startswith('<|')]
+    ordinary = sorted((t for t in vocab if t not in special),
+                      key=lambda t: (len(t.removesuffix('</w>')) > 1, t.endswith('</w>'), t))
+    return {token: i for i, token in enumerate(ordinary + sorted(special, reverse=True))}  # startoftext first
 
 
 class TinyCLIP(nn.Module):
@@ -123,7 +134,7 @@ def pretrain(config: PretrainConfig) -> Path:
         if any(out.iterdir()) and not config.overwrite:
             raise FileExistsError(f'{out}: exists and holds no finished pretraining; pass --overwrite to replace it')
         shutil.rmtree(out)
-    torch.manual_seed(config.seed)
+    set_seed(config.seed)  # torch, numpy and `random` (timm's RandomErasing draws from it)
     data_root = generate_market_layout(out / 'data', train_ids=config.identities, test_ids=1,
                                        images_per_id=config.images_per_id, distractors=0, junk=0, seed=config.seed)
     captions: Dict[str, str] = json.loads((data_root / CAPTIONS_FILE).read_text())

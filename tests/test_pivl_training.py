@@ -170,3 +170,10 @@ def test_runs_report_side_by_side(tmp_path):
         '| B | 50.0 | 90.0 | 100.0 | 25.0 | 10.0 |', '| B+P+F | 62.5 | 90.0 | 100.0 | 31.2 | 10.0 |']
     with pytest.raises(FileNotFoundError, match='no metrics.json'):
         table([str(tmp_path / 'missing')])
+    # several seeds of one row: mean (min-max) and how many runs
+    (tmp_path / 'B2').mkdir()
+    (tmp_path / 'B2' / 'metrics.json').write_text(json.dumps(dict(rank1=0.75, rank5=0.9, rank10=1.0, mAP=0.5,
+                                                                  mINP=0.2)))
+    assert table([f'B={tmp_path / "B"},{tmp_path / "B2"}', f'P={tmp_path / "B+P+F"}']).splitlines()[2:] == [
+        '| B | 62.5 (50.0-75.0) | 90.0 (90.0-90.0) | 100.0 (100.0-100.0) | 37.5 (25.0-50.0) | 15.0 (10.0-20.0) | 2 |',
+        '| P | 62.5 | 90.0 | 100.0 | 31.2 | 10.0 | 1 |']

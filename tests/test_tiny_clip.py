@@ -41,6 +41,25 @@ def test_tokenizer_is_clip_format_and_keeps_prompt_words_whole():
     assert len(tokenizer('zebra', add_special_tokens=False)['input_ids']) > 1
 
 
+def test_tokenizer_ids_are_the_same_in_every_process():
+    # the BPE trainer numbers end-of-word symbols in hash-map order, which changes per process: build the same
+    # tokenizer in three fresh interpreters and compare the full vocabulary and an encoding
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = ("import json, sys; sys.path.insert(0, 'examples'); "
+              "from pretrain_tiny_clip import build_clip_tokenizer, prompt_corpus; "
+              "texts = ['a person with black hair, a red plain top, blue trousers and grey shoes.', "
+              "'a person with brown hair, a navy striped top with white stripes, black shorts and red shoes.'] "
+              "+ prompt_corpus(); "
+              "t = build_clip_tokenizer(texts, 400); "
+              "print(json.dumps([sorted(t.get_vocab().items()), t(texts)['input_ids']]))")
+    root = Path(__file__).resolve().parents[1]
+    runs = {subprocess.run([sys.executable, '-c', script], cwd=root, check=True, capture_output=True,
+                           text=True).stdout for _ in range(3)}
+    assert len(runs) == 1
+
+
 def test_clip_loss_by_hand():
     logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 3.0]])
     pids = torch.tensor([7, 8, 7])
@@ -75,3 +94,15 @@ def test_a_short_pretraining_writes_what_the_trainer_loads(tmp_path):
     (tmp_path / 'half' / 'something').write_text('x')
     with pytest.raises(FileExistsError, match='holds no finished pretraining'):
         pretrain(PretrainConfig(output_dir=str(tmp_path / 'half')))
+
+
+def test_pretraining_is_reproducible(tmp_path):
+    from safetensors.torch import load_file
+    config = dict(identities=8, images_per_id=4, epochs=1, batch_size=16, num_workers=0)
+    a = pretrain(PretrainConfig(output_dir=str(tmp_path / 'a'), **config))
+    b = pretrain(PretrainConfig(output_dir=str(tmp_path / 'b'), **config))
+    for part in ('image/model.safetensors', 'text/model.safetensors'):
+        first, second = load_file(a / part), load_file(b / part)
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first), part
+    assert (a / 'text' / 'vocab.json').read_text() == (b / 'text' / 'vocab.json').read_text()
