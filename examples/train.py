@@ -185,7 +185,8 @@ def _save_model(model, accelerator: Accelerator, folder: Path, processor) -> Non
         if bad:  # a diverged model is never saved (as best_model or at all)
             raise FloatingPointError(f'not saving {folder}: non-finite values in {len(bad)} tensors ({bad[:5]}...)')
         accelerator.unwrap_model(model).save_pretrained(folder)
-        processor.save_pretrained(folder)
+        if processor is not None:  # None: the model's folder carries its preprocessing (a timm student's config)
+            processor.save_pretrained(folder)
     accelerator.wait_for_everyone()
 
 
@@ -218,17 +219,18 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     id2label = {label: str(pid) for label, pid in sorted(set(zip(data['train']['pid'], originals)))}
     model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
     recipe = family.make_recipe(config, model, len(id2label))
-    processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg)
+    processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg) if recipe.input_cfg is None else None
+    input_cfg = recipe.input_cfg or pretrained_cfg  # stage 1 (RunContext) reads the teacher's own
     if recipe.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
         data['train'] = add_parsing_column(data['train'], config.data_root, missing=config.parsing_missing)
 
     # torchrun (and so accelerate launch) says how many processes share this machine
     workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
     loader, sampler = train_loader(
-        data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
+        data['train'], build_transforms(input_cfg, train=True), config.batch_size, config.num_instances,
         config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch,
         parsing=recipe.parsing and not config.eval_only)
-    test_transform = build_transforms(pretrained_cfg, train=False)
+    test_transform = build_transforms(input_cfg, train=False)
     query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
     gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
     micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
@@ -340,7 +342,8 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     summary = dict(metrics, epochs=state['epoch'], images_per_second=images / elapsed if elapsed else None,
                    train_images=images, train_seconds=elapsed,
                    data_wait_share=wait_time / elapsed if elapsed else None, best=state['best'],
-                   model=config.model, baseline=config.baseline, method=config.method,
+                   model=config.model, student_model=config.student_model, baseline=config.baseline,
+                   method=config.method,
                    pivl_ablation=config.pivl_ablation, dataset=config.dataset,
                    processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))
     summary.update({k: v for k, v in state.items() if k.startswith('stage1_')})
@@ -370,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     except (ValueError, OSError, RuntimeError, FloatingPointError, NotImplementedError) as error:
         if type(error).__module__.split('.')[0] not in ('aaformer_hf', 'builtins', __name__, 'train_config',
                                                         'train_outputs', 'train_losses', 'train_clipreid',
-                                                        'train_recipe',
+                                                        'train_recipe', 'train_student',
                                                         'train_prompts', 'train_fusion'):
             raise  # another library's error: its traceback is the useful part
         # what a user can fix (a bad value, a missing file, a folder in use): the message, not a traceback
@@ -390,6 +393,8 @@ def format_summary(summary: dict) -> str:
     variant = summary['model'] + (f', baseline {summary["baseline"]}' if summary['baseline'] else '')
     if summary.get('method', 'aaformer') != 'aaformer':
         variant += f', {summary["method"]}' + (f' {summary["pivl_ablation"]}' if summary.get('pivl_ablation') else '')
+    if summary.get('student_model'):
+        variant = f'{summary["student_model"]} taught by {variant}'
     evaluations = {'': ''} if 'rerank_mAP' not in summary else {'plain': '', 're-ranked': 'rerank_'}
     label = (lambda text: f'| {text} ') if len(evaluations) > 1 else (lambda text: '')
     table = [label('') + '| ' + ' | '.join(name for name, _ in rows) + ' |',
@@ -400,7 +405,9 @@ def format_summary(summary: dict) -> str:
              f'{summary["num_valid_queries"]} valid queries, {summary["epochs"]} epochs' + (
                  f', {summary["images_per_second"]:.1f} images/s (data wait {100 * summary["data_wait_share"]:.0f} %)'
                  if summary['images_per_second'] else ''),
-             f'model folder: {summary["model_dir"]}  (AutoModel.from_pretrained or timm pretrained_cfg_overlay file)']
+             f'model folder: {summary["model_dir"]}  ' + (
+                 "(timm.create_model('local-dir:...', pretrained=True) or AutoModel.from_pretrained)"
+                 if summary.get('student_model') else '(AutoModel.from_pretrained or timm pretrained_cfg_overlay file)')]
     return '\n'.join(lines)
 
 

@@ -65,18 +65,37 @@ class Stage2Model(nn.Module):
         return out.logits, features, aligned
 
 
+class StudentStage2Model(Stage2Model):
+    """Stage 2 of Table 5: the student (train_student.StudentReID) and the alignment head on its last map."""
+
+    def forward(self, pixel_values: torch.Tensor, camera_ids: Optional[torch.Tensor] = None):
+        out = self.reid_model(pixel_values, output_feature_map=self.alignment_head is not None)
+        aligned = None if self.alignment_head is None else self.alignment_head(out.feature_map)
+        return out.logits, out.features, aligned
+
+
 class TwoStageRecipe(Recipe):
     """CLIP-ReID (``part_prompts='off'``) and π-VL's Table 3 variants, for a ``PiVLForReID`` model."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, num_classes: int) -> None:
-        self.config, self.reid_model, self.num_classes = config, model, num_classes
+        self.config, self.num_classes = config, num_classes
+        self.teacher = self.reid_model = model  # stage 1 reads the teacher; stage 2 trains reid_model
         self.parsing = config.part_prompts != 'off'
         self.uses_cameras = model.config.num_cameras > 0
-        head = None
-        if config.alignment_head != 'off':
-            head = build_alignment_head(config.alignment_head, model.config.hidden_size, model.config.projection_dim,
-                                        config.align_hidden)
-        self.trainable = Stage2Model(model, head)
+        width = model.config.projection_dim
+        if config.student_model is None:
+            head = None if config.alignment_head == 'off' else build_alignment_head(
+                config.alignment_head, model.config.hidden_size, width, config.align_hidden)
+            self.trainable = Stage2Model(model, head)
+        else:  # Table 5: a timm student learns from the teacher's prompts; the teacher only caches stage-1 features
+            from train_student import build_student
+            student, self.input_cfg = build_student(
+                config.student_model, num_classes, width, (model.config.num_channels, *model.config.image_size),
+                config.student_pretrained, config.student_pretrained_file)
+            head = None if config.alignment_head == 'off' else build_alignment_head(
+                config.alignment_head, student.backbone.num_features, width, config.align_hidden)
+            self.reid_model, self.trainable = student, StudentStage2Model(student, head)
+            self.uses_cameras = False  # in stage 2: a student has no camera embedding
         self.criterion = CLIPReIDLoss(
             label_smoothing=config.label_smoothing, margin=config.triplet_margin, id_weight=config.id_loss_weight,
             triplet_weight=config.triplet_loss_weight, i2t_weight=config.i2t_loss_weight,
@@ -105,6 +124,8 @@ class TwoStageRecipe(Recipe):
     def prepare(self, accelerator: Accelerator) -> None:
         if self.prompt_learner is None:
             return
+        if self.teacher is not self.reid_model:  # not prepared with the trainable module: stage 1 still needs it
+            self.teacher.to(accelerator.device)
         self.text_model.to(accelerator.device)
         # the learner is a model of its own (DDP averages its gradients); checkpoints save it and its optimiser
         self.prompt_learner, self.stage1_optimizer = accelerator.prepare(self.prompt_learner, self.stage1_optimizer)
@@ -131,6 +152,8 @@ class TwoStageRecipe(Recipe):
             self._stage1(run, total)
         state['stage'] = 2
         self._fix_text_features(run)
+        if self.teacher is not self.reid_model:
+            self.teacher.to('cpu')  # a student's teacher has done its work: free the accelerator's memory
 
     def _stage1(self, run: RunContext, total: int) -> None:
         accelerator, config, state = run.accelerator, self.config, run.state
@@ -180,18 +203,19 @@ class TwoStageRecipe(Recipe):
     def cache_image_features(self, run: RunContext, with_patches: bool) -> Dict[str, torch.Tensor]:
         """Every training image's projected CLS (and, for the part epochs, its projected patch features and parsing
         labels on the patch grid), computed once without augmentation; identical on every process."""
-        accelerator, trunk = run.accelerator, self.reid_model.timm_model
+        accelerator, trunk = run.accelerator, self.teacher.timm_model
         loader = accelerator.prepare(eval_loader(
             run.data['train'], build_transforms(run.pretrained_cfg, train=False), self.config.eval_batch_size,
             run.workers, parsing=with_patches))
         was_training = trunk.training
         trunk.eval()
+        cameras = self.teacher.config.num_cameras > 0
         columns: Dict[str, list] = {'image': [], 'labels': [], 'patches': [], 'cells': [], 'has_parsing': []}
         for batch in tqdm(loader, desc='stage 1: caching image features', leave=False,
                           disable=quiet_bars(accelerator)):
             pixels, pids, cams = batch[:3]
             with accelerator.autocast():
-                tokens, _ = trunk.forward_tokens(pixels, camera_ids=cams if self.uses_cameras else None)
+                tokens, _ = trunk.forward_tokens(pixels, camera_ids=cams if cameras else None)
                 image = trunk.proj(tokens[:, 0]).float()
                 row = {'image': image, 'labels': pids}
                 if with_patches:

@@ -133,6 +133,15 @@ class TrainConfig:
     align_confidence: bool = False
     # images without a parsing map: 'error' (default) lists them; 'keep' trains them without the part losses
     parsing_missing: str = 'error'
+    # π-VL Table 5: stage 2 trains this timm backbone (e.g. mobilenetv2_100) instead of the CLIP image tower, taught
+    # by the prompts the CLIP teacher (``model``) learned in stage 1. Its own re-ID head is CLIP-ReID's (BNNeck +
+    # classifier on the pooled feature and on a linear projection of it to the text width; the paper describes none);
+    # it is saved as a plain timm backbone (the pooled feature is the embedding), loadable by timm and by transformers'
+    # AutoModel. The alignment head, if any, reads its last feature map (the paper does not say whether its Table 5
+    # student used one; its CNN fusion of C2-C4 is not built here).
+    student_model: Optional[str] = None
+    student_pretrained: bool = True  # timm's pretrained weights for the student (the paper: ImageNet)
+    student_pretrained_file: Optional[str] = None  # a local timm checkpoint for the student instead
 
     # evaluation
     eval_every: int = 10  # epochs
@@ -225,6 +234,10 @@ class TrainConfig:
             raise ValueError(f'part_temperature must be > 0, got {self.part_temperature}')
         if self.parsing_missing not in ('error', 'keep'):
             raise ValueError(f"parsing_missing must be 'error' or 'keep', got {self.parsing_missing!r}")
+        if self.student_model is not None and self.method == 'aaformer':
+            raise ValueError('student_model (Table 5) is a stage-2 option of --method clipreid / pivl')
+        if self.student_pretrained_file is not None and self.student_model is None:
+            raise ValueError('student_pretrained_file needs student_model')
         if sorted(self.lr_decay_epochs) != list(self.lr_decay_epochs) or any(e < 0 for e in self.lr_decay_epochs):
             raise ValueError(f'lr_decay_epochs must be increasing epochs >= 0, got {self.lr_decay_epochs}')
 

@@ -23,6 +23,9 @@ class Recipe:
     epochs, and add parsing maps to the batches.
     """
     parsing = False  # the training items carry their parsing maps
+    # the pretrained config the trained model's images are prepared with, when not the model's own (a Table 5
+    # student: its mean/std); such a model saves its preprocessing itself (no image processor is written)
+    input_cfg: Optional[Dict[str, Any]] = None
 
     def __init__(self, config: TrainConfig, model: nn.Module) -> None:
         self.config, self.reid_model, self.trainable = config, model, model

@@ -177,3 +177,57 @@ def test_runs_report_side_by_side(tmp_path):
     assert table([f'B={tmp_path / "B"},{tmp_path / "B2"}', f'P={tmp_path / "B+P+F"}']).splitlines()[2:] == [
         '| B | 62.5 (50.0-75.0) | 90.0 (90.0-90.0) | 100.0 (100.0-100.0) | 37.5 (25.0-50.0) | 15.0 (10.0-20.0) | 2 |',
         '| P | 62.5 | 90.0 | 100.0 | 31.2 | 10.0 | 1 |']
+
+
+def test_table5_student_learns_from_the_teachers_prompts_and_saves_a_plain_timm_backbone(tmp_path, parsed_root,
+                                                                                          text_folder):
+    """π-VL Table 5: stage 1 with the CLIP teacher, stage 2 trains a timm CNN student (its own head and
+    preprocessing); the saved folder is the bare backbone, loadable by timm and transformers alike."""
+    student = dict(student_model='test_efficientnet', student_pretrained=False, lr=3e-3)
+    untrained = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'untrained', eval_only=True,
+                                         **student)))
+    out = tmp_path / 'student'
+    trained = train(TrainConfig(**tiny(parsed_root, text_folder, out, epochs=4, **student)))
+    assert trained['mAP'] > untrained['mAP'] + 0.05, (untrained['mAP'], trained['mAP'])
+    assert trained['student_model'] == 'test_efficientnet' and trained['stage1_step'] == 3 * 12
+    saved = json.loads((out / 'model' / 'config.json').read_text())
+    assert saved['architecture'] == 'test_efficientnet' and saved['num_classes'] == 0
+    assert 'num_classes' not in saved['model_args']  # transformers' timm wrapper fails on a duplicate
+    reference = timm.create_model('test_efficientnet')
+    # the student's own statistics at the teacher's input size, resized without a crop
+    assert saved['pretrained_cfg']['mean'] == list(reference.pretrained_cfg['mean']) != [0.5, 0.5, 0.5]
+    assert saved['pretrained_cfg']['input_size'] == [3, 256, 128] and saved['pretrained_cfg']['crop_pct'] == 1.0
+    reference.reset_classifier(0)
+    weights = load_file(out / 'model' / 'model.safetensors')
+    assert set(weights) == set(reference.state_dict())  # no head, projection, classifier or alignment keys
+    from_timm = timm.create_model(f'local-dir:{out / "model"}', pretrained=True).eval()
+    from_hf = AutoModel.from_pretrained(out / 'model').eval()
+    pixels = torch.randn(2, 3, 256, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(from_hf(pixel_values=pixels).pooler_output, from_timm(pixels))
+    assert from_timm(pixels).shape == (2, reference.num_features)
+    assert not (out / 'model' / 'preprocessor_config.json').exists()  # timm's config carries the preprocessing
+
+
+def test_table5_student_is_what_stage2_optimises(tmp_path, parsed_root, text_folder):
+    config = TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'unit', student_model='test_efficientnet',
+                                student_pretrained=False))
+    recipe, data, pretrained_cfg, accelerator = _recipe(config)
+    assert recipe.reid_model is not recipe.teacher and recipe.input_cfg['input_size'] == pretrained_cfg['input_size']
+    optimised = {id(p) for p in recipe.optimizer_target().parameters()}
+    assert not optimised & {id(p) for p in recipe.teacher.parameters()}
+    assert {id(p) for p in recipe.reid_model.parameters()} <= optimised
+    assert {id(p) for p in recipe.trainable.alignment_head.parameters()} <= optimised
+    state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
+    recipe.before_epochs(RunContext(accelerator, data, pretrained_cfg, state, lambda name: None, 0, tmp_path))
+    from aaformer_hf.data import build_transforms, train_loader
+    loader, _ = train_loader(data['train'], build_transforms(recipe.input_cfg, train=True), 16, 4, 0, 0, parsing=True)
+    losses = recipe.losses(recipe.trainable, next(iter(loader)))
+    assert set(losses) == {'loss', 'id_loss', 'triplet_loss', 'i2t_loss', 'align_loss'}
+    losses['loss'].backward()
+    assert recipe.reid_model.backbone.conv_stem.weight.grad is not None
+    assert recipe.reid_model.text_projection.weight.grad is not None
+    assert all(p.grad is None for p in recipe.teacher.parameters())
+    with pytest.raises(ValueError, match='student_model .Table 5. is a stage-2 option'):
+        TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'x', method='aaformer', stage1_epochs=None,
+                           stage1_part_epochs=None, student_model='test_efficientnet'))
