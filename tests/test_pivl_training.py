@@ -2,6 +2,7 @@
 and a tiny offline text tower: both stages end to end, what each stage may change, exact resume inside either stage,
 the saved inference model, and bad input."""
 import json
+import os
 
 import pytest
 import timm
@@ -231,3 +232,38 @@ def test_table5_student_is_what_stage2_optimises(tmp_path, parsed_root, text_fol
     with pytest.raises(ValueError, match='student_model .Table 5. is a stage-2 option'):
         TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'x', method='aaformer', stage1_epochs=None,
                            stage1_part_epochs=None, student_model='test_efficientnet'))
+
+
+def test_two_processes_share_one_prompt_learner(tmp_path, parsed_root, text_folder):
+    """Both stages in two CPU processes: the prompt tokens are one model (DDP averages their gradients), so every
+    process fixes the same text features for stage 2; queries are evaluated once each."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / 'ddp'
+    script = tmp_path / 'hooked_train.py'
+    script.write_text(
+        'import sys\n'
+        f'sys.path.insert(0, {str(root / "examples")!r})\n'
+        'from safetensors.torch import save_file\n'
+        'import train, train_clipreid\n'
+        'fix = train_clipreid.TwoStageRecipe._fix_text_features\n'
+        'def hooked(self, run):\n'
+        '    fix(self, run)\n'
+        '    save_file({"identity": self.text_features.cpu().contiguous()},\n'
+        '              f"{run.output_dir}/rank{run.accelerator.process_index}.safetensors")\n'
+        'train_clipreid.TwoStageRecipe._fix_text_features = hooked\n'
+        'train.main()\n')
+    values = {k: v for k, v in tiny(parsed_root, text_folder, out, epochs=1).items() if v is not None}
+    flags = [item for key, value in values.items() for item in (f'--{key}', str(value))]
+    done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                           '29533', str(script), *flags], cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'ACCELERATE_USE_CPU': 'true', 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((out / 'metrics.json').read_text())
+    # stage 1: 24 identities x 2 groups of 4 images, 16 per step over both processes, for 3 epochs
+    assert metrics['processes'] == 2 and metrics['num_valid_queries'] == 12 and metrics['stage1_step'] == 3 * 12
+    first, second = (load_file(out / f'rank{rank}.safetensors')['identity'] for rank in (0, 1))
+    assert torch.equal(first, second)
+    assert not torch.allclose(first[0], first[1])  # tuned per identity, not a constant
