@@ -38,6 +38,7 @@ from aaformer_hf.data.loaders import ReIDItems
 from aaformer_hf.data.synthetic import CAPTIONS_FILE, generate_market_layout
 
 from train_prompts import IDENTITY_TEMPLATE, LABEL_PART_TEMPLATE, LIP_PART_WORDS, PART_TEMPLATE, PLACEHOLDER
+from train_recipe import library_bars_only_on_a_terminal
 
 __all__ = ['PretrainConfig', 'build_clip_tokenizer', 'TinyCLIP', 'pretrain', 'main']
 
@@ -217,6 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
             kind = {'int': int, 'float': float, 'str': str}.get(field.type, field.type)
             parser.add_argument(f'--{field.name}', type=kind, default=field.default)
     args = parser.parse_args(argv)
+    library_bars_only_on_a_terminal()
     try:
         out = pretrain(PretrainConfig(**vars(args)))
     except (ValueError, FileExistsError) as error:

@@ -44,7 +44,8 @@ from aaformer_hf.hf import (AAformerConfig, AAformerForReID, AAformerImageProces
 from aaformer_hf.models.aaformer import AAformer
 from aaformer_hf.models.pivl import PiVLViT
 from train_config import BASELINES, TrainConfig, parse_config
-from train_recipe import Recipe, RunContext, check_finite_losses, quiet_bars, scheduled_lr
+from train_recipe import (Recipe, RunContext, check_finite_losses, library_bars_only_on_a_terminal, quiet_bars,
+                          scheduled_lr)
 from train_outputs import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
 
 __all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'format_summary', 'lr_at', 'main',
@@ -361,13 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     """``examples/train.py``'s entry point: parse the config and flags, train, print the final table."""
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     logging.getLogger('accelerate').setLevel(logging.WARNING)  # one line per saved file otherwise
-    if not sys.stderr.isatty():  # a log file: no progress bars from the libraries either (ours follow tqdm's rule)
-        import datasets
-        import huggingface_hub.utils
-        import transformers
-        transformers.utils.logging.disable_progress_bar()
-        huggingface_hub.utils.disable_progress_bars()
-        datasets.disable_progress_bars()
+    library_bars_only_on_a_terminal()
     try:
         summary = train(parse_config(argv))
     except (ValueError, OSError, RuntimeError, FloatingPointError, NotImplementedError) as error:

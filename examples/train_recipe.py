@@ -12,7 +12,8 @@ from accelerate import Accelerator
 from train_config import TrainConfig
 from train_losses import AAformerLoss
 
-__all__ = ['Recipe', 'RunContext', 'scheduled_lr', 'check_finite_losses', 'quiet_bars']
+__all__ = ['Recipe', 'RunContext', 'scheduled_lr', 'check_finite_losses', 'quiet_bars',
+           'library_bars_only_on_a_terminal']
 
 
 class Recipe:
@@ -78,6 +79,20 @@ def quiet_bars(accelerator: Accelerator) -> Optional[bool]:
     """tqdm's ``disable``: off on all but the local main process; None there (tqdm then draws only to a terminal, so
     a log file gets no escape codes)."""
     return None if accelerator.is_local_main_process else True
+
+
+def library_bars_only_on_a_terminal() -> None:
+    """Writing to a log file: turn off transformers', huggingface_hub's and datasets' progress bars (ours follow
+    tqdm's rule through ``quiet_bars``), which would otherwise fill the log with carriage-return frames."""
+    import sys
+    if sys.stderr.isatty():
+        return
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    datasets.disable_progress_bars()
 
 
 def check_finite_losses(losses: Dict[str, torch.Tensor], step: int, epoch: int, batch: int) -> None:

@@ -261,6 +261,7 @@ def test_two_processes_share_one_prompt_learner(tmp_path, parsed_root, text_fold
                            '29533', str(script), *flags], cwd=root, capture_output=True, text=True, timeout=600,
                           env={**os.environ, 'ACCELERATE_USE_CPU': 'true', 'OMP_NUM_THREADS': '1'})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 'it/s]' not in done.stderr + done.stdout  # a log gets no progress-bar frames (ours or the libraries')
     metrics = json.loads((out / 'metrics.json').read_text())
     # stage 1: 24 identities x 2 groups of 4 images, 16 per step over both processes, for 3 epochs
     assert metrics['processes'] == 2 and metrics['num_valid_queries'] == 12 and metrics['stage1_step'] == 3 * 12

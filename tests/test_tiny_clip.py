@@ -106,3 +106,17 @@ def test_pretraining_is_reproducible(tmp_path):
         assert first.keys() == second.keys()
         assert all(torch.equal(first[k], second[k]) for k in first), part
     assert (a / 'text' / 'vocab.json').read_text() == (b / 'text' / 'vocab.json').read_text()
+
+
+def test_cli_writes_no_library_progress_bars_into_a_log(tmp_path):
+    # stderr is a pipe here, as in `... 2> log`: transformers' "Writing model shards" bar must stay off it
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, 'examples/pretrain_tiny_clip.py', '--output_dir', str(tmp_path / 'clip'),
+                           '--identities', '8', '--images_per_id', '4', '--epochs', '1', '--batch_size', '16',
+                           '--num_workers', '0'], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'tiny CLIP:' in done.stdout
+    assert '\r' not in done.stderr and 'it/s]' not in done.stderr, done.stderr[-2000:]
