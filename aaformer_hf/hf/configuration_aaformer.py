@@ -44,8 +44,9 @@ class AAformerConfig(TimmBackedConfig):
             when no patch is assigned to it) or `"always"`. Not stated by the paper.
         patches_see_parts (`bool`, defaults to `True`): Whether CLS and patch queries attend to [PART] keys. Not
             settled by the paper.
-        part_init (`str`, defaults to `"trunc_normal"`): `"trunc_normal"` or `"cls"` (pretrained CLS + noise). Not
-            stated by the paper.
+        part_init (`str`, defaults to `"trunc_normal"`): `"trunc_normal"` (std 0.02) or `"cls"` (pretrained CLS +
+            noise; beyond the paper). The paper says "randomly and independently initialized"; the distribution and
+            scale are not stated.
         part_pos_embed (`bool`, defaults to `False`): Learnable position embedding per [PART]. Not stated by the
             paper.
         embedding (`str`, defaults to `"after_bnneck"`): Re-ID embedding taken after or before the BNNeck

@@ -168,10 +168,12 @@ class AAformer(nn.Module):
             patches_see_parts: Whether CLS and patch queries attend to [PART] keys. Default True (Eq. 1 over the
                 whole sequence, which contains the [PART]s). Not settled by the paper's text.
             part_init: Initial [PART] tokens: 'trunc_normal' (std 0.02, as timm initialises ViT tokens; default) or
-                'cls' (the pretrained CLS token plus N(0, 0.02) noise, applied when pretrained ViT weights load).
-                Not stated by the paper.
+                'cls' (the pretrained CLS token plus N(0, 0.02) noise, applied when pretrained ViT weights load;
+                beyond the paper). The paper says only "randomly and independently initialized" (§IV-D): the
+                distribution and scale are not stated.
             part_pos_embed: Add a learnable position embedding per [PART] (as PASS does). Default False: a learnable
-                offset on a learnable token changes nothing but weight decay. Not stated by the paper.
+                offset on a learnable token adds no capacity (neither gets weight decay) but moves the sum by two
+                gradients, doubling its effective learning rate under SGD. Not stated by the paper.
             embedding: Which feature ``forward_head(pre_logits=True)`` returns: 'after_bnneck' (default, BoT's test
                 feature; the paper follows BoT) or 'before_bnneck'. Not stated by the paper.
             drop_rate: Dropout before the classifiers.
