@@ -402,7 +402,8 @@ def format_summary(summary: dict) -> str:
                  if summary['images_per_second'] else ''),
              f'model folder: {summary["model_dir"]}  ' + (
                  "(timm.create_model('local-dir:...', pretrained=True) or AutoModel.from_pretrained)"
-                 if summary.get('student_model') else '(AutoModel.from_pretrained or timm pretrained_cfg_overlay file)')]
+                 if summary.get('student_model')
+                 else '(AutoModel.from_pretrained or timm pretrained_cfg_overlay file)')]
     return '\n'.join(lines)
 
 
