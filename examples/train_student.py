@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from timm.models import save_for_hf
 
+from aaformer_hf.layers.reid_head import BNNeck
+
 __all__ = ['StudentReID', 'StudentOutput', 'build_student']
 
 
@@ -24,12 +26,6 @@ class StudentOutput:
     logits: torch.Tensor  # (B, 2, C) the two classifiers
     features: Tuple[torch.Tensor, ...]  # the triplet features, the projection to the text width last
     feature_map: Optional[torch.Tensor] = None  # (B, D, h, w) the backbone's last map (for the alignment head)
-
-
-def _bnneck(width: int) -> nn.BatchNorm1d:
-    norm = nn.BatchNorm1d(width)
-    norm.bias.requires_grad_(False)  # BoT's BNNeck: no shift
-    return norm
 
 
 class StudentReID(nn.Module):
@@ -42,7 +38,7 @@ class StudentReID(nn.Module):
         width = backbone.num_features
         self.backbone = backbone
         self.text_projection = nn.Linear(width, text_width, bias=False)
-        self.bottleneck, self.bottleneck_proj = _bnneck(width), _bnneck(text_width)
+        self.bottleneck, self.bottleneck_proj = BNNeck(width), BNNeck(text_width)
         self.classifier = nn.Linear(width, num_classes, bias=False)
         self.classifier_proj = nn.Linear(text_width, num_classes, bias=False)
         for layer in (self.classifier, self.classifier_proj):

@@ -179,7 +179,7 @@ def _render(person: _Identity, camera: int, rng, occlude: bool, nuisance: _Nuisa
 
 # named difficulty settings (generate_market_layout's arguments); 'aligned' is the original generator, the control
 PRESETS = {
-    'aligned': dict(misalignment=0.0, occlusion=0.0, occluder='bottom', view_mix=0.0),
+    'aligned': dict(misalignment=0.0, occlusion=0.0, occluder='bottom', occluder_max=0.3, view_mix=0.0),
     # where adaptive parts should beat fixed stripes (AAformer's claim): detector misalignment up to ±25 % vertical
     # shift and 0.7-1.0 scale, an occluder over up to 30 % of the person in 30 % of the images, half the images
     # from the back or the side
@@ -207,7 +207,7 @@ def generate_market_layout(
             raise ValueError(f'preset must be one of {sorted(PRESETS)}, got {preset!r}')
         given = dict(misalignment=misalignment, occlusion=occlusion, occluder=occluder, occluder_max=occluder_max,
                      view_mix=view_mix)
-        defaults = dict(misalignment=0.0, occlusion=0.0, occluder='bottom', occluder_max=0.3, view_mix=0.0)
+        defaults = PRESETS['aligned']  # the signature's defaults
         clash = sorted(k for k in PRESETS[preset] if given[k] != defaults[k] and given[k] != PRESETS[preset][k])
         if clash:
             raise ValueError(f'preset {preset!r} sets {clash}; do not also pass them')
