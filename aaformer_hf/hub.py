@@ -1,17 +1,181 @@
-"""Hub distribution (pushing trained model folders with model cards). Arrives with the Hub issue; until then a clear
-error, raised before any training starts."""
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""Hub distribution: one repo that both libraries load.
+
+``push_to_hub(model_or_folder, 'org/name')`` uploads ``config.json`` (transformers' fields and timm's keys, see
+``TimmBackedConfig``), ``model.safetensors``, ``preprocessor_config.json`` and a generated model card, so that
+
+    import aaformer_hf
+    AutoModel.from_pretrained('org/name')                       # transformers, no trust_remote_code
+    timm.create_model('hf-hub:org/name', pretrained=True)       # timm
+
+give the same model; ``revision=`` / ``hf-hub:org/name@rev`` pin a version. A local folder prepared the same way
+(``prepare_folder``) loads with ``from_pretrained(folder)`` and ``timm.create_model('local-dir:folder')``.
+Weights travel as safetensors only: a folder holding pickle files is refused.
+"""
+import json
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Union
 
-__all__ = ['check_push_supported', 'push_model_folder']
+import torch.nn as nn
 
-_NOT_YET = ('pushing to the Hub is not implemented yet in aaformer_hf (it comes with the Hub-distribution work); '
-            'train without --push_to_hub and upload {what} with `huggingface-cli upload` meanwhile')
+__all__ = ['push_to_hub', 'prepare_folder', 'card_for_folder', 'check_push_supported', 'push_model_folder']
+
+WEIGHTS_NAME = 'model.safetensors'
+_PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt')
+_BEST_SELECTION = ('the epoch with the best mAP on the evaluation set (epoch {epoch}); the re-ID benchmarks have no '
+                   'separate validation split, so this choice looked at the test identities')
 
 
 def check_push_supported(repo_id: Optional[str]) -> None:
-    raise NotImplementedError(_NOT_YET.format(what='OUTPUT_DIR/model'))
+    """Fail before any training when a push could not happen: no repo id, or one the Hub would refuse."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id:
+        raise ValueError('push_to_hub needs hub_model_id ("org/name")')
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f'hub_model_id {repo_id!r}: {error}') from error
 
 
-def push_model_folder(folder: Path, repo_id: Optional[str]) -> None:
-    raise NotImplementedError(_NOT_YET.format(what=folder))
+def push_to_hub(model_or_folder: Union[nn.Module, str, Path], repo_id: str, *, revision: Optional[str] = None,
+                private: Optional[bool] = None, token: Optional[str] = None, commit_message: Optional[str] = None,
+                create_pr: bool = False, metrics: Optional[Dict[str, Any]] = None):
+    """Upload a model (a family's transformers model, or its timm module) or a saved folder as one repo that loads in
+    both libraries. ``revision``: the branch to commit to (created when missing); ``metrics``: a ``metrics.json``
+    dict for the card (for a folder, ``FOLDER/../metrics.json`` is read when present). Returns huggingface_hub's
+    ``CommitInfo``."""
+    from huggingface_hub import HfApi
+
+    check_push_supported(repo_id)
+    with tempfile.TemporaryDirectory(prefix='aaformer-hf-push-') as stage:
+        folder = prepare_folder(model_or_folder, Path(stage) / 'repo', repo_id=repo_id, metrics=metrics)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+                                 commit_message=commit_message or f'Upload {folder_config(folder).model_type} model '
+                                                                  'with aaformer-hf')
+
+
+def push_model_folder(folder: Path, repo_id: Optional[str], private: Optional[bool] = None):
+    """The trainer's ``--push_to_hub``: the saved folder with a card from the run's ``metrics.json``."""
+    return push_to_hub(folder, repo_id, private=private)
+
+
+def prepare_folder(model_or_folder: Union[nn.Module, str, Path], out: Union[str, Path], repo_id: Optional[str] = None,
+                   metrics: Optional[Dict[str, Any]] = None) -> Path:
+    """Write the repo's files to ``out`` (a new folder): config.json with both libraries' keys regenerated from the
+    config, model.safetensors, preprocessor_config.json (the family's processor from the config when the source has
+    none) and README.md (the source's own card is kept; else one is generated)."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f'{out}: already exists; prepare_folder writes a new folder')
+    out.mkdir(parents=True)
+    if isinstance(model_or_folder, nn.Module):
+        _transformers_model(model_or_folder).save_pretrained(out)
+        source, selection = None, None
+    else:
+        source = Path(model_or_folder)
+        config = folder_config(source)
+        config.save_pretrained(out)  # regenerates timm's keys from the fields (a stale copy is never carried over)
+        shutil.copy2(source / WEIGHTS_NAME, out / WEIGHTS_NAME)
+        for name in ('preprocessor_config.json', 'README.md'):
+            if (source / name).is_file():
+                shutil.copy2(source / name, out / name)
+        if metrics is None:
+            metrics, selection = _run_metrics(source)
+        else:
+            selection = None
+    config = folder_config(out)
+    if not (out / 'preprocessor_config.json').is_file():
+        _family(config).image_processor_class.from_timm_pretrained_cfg(
+            config.timm_hub_keys()['pretrained_cfg']).save_pretrained(out)
+    if not (out / 'README.md').is_file():
+        from .cards import model_card, write_card
+        write_card(model_card(config, repo_id or (source.name if source else 'org/name'), metrics=metrics,
+                              selection=selection), out / 'README.md')
+    return out
+
+
+def card_for_folder(folder: Union[str, Path], repo_id: Optional[str] = None, metrics_file: Optional[Path] = None):
+    """The generated card of a saved model folder (``python -m aaformer_hf.cards FOLDER``)."""
+    from .cards import model_card
+
+    folder = Path(folder)
+    config = folder_config(folder)
+    if metrics_file is not None:
+        metrics, selection = _read_metrics(Path(metrics_file)), None
+    else:
+        metrics, selection = _run_metrics(folder)
+    return model_card(config, repo_id or folder.resolve().name, metrics=metrics, selection=selection)
+
+
+def folder_config(folder: Path):
+    """The transformers config of a saved model folder of a registered family; errors name the folder and file."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'{folder}: model folder not found')
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f'{folder}: holds pickle files ({", ".join(pickles)}); aaformer-hf distributes safetensors '
+                         'only - remove them (the weights must be in model.safetensors)')
+    for name in ('config.json', WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f'{folder / name}: missing; save the model with save_pretrained first')
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (ValueError, KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f'{folder / "config.json"}: not a model config aaformer-hf can read ({error})') from error
+    _family(config)
+    return config
+
+
+def _family(config):
+    from .hf.timm_backed import FAMILIES
+
+    if config.model_type not in FAMILIES:
+        raise ValueError(f'model_type {config.model_type!r} is not an aaformer-hf family ({", ".join(FAMILIES)})')
+    return FAMILIES[config.model_type]
+
+
+def _transformers_model(model: nn.Module):
+    """A family's transformers model as is; a family's timm module wrapped (same weights, no copy of the code)."""
+    from .hf.timm_backed import TimmBackedPreTrainedModel, family_of_timm_model
+
+    if isinstance(model, TimmBackedPreTrainedModel):
+        return model
+    family = family_of_timm_model(model)
+    num_classes = getattr(model, 'num_classes', 0)
+    config = family.config_class.from_timm_model(model, **({'num_labels': num_classes} if num_classes else {}))
+    wrapped = (family.reid_class if num_classes else family.model_class)(config)
+    wrapped.load_state_dict(model.state_dict())
+    return wrapped
+
+
+def _run_metrics(folder: Path):
+    """What training measured for this folder: ``../metrics.json`` (the final evaluation, or for ``best_model`` the
+    best one) and how the weights were selected; (None, None) when the folder has no run around it."""
+    path = folder / '..' / 'metrics.json'
+    if not path.is_file():
+        return None, None
+    metrics = _read_metrics(path)
+    if folder.resolve().name == 'best_model' and metrics.get('best'):
+        best = metrics['best']
+        return {**metrics, **best}, _BEST_SELECTION.format(epoch=best.get('epoch', '?'))
+    return metrics, f'after the last epoch ({metrics.get("epochs", "?")})'
+
+
+def _read_metrics(path: Path) -> Dict[str, Any]:
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f'{path}: unreadable metrics file ({error})') from error
+    if not isinstance(metrics, dict):
+        raise ValueError(f'{path}: expected a JSON object of metrics')
+    return metrics

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, train_loader
 from aaformer_hf.data.parsing import add_parsing_column
-from aaformer_hf.data.synthetic import generate_market_layout
+from aaformer_hf.data.synthetic import generate_market_layout, is_synthetic
 from aaformer_hf.evaluation import evaluate, flip_features, re_rank
 from aaformer_hf.hf import (AAformerConfig, AAformerForReID, AAformerImageProcessor, PiVLConfig, PiVLForReID,
                             PiVLImageProcessor)
@@ -345,16 +345,21 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
                    data_wait_share=wait_time / elapsed if elapsed else None, best=state['best'],
                    model=config.model, student_model=config.student_model, baseline=config.baseline,
                    method=config.method,
-                   pivl_ablation=config.pivl_ablation, dataset=config.dataset,
+                   pivl_ablation=config.pivl_ablation,
+                   # generated images are reported as such, whichever loader read them
+                   dataset='synthetic' if config.data_root and is_synthetic(config.data_root) else config.dataset,
                    processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))
     summary.update({k: v for k, v in state.items() if k.startswith('stage1_')})
     if accelerator.is_main_process:
         (output_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
     if config.with_tracking:
         accelerator.end_training()
-    if config.push_to_hub:
+    if config.push_to_hub and accelerator.is_main_process:
         from aaformer_hf.hub import push_model_folder
-        push_model_folder(output_dir / 'model', config.hub_model_id)
+        # the best epoch's weights when training evaluated along the way (the card says how they were chosen)
+        folder = output_dir / ('best_model' if (output_dir / 'best_model').is_dir() else 'model')
+        commit = push_model_folder(folder, config.hub_model_id, private=config.hub_private)
+        logger.info('pushed %s to %s', folder, getattr(commit, 'commit_url', config.hub_model_id))
     return summary
 
 

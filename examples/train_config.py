@@ -164,8 +164,9 @@ class TrainConfig:
     resume_from_checkpoint: Optional[str] = None  # a checkpoint folder or 'latest'
     with_tracking: bool = False
     report_to: str = 'tensorboard'  # any accelerate tracker name, or 'all'
-    push_to_hub: bool = False
+    push_to_hub: bool = False  # push the best model (else the final one) with a generated card; see aaformer_hf.hub
     hub_model_id: Optional[str] = None
+    hub_private: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):  # YAML and Python callers get the same typed values as flags

@@ -69,8 +69,10 @@ def test_bad_input_fails_before_training(tmp_path, synthetic_root):
     from aaformer_hf.data import ReIDDatasetError
     with pytest.raises(ReIDDatasetError, match='missing: dataset folder not found'):
         train(TrainConfig(**tiny(tmp_path / 'missing', tmp_path / 'out')))
-    with pytest.raises(NotImplementedError, match='pushing to the Hub is not implemented yet'):
+    with pytest.raises(ValueError, match=r'push_to_hub needs hub_model_id'):
         train(TrainConfig(**tiny(synthetic_root, tmp_path / 'out'), push_to_hub=True))
+    with pytest.raises(ValueError, match=r"hub_model_id 'me/bad//name'"):
+        train(TrainConfig(**tiny(synthetic_root, tmp_path / 'out'), push_to_hub=True, hub_model_id='me/bad//name'))
     assert not (tmp_path / 'out').exists()  # nothing was trained or written
     # flags override the file, dict fields take JSON
     config_file.write_text('model: aaformer_tiny\nepochs: 7\nbaseline: pcb\n')
@@ -418,3 +420,29 @@ def test_script_reports_user_errors_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f'examples/train.py: error: {tmp_path / "missing"}: dataset folder not found' in err
     assert 'Traceback' not in err and not (tmp_path / 'out').exists()
+
+
+def test_push_to_hub_uploads_the_best_model_with_its_card(tmp_path, synthetic_root, monkeypatch):
+    """--push_to_hub: the best epoch's folder goes up (patched HfApi, nothing leaves the machine) with a card whose
+    model-index is that epoch's evaluation."""
+    from huggingface_hub import HfApi, ModelCard
+
+    uploads = []
+
+    def upload_folder(api, repo_id, folder_path, **kwargs):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        uploads.append((repo_id, kwargs.get('revision'), files))
+
+    monkeypatch.setattr(HfApi, 'create_repo', lambda api, repo_id, **kwargs: None)
+    monkeypatch.setattr(HfApi, 'upload_folder', upload_folder)
+    out = tmp_path / 'out'
+    summary = train(TrainConfig(**tiny(synthetic_root, out, epochs=2, eval_every=1), push_to_hub=True,
+                                hub_model_id='me/aaformer-synthetic'))
+    (repo_id, revision, files), = uploads
+    assert (repo_id, revision) == ('me/aaformer-synthetic', None)
+    assert sorted(files) == ['README.md', 'config.json', 'model.safetensors', 'preprocessor_config.json']
+    assert files['model.safetensors'] == (out / 'best_model' / 'model.safetensors').read_bytes()
+    card = ModelCard(files['README.md'].decode())
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}['mAP'] == round(
+        100 * summary['best']['mAP'], 2)
+    assert f'epoch {summary["best"]["epoch"]}' in card.text and 'Synthetic images' in card.text

@@ -68,6 +68,7 @@ class AAformerConfig(TimmBackedConfig):
     ```"""
 
     model_type = 'aaformer'
+    timm_architecture = 'aaformer_base'  # timm's config.json names it; model_args carry every argument
 
     image_size: list[int] | tuple[int, int] = (256, 128)
     patch_size: int = 16
@@ -115,6 +116,11 @@ class AAformerConfig(TimmBackedConfig):
     def num_parts(self) -> int:
         return sum(self.part_groups)
 
+    @property
+    def embedding_size(self) -> int:
+        """Width of the re-ID embedding (``pooler_output``): CLS and every [PART], (1 + P)·D."""
+        return (1 + self.num_parts) * self.hidden_size
+
     @classmethod
     def from_timm_model(cls, model, **kwargs) -> 'AAformerConfig':
         """The config describing an existing timm ``AAformer`` (e.g. one made by ``timm.create_model`` and trained),
@@ -122,7 +128,8 @@ class AAformerConfig(TimmBackedConfig):
         override fields (e.g. ``num_labels``, ``id2label``)."""
         attn = model.blocks[0].attn
         fields = dict(
-            **cls.trunk_fields(model), qkv_bias=attn.qkv.bias is not None, part_groups=model.part_groups, assignment=attn.assignment,
+            **cls.trunk_fields(model), qkv_bias=attn.qkv.bias is not None, part_groups=model.part_groups,
+            assignment=attn.assignment,
             assignment_score=attn.assignment_score, sinkhorn_epsilon=attn.sinkhorn_epsilon,
             sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
             patches_see_parts=attn.patches_see_parts, part_init=model.part_init,

@@ -43,6 +43,7 @@ class PiVLConfig(TimmBackedConfig):
     """
 
     model_type = 'pivl'
+    timm_architecture = 'pivl_vit_base_patch16'  # timm's config.json names it; model_args carry every argument
 
     image_size: list[int] | tuple[int, int] = (256, 128)
     patch_size: int = 16
@@ -80,6 +81,11 @@ class PiVLConfig(TimmBackedConfig):
         self.image_size = tuple(self.image_size)
         self.check_known_keys(kwargs)
         super().__post_init__(**kwargs)
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of the re-ID embedding (``pooler_output``): the CLS token and its CLIP projection concatenated."""
+        return self.hidden_size + self.projection_dim
 
     @classmethod
     def from_timm_model(cls, model, **kwargs) -> 'PiVLConfig':

@@ -9,6 +9,7 @@ serves both libraries.
 """
 import dataclasses
 import difflib
+import json
 import warnings
 from collections import OrderedDict
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type
@@ -27,7 +28,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from ..losses import identity_loss
 
-__all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family']
+__all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family', 'FAMILIES',
+           'family_of_timm_model']
 
 TIMM_MODULE_PREFIX = 'timm_model'
 # keywords transformers' PreTrainedConfig takes besides its fields (handled or dropped by its __post_init__ or its
@@ -41,6 +43,24 @@ _BASE_CONFIG_KEYWORDS = frozenset({
     'finetuning_task', 'is_decoder', 'pad_token_id', 'prefix', 'pruned_heads', 'sep_token_id', 'task_specific_params',
     'tie_encoder_decoder', 'tie_word_embeddings', 'tokenizer_class', 'torchscript', 'use_bfloat16',
 }) | frozenset(GenerationConfig._get_default_generation_params())
+# config.json keys timm reads (its Hub format). Written from the config's fields on every save, never read back: a
+# checkpoint re-saved with another num_labels or width must not keep a stale copy that timm would then build from.
+TIMM_HUB_KEYS = ('architecture', 'num_classes', 'num_features', 'model_args', 'pretrained_cfg')
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A registered model family: its config, feature-extractor and re-ID classes, and image processor."""
+    config_class: Type['TimmBackedConfig']
+    model_class: Type['TimmBackedPreTrainedModel']
+    reid_class: Optional[Type['TimmBackedPreTrainedModel']]
+    image_processor_class: Any
+
+
+# the registered families by model_type (filled by register_family), for code that starts from a timm module or a
+# folder (the Hub tools) and must find the transformers classes without knowing every family
+FAMILIES: Dict[str, Family] = {}
+# names of the families' classes with identity classifiers (filled by register_family): a config.json saved by one of
+# them tells timm to build those classifiers (num_classes = num_labels), any other saved model is a feature extractor
+_REID_ARCHITECTURES = set()
 
 
 class TimmKeyLayout(WeightRenaming):
@@ -62,7 +82,46 @@ class TimmKeyLayout(WeightRenaming):
 
 
 class TimmBackedConfig(PreTrainedConfig):
-    """Base for configs whose model is a timm module; subclasses declare fields and implement ``timm_kwargs``."""
+    """Base for configs whose model is a timm module; subclasses declare fields, implement ``timm_kwargs`` and name
+    ``timm_architecture``, the family's timm entrypoint.
+
+    The saved ``config.json`` serves both libraries: transformers reads ``model_type`` and the fields, timm reads
+    ``architecture``, ``num_classes``, ``model_args`` and ``pretrained_cfg`` (``TIMM_HUB_KEYS``), which ``to_dict``
+    derives from the fields each time; so ``timm.create_model('hf-hub:org/repo', pretrained=True)`` and
+    ``AutoModel.from_pretrained('org/repo')`` build the same model from one repo.
+    """
+
+    timm_architecture = ''
+
+    def __post_init__(self, **kwargs):
+        for key in TIMM_HUB_KEYS:  # derived (see to_dict), so a loaded copy is dropped rather than kept stale
+            kwargs.pop(key, None)
+        super().__post_init__(**kwargs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**super().to_dict(), **self.timm_hub_keys()}
+
+    def to_diff_dict(self) -> Dict[str, Any]:
+        # transformers drops values equal to a default config's; timm needs all of its keys in every file
+        return {**super().to_diff_dict(), **self.timm_hub_keys()}
+
+    def timm_hub_keys(self) -> Dict[str, Any]:
+        """The keys timm's ``hf-hub:`` / ``local-dir:`` loading reads, derived from the fields: the family's
+        entrypoint with every constructor argument, the identity classifiers when the config was saved by a re-ID
+        class, and the registry's preprocessing (mean, std, interpolation) at this config's input size."""
+        from timm.models import get_pretrained_cfg
+        from timm.models._pretrained import filter_pretrained_cfg  # timm's own filter for exported configs
+
+        reid = bool(set(self.architectures or ()) & _REID_ARCHITECTURES)
+        num_classes = self.num_labels if reid else 0
+        registry = get_pretrained_cfg(self.timm_architecture).to_dict()
+        pretrained_cfg = {k: v for k, v in filter_pretrained_cfg(registry, remove_source=True).items()
+                          if k not in ('architecture', 'tag')}
+        pretrained_cfg.update(
+            input_size=(self.num_channels, *self.image_size), num_classes=num_classes,
+            notes=('trained by aaformer-hf; the model card says on what data',))
+        return dict(architecture=self.timm_architecture, num_classes=num_classes,
+                    model_args=json.loads(json.dumps(self.timm_kwargs())), pretrained_cfg=pretrained_cfg)
 
     def timm_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for the family's timm model class (everything but ``num_classes``)."""
@@ -105,7 +164,8 @@ class TimmBackedConfig(PreTrainedConfig):
         ``PreTrainedConfig`` stores them as plain attributes the model never reads, so a misspelt field
         (``num_layers=4``) would otherwise pass unnoticed. A warning, not an error: transformers' contract (and its
         own test suite) is that a config carries extra attributes through save and load."""
-        unknown = sorted(k for k in kwargs if k not in _BASE_CONFIG_KEYWORDS and not k.startswith('_'))
+        known = _BASE_CONFIG_KEYWORDS.union(TIMM_HUB_KEYS)
+        unknown = sorted(k for k in kwargs if k not in known and not k.startswith('_'))
         if unknown:
             fields = [f.name for f in dataclasses.fields(self) if not f.name.startswith('_')]
             guesses = {k: difflib.get_close_matches(k, fields, n=1, cutoff=0.6) for k in unknown}
@@ -204,7 +264,10 @@ def register_family(
         image_processor_class=None,
 ) -> None:
     """Register a family with the Auto classes and map its checkpoints to timm's key layout."""
+    FAMILIES[config_class.model_type] = Family(config_class, model_class, reid_class, image_processor_class)
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    if reid_class is not None:
+        _REID_ARCHITECTURES.add(reid_class.__name__)
     AutoModel.register(config_class, model_class, exist_ok=True)
     if reid_class is not None:
         AutoModelForPersonReID.register(config_class, reid_class, exist_ok=True)
@@ -213,3 +276,12 @@ def register_family(
             config_class, image_processor_classes={'torchvision': image_processor_class}, exist_ok=True)
     register_checkpoint_conversion_mapping(
         config_class.model_type, [TimmKeyLayout()], overwrite=True)
+
+
+def family_of_timm_model(model: nn.Module) -> Family:
+    """The registered family whose timm class ``model`` is (e.g. a ``timm.create_model('aaformer_base')``)."""
+    for family in FAMILIES.values():
+        if type(model) is family.model_class.timm_model_class:
+            return family
+    raise TypeError(f'{type(model).__name__} is not a model of a registered family '
+                    f'({", ".join(f.model_class.timm_model_class.__name__ for f in FAMILIES.values())})')

@@ -102,12 +102,20 @@ def _pretrained_file(kwargs: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _is_local_dir(kwargs: Dict[str, Any]) -> bool:
+    cfg = kwargs.get('pretrained_cfg')
+    return isinstance(cfg, dict) and cfg.get('source') == 'local-dir'
+
+
 @contextlib.contextmanager
 def _pretrained_file_checked(variant: str, kwargs: Dict[str, Any]) -> Iterator[None]:
     """Around timm's ``build_model_with_cfg``: a missing local pretrained file, or an unreadable safetensors file,
     is an error naming the file (timm's own are empty or name none). ``kwargs``: the entrypoint's, when pretrained."""
     file = _pretrained_file(kwargs)
-    if file is not None and not Path(file).is_file():
+    if file is not None and _is_local_dir(kwargs):  # timm's 'local-dir:' names the folder, not the file
+        if not Path(file).is_dir():
+            raise FileNotFoundError(f'{file}: model folder not found')
+    elif file is not None and not Path(file).is_file():
         raise FileNotFoundError(f'{file}: pretrained weights file not found')
     try:
         yield

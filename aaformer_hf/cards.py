@@ -1,0 +1,217 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""Model cards for saved re-ID models, generated with huggingface_hub's ``ModelCard`` / ``ModelCardData`` /
+``EvalResult``: the model-index holds only what was measured for the weights (from the ``metrics.json`` training
+wrote); the papers' own numbers appear in a separate table labelled as reported by the paper.
+
+``python -m aaformer_hf.cards FOLDER [--repo_id ORG/NAME] [--metrics FILE]`` writes ``FOLDER/README.md``;
+``python -m aaformer_hf.cards --planned DIR`` writes the cards of the planned checkpoints (``model_cards/``).
+"""
+import argparse
+import dataclasses
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+__all__ = ['model_card', 'planned_cards', 'write_card', 'DATASETS', 'REPORTED', 'main']
+
+TASK = dict(task_type='image-feature-extraction', task_name='Person Re-Identification')
+# the dataset names training records (aaformer_hf.data's loaders) -> how cards name them
+DATASETS = {
+    'market1501': 'Market-1501', 'msmt17': 'MSMT17', 'dukemtmc': 'DukeMTMC-reID', 'cuhk03': 'CUHK03-NP',
+    'occluded_duke': 'Occluded-DukeMTMC', 'synthetic': 'aaformer-hf synthetic re-ID set',
+}
+_METRICS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'), ('mINP', 'mINP'))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    name: str
+    paper: str
+    arxiv: str
+    summary: str
+    citation: str
+    base_model: str
+
+
+_FAMILIES = {
+    'aaformer': _Family(
+        name='AAformer', arxiv='2104.00921',
+        paper='Zhu et al., "AAformer: Auto-Aligned Transformer for Person Re-Identification", IEEE TNNLS 2023',
+        summary='A ViT with learnable [PART] tokens. In every layer and head, patch keys are assigned to the [PART] '
+                'queries by a few Sinkhorn-Knopp iterations and each [PART] attends only to its patches. The re-ID '
+                'feature is the CLS token and the [PART] tokens concatenated.',
+        citation='@article{zhu2023aaformer,\n  title={AAformer: Auto-Aligned Transformer for Person '
+                 'Re-Identification},\n  author={Zhu, Kuan and Guo, Haiyun and Zhang, Shiliang and Wang, Yaowei and '
+                 'Liu, Jing and Wang, Jinqiao and Tang, Ming},\n  journal={IEEE Transactions on Neural Networks and '
+                 'Learning Systems},\n  year={2023}\n}',
+        base_model='timm/vit_base_patch16_224.orig_in21k_ft_in1k'),
+    'pivl': _Family(
+        name='π-VL', arxiv='2308.02738',
+        paper='Lin et al., "Exploring Part-Informed Visual-Language Learning for Person Re-Identification", 2023',
+        summary='A CLIP ViT-B/16 image encoder trained with CLIP-ReID\'s two stages plus π-VL\'s part-informed text '
+                'prompts and hierarchical-fusion alignment (both used only in training). At inference it is a plain '
+                'CLIP ViT: the re-ID feature is the CLS token and its CLIP projection concatenated.',
+        citation='@article{lin2023pivl,\n  title={Exploring Part-Informed Visual-Language Learning for Person '
+                 'Re-Identification},\n  author={Lin, Yin and Liu, Cong and Chen, Yehansen and Hu, Jinshui and Yin, '
+                 'Bing and Yin, Baocai and Wang, Zengfu},\n  journal={arXiv preprint arXiv:2308.02738},\n  '
+                 'year={2023}\n}',
+        base_model='timm/vit_base_patch16_clip_224.openai'),
+}
+
+# What the papers report for their own models (percent), by (model_type, dataset): (row label, metrics, where).
+REPORTED: Dict[Tuple[str, str], List[Tuple[str, Dict[str, float], str]]] = {
+    ('aaformer', 'market1501'): [('AAformer', {'rank1': 95.4, 'mAP': 88.0}, 'Table II')],
+    ('aaformer', 'dukemtmc'): [('AAformer', {'rank1': 90.1, 'mAP': 80.9}, 'Table II')],
+    ('aaformer', 'cuhk03'): [('AAformer, labeled', {'rank1': 80.3, 'mAP': 79.0}, 'Table II'),
+                             ('AAformer, detected', {'rank1': 78.1, 'mAP': 77.2}, 'Table II')],
+    ('aaformer', 'msmt17'): [('AAformer', {'rank1': 84.4, 'mAP': 65.6}, 'Table II')],
+    ('aaformer', 'occluded_duke'): [('AAformer', {'rank1': 67.1, 'rank5': 81.6, 'mAP': 58.2}, 'Table III')],
+    # π-VL's Table 2, ViT-B/16 rows; the paper does not say whether CLIP-ReID's SIE / overlapping patches were on
+    ('pivl', 'msmt17'): [('π-VL (ViT-B/16)', {'rank1': 90.3, 'mAP': 76.5}, 'Table 2')],
+    ('pivl', 'market1501'): [('π-VL (ViT-B/16)', {'rank1': 96.2, 'mAP': 91.2}, 'Table 2')],
+    ('pivl', 'dukemtmc'): [('π-VL (ViT-B/16)', {'rank1': 92.1, 'mAP': 84.0}, 'Table 2')],
+    ('pivl', 'occluded_duke'): [('π-VL (ViT-B/16)', {'rank1': 68.3, 'mAP': 61.0}, 'Table 2')],
+}
+# the checkpoints model_cards/ describes before they exist
+PLANNED = (('aaformer', 'market1501'), ('aaformer', 'msmt17'), ('aaformer', 'dukemtmc'), ('aaformer', 'cuhk03'),
+           ('aaformer', 'occluded_duke'), ('pivl', 'msmt17'), ('pivl', 'market1501'))
+
+
+def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, dataset: Optional[str] = None,
+               status: Optional[str] = None, selection: Optional[str] = None) -> ModelCard:
+    """The card of a saved model with this transformers ``config`` (a registered family's), to live at
+    ``repo_id``. ``metrics``: a ``metrics.json`` training wrote (fractions; its ``dataset``, ``epochs``, ...), whose
+    R1/R5/R10/mAP/mINP become the model-index; ``dataset`` when there are no metrics; ``status``: a line shown at the
+    top (e.g. that the weights are not published yet); ``selection``: how the weights were chosen (best epoch)."""
+    if config.model_type not in _FAMILIES:
+        raise ValueError(f'no model card text for model_type {config.model_type!r} (known: {sorted(_FAMILIES)})')
+    family = _FAMILIES[config.model_type]
+    metrics = metrics or {}
+    dataset = metrics.get('dataset') or dataset
+    dataset_name = DATASETS.get(dataset, dataset or 'unknown data')
+    measured = [(key, label, 100 * float(metrics[key])) for key, label in _METRICS if metrics.get(key) is not None]
+    eval_results = [EvalResult(**TASK, dataset_type=dataset, dataset_name=dataset_name, metric_type=key,
+                               metric_name=label, metric_value=round(value, 2))
+                    for key, label, value in measured] or None
+    name = f'{family.name} ({config.model_type}) on {dataset_name}'
+    card_data = ModelCardData(
+        model_name=name, library_name='aaformer-hf', license='apache-2.0', pipeline_tag='image-feature-extraction',
+        tags=['timm', 'transformers', 'person-reid', 're-identification', config.model_type],
+        base_model=family.base_model, eval_results=eval_results)
+    pretrained_cfg = config.timm_hub_keys()['pretrained_cfg']
+    template = resources.files('aaformer_hf').joinpath('templates/model_card.md').read_text(encoding='utf-8')
+    return ModelCard.from_template(
+        card_data, template_str=template, title=name, repo_id=repo_id, status=status,
+        summary=f'{family.summary} Paper: {family.paper} ([arXiv {family.arxiv}](https://arxiv.org/abs/'
+                f'{family.arxiv})); implementation: the `aaformer-hf` package (timm and transformers).',
+        batch='batch', embedding_size=config.embedding_size, height=config.image_size[0], width=config.image_size[1],
+        interpolation=pretrained_cfg['interpolation'], mean=_numbers(pretrained_cfg['mean']),
+        std=_numbers(pretrained_cfg['std']), distance='Euclidean or cosine distance',
+        training=_training_text(metrics, dataset_name, selection),
+        measured=_measured_text(measured, metrics, dataset, dataset_name),
+        reported=_reported_text(REPORTED.get((config.model_type, dataset), []), family, dataset_name),
+        citation=family.citation)
+
+
+def write_card(card: ModelCard, path: Path) -> Path:
+    """Write ``card`` to ``path`` through a temporary file in the same folder, so a reader never sees half a card."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
+    with os.fdopen(handle, 'w', encoding='utf-8') as out:
+        out.write(str(card))
+    os.replace(tmp, path)
+    return path
+
+
+def planned_cards(out_dir: Path, org: str = 'aaformer-hf') -> List[Path]:
+    """Write the cards of the planned checkpoints (``PLANNED``) to ``out_dir``, named like their repos."""
+    from .hf.timm_backed import FAMILIES  # the transformers front door registers the configs
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for model_type, dataset in PLANNED:
+        name = f'{model_type}-{dataset.replace("_", "-")}'
+        card = model_card(FAMILIES[model_type].config_class(), f'{org}/{name}', dataset=dataset,
+                          status='Planned checkpoint: these weights are not published yet. The numbers below are '
+                                 'the paper\'s, for the paper\'s own model; none were measured for this repo.')
+        written.append(write_card(card, out_dir / f'{name}.md'))
+    return written
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return '(' + ', '.join(f'{v:.4g}' for v in values) + ')'
+
+
+def _training_text(metrics: Dict[str, Any], dataset_name: str, selection: Optional[str]) -> str:
+    if not metrics:
+        return (f'To be trained on {dataset_name} with `accelerate launch examples/train.py` (the recipe of the paper, '
+                'see the aaformer-hf README).')
+    lines = [f'- data: {dataset_name}' + (f', {metrics["train_images"]} training images seen'
+                                          if metrics.get('train_images') else '')]
+    recipe = ', '.join(f'{key} {metrics[key]}' for key in ('method', 'pivl_ablation', 'model', 'student_model',
+                                                          'baseline', 'epochs', 'processes') if metrics.get(key))
+    if recipe:
+        lines.append(f'- recipe: {recipe} (`accelerate launch examples/train.py`, aaformer-hf)')
+    if selection:
+        lines.append(f'- weights: {selection}')
+    return '\n'.join(lines)
+
+
+def _measured_text(measured, metrics: Dict[str, Any], dataset: Optional[str], dataset_name: str) -> str:
+    if not measured:
+        return 'No results measured for these weights yet.'
+    warning = ('\n\n**Synthetic images**: these numbers show the training pipeline works; they say nothing about '
+               'accuracy on real people.' if dataset == 'synthetic' else '')
+    queries = f', {metrics["num_valid_queries"]} queries' if metrics.get('num_valid_queries') else ''
+    return (f'Measured for these weights on {dataset_name}{queries} (single query, Euclidean distance, no '
+            're-ranking):\n\n' + _table([('these weights', {k: v for k, _, v in measured})]) + warning)
+
+
+def _reported_text(rows, family: _Family, dataset_name: str) -> str:
+    if not rows:
+        return ''
+    table = _table([(label, values) for label, values, _ in rows])
+    where = ', '.join(sorted({where for _, _, where in rows}))
+    return f'{family.paper}, {where}, on {dataset_name}:\n\n{table}'
+
+
+def _table(rows: Sequence[Tuple[str, Dict[str, float]]]) -> str:
+    columns = [(key, label) for key, label in _METRICS if any(key in values for _, values in rows)]
+    lines = ['| | ' + ' | '.join(label for _, label in columns) + ' |', '|---|' + '---:|' * len(columns)]
+    lines += [f'| {name} | ' + ' | '.join(f'{values[key]:.1f}' if key in values else '-' for key, _ in columns) + ' |'
+              for name, values in rows]
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='python -m aaformer_hf.cards', description=__doc__.split('\n\n')[0],
+        epilog='examples:\n  python -m aaformer_hf.cards outputs/market/model --repo_id me/aaformer-market1501\n'
+               '  python -m aaformer_hf.cards --planned model_cards', formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument('folder', nargs='?', type=Path, help='a saved model folder (writes FOLDER/README.md)')
+    parser.add_argument('--repo_id', help='the Hub repo the card names in its examples (default: the folder name)')
+    parser.add_argument('--metrics', type=Path, help='metrics.json (default: FOLDER/../metrics.json when present)')
+    parser.add_argument('--planned', type=Path, help='write the planned checkpoints\' cards to this folder instead')
+    args = parser.parse_args(argv)
+    if args.planned is not None:
+        for path in planned_cards(args.planned):
+            print(path)
+        return 0
+    if args.folder is None:
+        parser.error('give a model FOLDER or --planned DIR')
+    from .hub import card_for_folder
+    try:
+        path = write_card(card_for_folder(args.folder, args.repo_id, args.metrics), args.folder / 'README.md')
+    except (OSError, ValueError) as error:
+        parser.exit(2, f'{parser.prog}: error: {error}\n')
+    print(path)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
