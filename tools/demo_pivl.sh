@@ -21,7 +21,9 @@ if [ "$table" = 3 ]; then
     outputs=outputs/synthetic_pivl
 elif [ "$table" = 5 ]; then
     names=(none CLIP-ReID π-VL)
-    student="--student_model ${STUDENT:-mobilenetv2_035} --student_pretrained false"
+    # a randomly initialised CNN needs a larger learning rate and more epochs than the tiny CLIP tower's schedule
+    student="--student_model ${STUDENT:-mobilenetv2_035} --student_pretrained false --lr 0.003 --warmup_lr 0.0003
+             --epochs 30 --lr_decay_epochs [20,27] --eval_every 30"
     rows=([none]="--pivl_ablation B --stage1_epochs 0 --i2t_loss_weight 0 $student"
           [CLIP-ReID]="--pivl_ablation B $student" [π-VL]="--pivl_ablation B+P+F $student")
     outputs=outputs/synthetic_pivl_student
