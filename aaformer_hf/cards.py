@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ['model_card', 'planned_cards', 'write_card', 'DATASETS', 'REPORTED', 'main']
+__all__ = ['model_card', 'planned_cards', 'write_card', 'write_text_atomically', 'DATASETS', 'REPORTED', 'main']
 
 TASK = dict(task_type='image-feature-extraction', task_name='Person Re-Identification')
 # the dataset names training records (aaformer_hf.data's loaders) -> how cards name them
@@ -118,12 +118,21 @@ def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, d
 
 
 def write_card(card: ModelCard, path: Path) -> Path:
-    """Write ``card`` to ``path`` through a temporary file in the same folder, so a reader never sees half a card."""
+    """Write ``card`` to ``path`` so that a reader never sees half a card."""
+    return write_text_atomically(path, str(card))
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write through a temporary file in the same folder, then rename: ``path`` is either old or whole."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-    with os.fdopen(handle, 'w', encoding='utf-8') as out:
-        out.write(str(card))
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(handle, 'w', encoding='utf-8') as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

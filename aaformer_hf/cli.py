@@ -1,0 +1,160 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""The ``aaformer-hf`` command (also ``python -m aaformer_hf``).
+
+    aaformer-hf extract MODEL IMAGES -o emb.safetensors     embeddings of person crops (a folder or a file list)
+    aaformer-hf evaluate MODEL --dataset market1501 --root R   CMC / mAP / mINP on a re-ID benchmark
+    aaformer-hf card FOLDER --repo_id org/name              write a model card from the run's metrics.json
+    aaformer-hf convert CKPT OUT                            CLIP-ReID checkpoint -> π-VL model folder
+    aaformer-hf parse ...                                   human-parsing maps for a dataset
+    aaformer-hf synth --root R                              a synthetic re-ID set
+
+MODEL is a timm name (random weights unless --pretrained), a saved model folder or a Hub id (org/name[@revision]).
+Every command takes --help. Exit codes: 0 done, 2 bad input (the message names the file or option).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ['main']
+
+# commands whose module already has its own command line: their arguments pass through unchanged
+_DELEGATED = {
+    'card': ('aaformer_hf.cards', 'write a model card for a saved model folder'),
+    'convert': ('aaformer_hf.hf.convert_clipreid', 'convert a CLIP-ReID ViT-B/16 checkpoint into a π-VL folder'),
+    'parse': ('aaformer_hf.data.write_parsing', 'write LIP human-parsing maps with a segmentation model'),
+    'synth': ('aaformer_hf.data.synthetic', 'generate a SYNTHETIC re-ID set (Market-1501 layout)'),
+}
+_EXAMPLES = {
+    'extract': 'examples:\n'
+               '  aaformer-hf extract outputs/synthetic/model data/crops -o crops.safetensors\n'
+               '  aaformer-hf extract org/aaformer-msmt17 list.txt -o emb.safetensors --shard_size 50000\n'
+               '  accelerate launch -m aaformer_hf extract MODEL IMAGES -o OUT   # shards spread over processes',
+    'evaluate': 'examples:\n'
+                '  aaformer-hf evaluate outputs/synthetic/model --dataset market1501 --root data/synthetic_market\n'
+                '  aaformer-hf evaluate org/aaformer-msmt17 --dataset msmt17 --root data/MSMT17 --rerank --json m.json',
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='aaformer-hf', description=__doc__.split('\n\n')[1].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    raw = argparse.RawDescriptionHelpFormatter
+
+    extract = commands.add_parser('extract', help='embeddings of person crops -> safetensors', epilog=_EXAMPLES[
+        'extract'], formatter_class=raw, allow_abbrev=False)
+    _model_arguments(extract)
+    extract.add_argument('images', type=Path, help='a folder of crops (searched recursively) or a text file of paths')
+    extract.add_argument('-o', '--output', type=Path, required=True, help='the .safetensors file to write')
+    extract.add_argument('--shard_size', type=int, default=10000,
+                         help='crops per shard: the unit of resuming and of sharing among processes (default 10000)')
+    extract.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+
+    evaluate = commands.add_parser('evaluate', help='CMC / mAP / mINP of a model on a re-ID dataset',
+                                   epilog=_EXAMPLES['evaluate'], formatter_class=raw, allow_abbrev=False)
+    _model_arguments(evaluate)
+    evaluate.add_argument('--dataset', required=True, help='a loader name (market1501, msmt17, dukemtmc, ...)')
+    evaluate.add_argument('--root', required=True, help='the dataset folder (or Hub id for --dataset hub)')
+    evaluate.add_argument('--metric', choices=('euclidean', 'cosine'), default='euclidean')
+    evaluate.add_argument('--rerank', action='store_true', help='also report k-reciprocal re-ranked metrics')
+    evaluate.add_argument('--rerank_k1', type=int, default=20, help='re-ranking k1 (default 20, the usual)')
+    evaluate.add_argument('--rerank_k2', type=int, default=6, help='re-ranking k2 (default 6)')
+    evaluate.add_argument('--json', type=Path, help='also write the metrics to this JSON file')
+
+    for name, (_, help_text) in _DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('model', help='timm name, saved model folder, or Hub id (org/name[@revision])')
+    parser.add_argument('--pretrained', action='store_true', help='for a timm name: its pretrained weights')
+    parser.add_argument('--batch_size', type=int, default=64)
+    parser.add_argument('--num_workers', type=int, default=0, help='image-loading worker processes')
+    parser.add_argument('--flip', action='store_true', help='average each crop\'s and its mirror\'s embeddings')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+        result = importlib.import_module(_DELEGATED[argv[0]][0]).main(argv[1:])
+        return result if isinstance(result, int) else 0
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return {'extract': _extract, 'evaluate': _evaluate}[args.command](args)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f'aaformer-hf {args.command}: error: {error}\n')
+
+
+def _extract(args) -> int:
+    from accelerate import PartialState
+
+    from .embeddings import collect_images, extract_to_file, load_inference_model
+
+    if args.shard_size < 1 or args.batch_size < 1:
+        raise ValueError('--shard_size and --batch_size must be >= 1')
+    state = PartialState()
+    if args.output.exists() and not args.overwrite:  # before loading anything
+        raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
+    paths = collect_images(args.images)
+    model = load_inference_model(args.model, args.pretrained, device=state.device)
+    out = extract_to_file(model, paths, args.output, args.model, batch_size=args.batch_size,
+                          num_workers=args.num_workers, shard_size=args.shard_size, flip=args.flip,
+                          overwrite=args.overwrite)
+    if out is not None:
+        print(f'{out}: {len(paths)} embeddings of {args.model}')
+    return 0
+
+
+def _evaluate(args) -> int:
+    import torch
+
+    from .data import build_transforms, eval_loader, load_reid_dataset
+    from .embeddings import embed, load_inference_model
+    from .evaluation import evaluate, flip_features, re_rank
+
+    data = load_reid_dataset(args.dataset, args.root)
+    model = load_inference_model(args.model, args.pretrained)
+    transform = build_transforms(model.pretrained_cfg, train=False)
+
+    def features(split):
+        feats, pids, cams = [], [], []
+        with torch.inference_mode():
+            for pixels, pid, cam in eval_loader(data[split], transform, args.batch_size, args.num_workers):
+                feats.append(flip_features(lambda x: embed(model, x), pixels) if args.flip else embed(model, pixels))
+                pids.append(pid), cams.append(cam)
+        return torch.cat(feats).float(), torch.cat(pids), torch.cat(cams)
+
+    (qf, q_pids, q_cams), (gf, g_pids, g_cams) = features('query'), features('gallery')
+    labels = (q_pids, g_pids, q_cams, g_cams)
+    results = {'plain': _summary(evaluate(qf, gf, *labels, metric=args.metric))}
+    if args.rerank:
+        if args.metric == 'cosine':
+            qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
+        results['re-ranked'] = _summary(evaluate(None, None, *labels, distmat=re_rank(qf, gf, k1=args.rerank_k1,
+                                                                                  k2=args.rerank_k2)))
+    print(f'{args.model} on {args.dataset} ({args.root}), {results["plain"]["num_valid_queries"]} valid queries')
+    print('| | R1 | R5 | R10 | mAP | mINP |\n|---|---:|---:|---:|---:|---:|')
+    for name, metrics in results.items():
+        print(f'| {name} | ' + ' | '.join(f'{100 * metrics[k]:.1f}' for k in ('rank1', 'rank5', 'rank10', 'mAP',
+                                                                                'mINP')) + ' |')
+    if args.json is not None:
+        from .cards import write_text_atomically
+        write_text_atomically(args.json, json.dumps(dict(model=args.model, dataset=args.dataset, metric=args.metric,
+                                                         flip=args.flip, **results), indent=2))
+    return 0
+
+
+def _summary(result) -> dict:
+    cmc = result['cmc']
+    return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
+            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': float(result['mAP']), 'mINP': float(result['mINP']),
+            'num_valid_queries': int(result['num_valid_queries'])}
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

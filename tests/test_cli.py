@@ -1,0 +1,178 @@
+"""The aaformer-hf command: extract (sharded, resumable, split among processes), evaluate, the delegated commands,
+and their errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+from aaformer_hf import AAformerConfig, AAformerModel, AAformerImageProcessor
+from aaformer_hf.cli import main
+from aaformer_hf.data import load_reid_dataset
+from aaformer_hf.data.synthetic import generate_market_layout
+from aaformer_hf.embeddings import extract_to_file, load_embeddings, load_inference_model
+from aaformer_hf.evaluation import evaluate
+
+from .test_hub import hub  # noqa: F401  (the fixture)
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
+@pytest.fixture(scope='module')
+def market(tmp_path_factory):
+    return generate_market_layout(tmp_path_factory.mktemp('cli') / 'market', train_ids=2, test_ids=6,
+                                  images_per_id=3, distractors=2, junk=1, seed=5)
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp('cli_model') / 'model'
+    AAformerModel(AAformerConfig(**TINY)).save_pretrained(folder)
+    AAformerImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def _reference_embeddings(model_dir, paths):
+    """Through the transformers front door and its image processor: another loader and another preprocessing path."""
+    model, processor = AutoModel.from_pretrained(model_dir).eval(), AutoImageProcessor.from_pretrained(model_dir)
+    with torch.no_grad():
+        return torch.cat([model(**processor([Image.open(p).convert('RGB')], return_tensors='pt')).pooler_output
+                          for p in paths])
+
+
+def test_extract_writes_embeddings_paths_and_labels(tmp_path, market, model_dir, capsys):
+    out = tmp_path / 'gallery.safetensors'
+    assert main(['extract', str(model_dir), str(market / 'bounding_box_test'), '-o', str(out), '--batch_size',
+                 '4']) == 0
+    saved = load_embeddings(out)
+    paths = sorted((market / 'bounding_box_test').glob('*.jpg'))
+    assert saved['paths'] == [str(p) for p in paths] and saved['model'] == str(model_dir)
+    assert saved['embeddings'].shape == (len(paths), 6 * 64)
+    torch.testing.assert_close(saved['embeddings'], _reference_embeddings(model_dir, paths), rtol=1e-4, atol=1e-4)
+    # identities and cameras from the file names, as the dataset loader reads them
+    gallery = load_reid_dataset('market1501', market)['gallery']
+    by_path = {row['path']: (row['pid'], row['camid']) for row in gallery.select_columns(['path', 'pid', 'camid'])}
+    labels = dict(zip(map(str, paths), zip(saved['pids'].tolist(), saved['camids'].tolist())))
+    assert {p: labels[p] for p in by_path} == by_path
+    assert all(labels[p][0] == -1 for p in labels if p not in by_path)  # junk crops, which the loader leaves out
+    assert 'embeddings of' in capsys.readouterr().out
+    assert not (tmp_path / 'gallery.safetensors.parts').exists()
+
+
+def test_extract_from_a_file_list_without_labels(tmp_path, market, model_dir):
+    images = sorted((market / 'query').glob('*.jpg'))[:3]
+    renamed = []
+    for i, path in enumerate(images):  # names that carry no identity
+        renamed.append(tmp_path / f'crop{i}.jpg')
+        renamed[-1].write_bytes(path.read_bytes())
+    (tmp_path / 'list.txt').write_text('\n'.join(p.name for p in reversed(renamed)) + '\n')
+    out = tmp_path / 'e.safetensors'
+    assert main(['extract', str(model_dir), str(tmp_path / 'list.txt'), '-o', str(out)]) == 0
+    saved = load_embeddings(out)
+    assert saved['paths'] == [str(p) for p in reversed(renamed)]  # the list's order, not sorted
+    assert 'pids' not in saved and 'camids' not in saved
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a timm model and counts the crops it embeds."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.pretrained_cfg, self.seen = model, model.pretrained_cfg, 0
+
+    def forward_features(self, x):
+        self.seen += len(x)
+        return self.model.forward_features(x)
+
+    def forward_head(self, x, pre_logits=False):
+        return self.model.forward_head(x, pre_logits=pre_logits)
+
+
+def test_shards_split_among_processes_and_resume(tmp_path, market, model_dir):
+    paths = sorted((market / 'bounding_box_test').glob('*.jpg'))
+    model = load_inference_model(str(model_dir))
+    whole = tmp_path / 'whole.safetensors'
+    extract_to_file(model, paths, whole, 'm', shard_size=5, process_index=0, num_processes=1)
+    # process 1 of 2 stops after its shards (1, 3, ...); a single-process run then computes only the others
+    out = tmp_path / 'out.safetensors'
+    counting = CountingModel(model)
+    assert extract_to_file(counting, paths, out, 'm', shard_size=5, process_index=1, num_processes=2) is None
+    shards = [paths[i:i + 5] for i in range(0, len(paths), 5)]
+    assert counting.seen == sum(len(s) for s in shards[1::2])
+    assert sorted(p.name for p in (tmp_path / 'out.safetensors.parts').iterdir()) == [
+        f'part_{i:06d}.safetensors' for i in range(1, len(shards), 2)]
+    counting.seen = 0
+    extract_to_file(counting, paths, out, 'm', shard_size=5, process_index=0, num_processes=1)
+    assert counting.seen == sum(len(s) for s in shards[0::2])
+    assert torch.equal(load_embeddings(out)['embeddings'], load_embeddings(whole)['embeddings'])
+    # shards of another job are not mixed in
+    extract_to_file(model, paths, tmp_path / 'x.safetensors', 'm', shard_size=5, process_index=1, num_processes=2)
+    with pytest.raises(FileExistsError, match='x.safetensors.parts: holds shards of another job'):
+        extract_to_file(model, paths[1:], tmp_path / 'x.safetensors', 'm', shard_size=5, process_index=0,
+                        num_processes=1)
+
+
+def test_evaluate_prints_and_writes_the_benchmark_metrics(tmp_path, market, model_dir, capsys):
+    assert main(['evaluate', str(model_dir), '--dataset', 'market1501', '--root', str(market), '--rerank',
+                 '--rerank_k1', '4', '--rerank_k2', '2', '--json', str(tmp_path / 'm.json')]) == 0
+    saved = json.loads((tmp_path / 'm.json').read_text())
+    data = load_reid_dataset('market1501', market)
+    q, g = data['query'], data['gallery']
+    qf, gf = _reference_embeddings(model_dir, q['path']), _reference_embeddings(model_dir, g['path'])
+    expected = evaluate(qf, gf, q['pid'], g['pid'], q['camid'], g['camid'])
+    assert saved['plain']['mAP'] == pytest.approx(expected['mAP'], abs=1e-4)
+    assert saved['plain']['num_valid_queries'] == expected['num_valid_queries'] and 're-ranked' in saved
+    printed = capsys.readouterr().out
+    assert '| plain |' in printed and '| re-ranked |' in printed
+
+
+def test_errors_name_the_input_and_exit_2(tmp_path, model_dir, market, capsys):
+    cases = [
+        (['extract', str(model_dir), str(tmp_path / 'nothing'), '-o', str(tmp_path / 'o.safetensors')],
+         'nothing: no such folder or file list'),
+        (['extract', str(tmp_path), str(market / 'query'), '-o', str(tmp_path / 'o.safetensors')],
+         'not a model folder (no config.json)'),
+        (['extract', 'no_such_model_name', str(market / 'query'), '-o', str(tmp_path / 'o.safetensors')],
+         'no_such_model_name: unknown model'),
+        (['evaluate', str(model_dir), '--dataset', 'market1501', '--root', str(tmp_path / 'none')],
+         'dataset folder not found'),
+    ]
+    (tmp_path / 'exists.safetensors').write_bytes(b'keep me')
+    cases.append((['extract', str(model_dir), str(market / 'query'), '-o', str(tmp_path / 'exists.safetensors')],
+                  'exists.safetensors: already exists (pass --overwrite'))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert (tmp_path / 'exists.safetensors').read_bytes() == b'keep me'
+    bad = tmp_path / 'bad_images'
+    bad.mkdir()
+    (bad / 'broken.jpg').write_bytes(b'not an image')
+    with pytest.raises(SystemExit) as exit_info:
+        main(['extract', str(model_dir), str(bad), '-o', str(tmp_path / 'b.safetensors')])
+    assert exit_info.value.code == 2 and 'broken.jpg: unreadable image' in capsys.readouterr().err
+    assert not (tmp_path / 'b.safetensors').exists()
+
+
+def test_a_hub_id_loads_offline(hub, model_dir):  # noqa: F811  (the fixture)
+    from aaformer_hf.hub import push_to_hub
+    push_to_hub(model_dir, 'org/cli-model')
+    model = load_inference_model('org/cli-model')
+    reference = load_inference_model(str(model_dir))
+    x = torch.randn(1, 3, 256, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
+def test_delegated_commands_and_the_module_entry_point(tmp_path, capsys):
+    assert main(['synth', '--root', str(tmp_path / 's'), '--train_ids', '2', '--test_ids', '2']) == 0
+    assert (tmp_path / 's' / 'bounding_box_train').is_dir()
+    result = subprocess.run([sys.executable, '-m', 'aaformer_hf', '--help'], capture_output=True, text=True)
+    assert result.returncode == 0 and 'extract' in result.stdout and 'evaluate' in result.stdout
+    result = subprocess.run([sys.executable, '-m', 'aaformer_hf', 'extract'], capture_output=True, text=True)
+    assert result.returncode == 2 and 'required' in result.stderr
