@@ -91,13 +91,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _extract(args) -> int:
-    from accelerate import PartialState
-
-    from .embeddings import collect_images, extract_to_file, load_inference_model
+    from .embeddings import collect_images, extract_to_file, load_inference_model, process_state
 
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError('--shard_size and --batch_size must be >= 1')
-    state = PartialState()
+    state = process_state()
     if args.output.exists() and not args.overwrite:  # before loading anything
         raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
     paths = collect_images(args.images)

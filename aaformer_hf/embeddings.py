@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 __all__ = ['load_inference_model', 'embed', 'collect_images', 'names_to_labels', 'extract_to_file',
-           'load_embeddings', 'FORMAT']
+           'load_embeddings', 'process_state', 'FORMAT']
 
 FORMAT = 'aaformer-hf-embeddings/1'
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -126,13 +126,11 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
     """Embed ``paths`` with ``model`` into ``out`` (see the module docstring). ``process_index``/``num_processes``
     default to accelerate's state (one process without ``accelerate launch``); ``join=False`` leaves the shards
     (for a caller that joins once every process is done). Returns ``out`` on the process that wrote it."""
-    from accelerate import PartialState
-
     from .data import build_transforms
     from .evaluation import flip_features
 
     out, paths = Path(out), [Path(p) for p in paths]
-    state = PartialState() if process_index is None or num_processes is None else None
+    state = process_state() if process_index is None or num_processes is None else None
     rank = state.process_index if state else process_index
     world = state.num_processes if state else num_processes
     if out.exists() and not overwrite:
@@ -169,6 +167,21 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
     if not join or rank != 0:
         return None
     return _join(parts, len(shards), paths, out, model_name, flip)
+
+
+def process_state():
+    """accelerate's process state, on CPU when launched so (``accelerate launch --cpu`` sets ACCELERATE_USE_CPU,
+    which ``Accelerator`` reads and ``PartialState`` does not). Refuses a launch of several processes that accelerate
+    sees as one each: every process would embed everything and write the same files."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env('ACCELERATE_USE_CPU'))
+    launched = int(os.environ.get('WORLD_SIZE', '1'))
+    if state.num_processes != launched:
+        raise ValueError(f'launched as {launched} processes but accelerate sees {state.num_processes}; on CPU '
+                           'launch with `accelerate launch --cpu` (or set ACCELERATE_USE_CPU=true)')
+    return state
 
 
 def load_embeddings(path: Path) -> Dict[str, Any]:

@@ -176,3 +176,20 @@ def test_delegated_commands_and_the_module_entry_point(tmp_path, capsys):
     assert result.returncode == 0 and 'extract' in result.stdout and 'evaluate' in result.stdout
     result = subprocess.run([sys.executable, '-m', 'aaformer_hf', 'extract'], capture_output=True, text=True)
     assert result.returncode == 2 and 'required' in result.stderr
+
+
+def test_two_processes_share_the_shards_and_join_in_input_order(tmp_path, market, model_dir):
+    import os
+    out = tmp_path / 'two.safetensors'
+    done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                           '29541', '-m', 'aaformer_hf', 'extract', str(model_dir), str(market / 'bounding_box_test'),
+                           '-o', str(out), '--shard_size', '3'], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'ACCELERATE_USE_CPU': 'true', 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count('embeddings of') == 1  # the main process joins and reports, once
+    paths = sorted((market / 'bounding_box_test').glob('*.jpg'))
+    single = extract_to_file(load_inference_model(str(model_dir)), paths, tmp_path / 'one.safetensors', 'm',
+                             shard_size=3, process_index=0, num_processes=1)
+    torch.testing.assert_close(load_embeddings(out)['embeddings'], load_embeddings(single)['embeddings'],
+                               rtol=1e-5, atol=1e-5)
+    assert load_embeddings(out)['paths'] == [str(p) for p in paths]
