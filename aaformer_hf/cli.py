@@ -3,6 +3,7 @@
 
     aaformer-hf extract MODEL IMAGES -o emb.safetensors     embeddings of person crops (a folder or a file list)
     aaformer-hf evaluate MODEL --dataset market1501 --root R   CMC / mAP / mINP on a re-ID benchmark
+    aaformer-hf export-onnx MODEL -o reid.onnx              ONNX of the embedding, checked in onnxruntime
     aaformer-hf card FOLDER --repo_id org/name              write a model card from the run's metrics.json
     aaformer-hf convert CKPT OUT                            CLIP-ReID checkpoint -> π-VL model folder
     aaformer-hf parse ...                                   human-parsing maps for a dataset
@@ -63,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--rerank_k2', type=int, default=6, help='re-ranking k2 (default 6)')
     evaluate.add_argument('--json', type=Path, help='also write the metrics to this JSON file')
 
+    onnx = commands.add_parser('export-onnx', help='ONNX of the embedding, checked in onnxruntime',
+                               epilog='example:\n  aaformer-hf export-onnx outputs/synthetic/model -o reid.onnx',
+                               formatter_class=raw, allow_abbrev=False)
+    onnx.add_argument('model', help='timm name, saved model folder, or Hub id (org/name[@revision])')
+    onnx.add_argument('-o', '--output', type=Path, required=True, help='the .onnx file to write')
+    onnx.add_argument('--pretrained', action='store_true', help='for a timm name: its pretrained weights')
+    onnx.add_argument('--opset', type=int, default=18, help='ONNX opset (>= 17; default 18)')
+    onnx.add_argument('--tolerance', type=float, default=1e-4,
+                      help='largest absolute difference from PyTorch accepted (default 1e-4)')
+    onnx.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+
     for name, (_, help_text) in _DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -85,8 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return {'extract': _extract, 'evaluate': _evaluate}[args.command](args)
-    except (OSError, ValueError) as error:
+        return {'extract': _extract, 'evaluate': _evaluate, 'export-onnx': _export_onnx}[args.command](args)
+    except (OSError, ValueError, ImportError) as error:
         parser.exit(2, f'aaformer-hf {args.command}: error: {error}\n')
 
 
@@ -105,6 +117,20 @@ def _extract(args) -> int:
                           overwrite=args.overwrite)
     if out is not None:
         print(f'{out}: {len(paths)} embeddings of {args.model}')
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from .embeddings import load_inference_model
+    from .export import export_onnx
+
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
+    differences = export_onnx(load_inference_model(args.model, args.pretrained), args.output, args.opset,
+                              args.tolerance)
+    checked = ', '.join(f'batch {b}: {d:.1e}' for b, d in differences.items())
+    print(f'{args.output}: {args.model}, opset {args.opset}, dynamic batch; onnxruntime vs PyTorch max |diff| '
+          f'{checked}')
     return 0
 
 

@@ -193,3 +193,27 @@ def test_two_processes_share_the_shards_and_join_in_input_order(tmp_path, market
     torch.testing.assert_close(load_embeddings(out)['embeddings'], load_embeddings(single)['embeddings'],
                                rtol=1e-5, atol=1e-5)
     assert load_embeddings(out)['paths'] == [str(p) for p in paths]
+
+
+@pytest.mark.parametrize('family', ['aaformer', 'pivl'])
+def test_export_onnx_matches_pytorch_at_any_batch(tmp_path, family, capsys):
+    import onnxruntime  # dev extras
+    from aaformer_hf import PiVLConfig, PiVLModel
+    torch.manual_seed(0)
+    folder = tmp_path / 'model'
+    (AAformerModel(AAformerConfig(**TINY)) if family == 'aaformer'
+     else PiVLModel(PiVLConfig(**TINY, projection_dim=32))).save_pretrained(folder)
+    out = tmp_path / 'reid.onnx'
+    assert main(['export-onnx', str(folder), '-o', str(out)]) == 0
+    assert 'opset 18' in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    reference = load_inference_model(str(folder))
+    for batch in (2, 5):  # sizes the export never saw
+        x = torch.randn(batch, 3, 256, 128)
+        (got,) = session.run(None, {'pixel_values': x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), reference.forward_head(
+                reference.forward_features(x), pre_logits=True), rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit) as exit_info:
+        main(['export-onnx', str(folder), '-o', str(out)])
+    assert exit_info.value.code == 2 and 'reid.onnx: already exists' in capsys.readouterr().err
