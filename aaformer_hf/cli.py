@@ -31,6 +31,7 @@ _EXAMPLES = {
     'extract': 'examples:\n'
                '  aaformer-hf extract outputs/synthetic/model data/crops -o crops.safetensors\n'
                '  aaformer-hf extract org/aaformer-msmt17 list.txt -o emb.safetensors --shard_size 50000\n'
+               '  aaformer-hf extract MODEL --dataset msmt17 --root data/MSMT17 --split query -o query.safetensors\n'
                '  accelerate launch -m aaformer_hf extract MODEL IMAGES -o OUT   # shards spread over processes',
     'evaluate': 'examples:\n'
                 '  aaformer-hf evaluate outputs/synthetic/model --dataset market1501 --root data/synthetic_market\n'
@@ -47,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     extract = commands.add_parser('extract', help='embeddings of person crops -> safetensors', epilog=_EXAMPLES[
         'extract'], formatter_class=raw, allow_abbrev=False)
     _model_arguments(extract)
-    extract.add_argument('images', type=Path, help='a folder of crops (searched recursively) or a text file of paths')
+    extract.add_argument('images', type=Path, nargs='?',
+                         help='a folder of crops (searched recursively) or a text file of paths; or use --dataset')
+    extract.add_argument('--dataset', help='instead of IMAGES: a re-ID loader name (market1501, msmt17, ...) whose '
+                                           '--split is embedded with its identities and cameras')
+    extract.add_argument('--root', help='the --dataset folder')
+    extract.add_argument('--split', default='gallery', choices=('train', 'query', 'gallery'))
     extract.add_argument('-o', '--output', type=Path, required=True, help='the .safetensors file to write')
     extract.add_argument('--shard_size', type=int, default=10000,
                          help='crops per shard: the unit of resuming and of sharing among processes (default 10000)')
@@ -110,11 +116,25 @@ def _extract(args) -> int:
     state = process_state()
     if args.output.exists() and not args.overwrite:  # before loading anything
         raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
-    paths = collect_images(args.images)
+    if (args.images is None) == (args.dataset is None):
+        raise ValueError('give IMAGES (a folder or file list) or --dataset NAME --root DIR, not both')
+    labels = None
+    if args.dataset is not None:
+        from .data import load_reid_dataset
+        if args.root is None:
+            raise ValueError('--dataset needs --root')
+        split = load_reid_dataset(args.dataset, args.root)[args.split]
+        if 'path' not in split.column_names:
+            raise ValueError(f'--dataset {args.dataset}: its images have no file paths (a Hub dataset); export them '
+                             'to a folder first')
+        split = split.select_columns(['path', 'pid', 'camid'])
+        paths, labels = [Path(p) for p in split['path']], (split['pid'], split['camid'])
+    else:
+        paths = collect_images(args.images)
     model = load_inference_model(args.model, args.pretrained, device=state.device)
     out = extract_to_file(model, paths, args.output, args.model, batch_size=args.batch_size,
                           num_workers=args.num_workers, shard_size=args.shard_size, flip=args.flip,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, labels=labels)
     if out is not None:
         print(f'{out}: {len(paths)} embeddings of {args.model}')
     return 0

@@ -122,10 +122,12 @@ class _Images(Dataset):
 def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, batch_size: int = 64,
                     num_workers: int = 0, shard_size: int = 10000, flip: bool = False, overwrite: bool = False,
                     process_index: Optional[int] = None, num_processes: Optional[int] = None,
-                    device: Optional[torch.device] = None, join: bool = True) -> Optional[Path]:
+                    device: Optional[torch.device] = None, join: bool = True,
+                    labels: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> Optional[Path]:
     """Embed ``paths`` with ``model`` into ``out`` (see the module docstring). ``process_index``/``num_processes``
     default to accelerate's state (one process without ``accelerate launch``); ``join=False`` leaves the shards
-    (for a caller that joins once every process is done). Returns ``out`` on the process that wrote it."""
+    (for a caller that joins once every process is done); ``labels``: (pids, camids) of the images (e.g. from a
+    dataset), else read from the file names when they all carry them. Returns ``out`` on the process that wrote it."""
     from .data import build_transforms
     from .evaluation import flip_features
 
@@ -166,7 +168,9 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
         state.wait_for_everyone()
     if not join or rank != 0:
         return None
-    return _join(parts, len(shards), paths, out, model_name, flip)
+    if labels is not None and not len(labels[0]) == len(labels[1]) == len(paths):
+        raise ValueError(f'labels for {len(labels[0])} / {len(labels[1])} images, but {len(paths)} images')
+    return _join(parts, len(shards), paths, out, model_name, flip, labels)
 
 
 def process_state():
@@ -199,13 +203,13 @@ def load_embeddings(path: Path) -> Dict[str, Any]:
     return out
 
 
-def _join(parts: Path, count: int, paths: List[Path], out: Path, model_name: str, flip: bool) -> Path:
+def _join(parts: Path, count: int, paths: List[Path], out: Path, model_name: str, flip: bool, labels) -> Path:
     feats = []
     for index in range(count):
         with safe_open(parts / f'part_{index:06d}.safetensors', 'pt') as handle:
             feats.append(handle.get_tensor('embeddings'))
     tensors = {'embeddings': torch.cat(feats) if feats else torch.empty(0, 0)}
-    labels = names_to_labels(paths)
+    labels = names_to_labels(paths) if labels is None else tuple(torch.as_tensor(v) for v in labels)
     if labels is not None:
         tensors['pids'], tensors['camids'] = labels
     metadata = {'format': FORMAT, 'model': model_name, 'flip': str(flip).lower(),

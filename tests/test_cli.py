@@ -217,3 +217,20 @@ def test_export_onnx_matches_pytorch_at_any_batch(tmp_path, family, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['export-onnx', str(folder), '-o', str(out)])
     assert exit_info.value.code == 2 and 'reid.onnx: already exists' in capsys.readouterr().err
+
+
+def test_extract_a_dataset_split_with_its_labels(tmp_path, market, model_dir, capsys):
+    out = tmp_path / 'query.safetensors'
+    assert main(['extract', str(model_dir), '--dataset', 'market1501', '--root', str(market), '--split', 'query',
+                 '-o', str(out)]) == 0
+    query = load_reid_dataset('market1501', market)['query']
+    saved = load_embeddings(out)
+    assert saved['paths'] == query['path']
+    assert saved['pids'].tolist() == query['pid'] and saved['camids'].tolist() == query['camid']
+    torch.testing.assert_close(saved['embeddings'], _reference_embeddings(model_dir, query['path']),
+                               rtol=1e-4, atol=1e-4)
+    for argv, message in (([str(market / 'query'), '--dataset', 'market1501', '--root', str(market)], 'not both'),
+                          (['--dataset', 'market1501'], '--dataset needs --root')):
+        with pytest.raises(SystemExit) as exit_info:
+            main(['extract', str(model_dir), *argv, '-o', str(tmp_path / 'x.safetensors')])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
