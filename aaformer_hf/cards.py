@@ -8,15 +8,15 @@ wrote); the papers' own numbers appear in a separate table labelled as reported 
 """
 import argparse
 import dataclasses
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ['model_card', 'planned_cards', 'write_card', 'write_text_atomically', 'DATASETS', 'REPORTED', 'main']
+from ._files import atomic_path
+
+__all__ = ['model_card', 'planned_cards', 'write_card', 'DATASETS', 'REPORTED', 'main']
 
 TASK = dict(task_type='image-feature-extraction', task_name='Person Re-Identification')
 # the dataset names training records (aaformer_hf.data's loaders) -> how cards name them
@@ -108,9 +108,9 @@ def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, d
         card_data, template_str=template, title=name, repo_id=repo_id, status=status,
         summary=f'{family.summary} Paper: {family.paper} ([arXiv {family.arxiv}](https://arxiv.org/abs/'
                 f'{family.arxiv})); implementation: the `aaformer-hf` package (timm and transformers).',
-        batch='batch', embedding_size=config.embedding_size, height=config.image_size[0], width=config.image_size[1],
+        embedding_size=config.embedding_size, height=config.image_size[0], width=config.image_size[1],
         interpolation=pretrained_cfg['interpolation'], mean=_numbers(pretrained_cfg['mean']),
-        std=_numbers(pretrained_cfg['std']), distance='Euclidean or cosine distance',
+        std=_numbers(pretrained_cfg['std']),
         training=_training_text(metrics, dataset_name, selection),
         measured=_measured_text(measured, metrics, dataset, dataset_name),
         reported=_reported_text(REPORTED.get((config.model_type, dataset), []), family, dataset_name),
@@ -119,21 +119,9 @@ def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, d
 
 def write_card(card: ModelCard, path: Path) -> Path:
     """Write ``card`` to ``path`` so that a reader never sees half a card."""
-    return write_text_atomically(path, str(card))
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write through a temporary file in the same folder, then rename: ``path`` is either old or whole."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-    try:
-        with os.fdopen(handle, 'w', encoding='utf-8') as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(str(card), encoding='utf-8')
+    return Path(path)
 
 
 def planned_cards(out_dir: Path, org: str = 'aaformer-hf') -> List[Path]:

@@ -159,7 +159,7 @@ def _evaluate(args) -> int:
 
     from .data import build_transforms, eval_loader, load_reid_dataset
     from .embeddings import embed, load_inference_model
-    from .evaluation import evaluate, flip_features, re_rank
+    from .evaluation import evaluate, flip_features, re_rank, summarise
 
     data = load_reid_dataset(args.dataset, args.root)
     model = load_inference_model(args.model, args.pretrained)
@@ -175,11 +175,11 @@ def _evaluate(args) -> int:
 
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = features('query'), features('gallery')
     labels = (q_pids, g_pids, q_cams, g_cams)
-    results = {'plain': _summary(evaluate(qf, gf, *labels, metric=args.metric))}
+    results = {'plain': summarise(evaluate(qf, gf, *labels, metric=args.metric))}
     if args.rerank:
         if args.metric == 'cosine':
             qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
-        results['re-ranked'] = _summary(evaluate(None, None, *labels, distmat=re_rank(qf, gf, k1=args.rerank_k1,
+        results['re-ranked'] = summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf, k1=args.rerank_k1,
                                                                                   k2=args.rerank_k2)))
     print(f'{args.model} on {args.dataset} ({args.root}), {results["plain"]["num_valid_queries"]} valid queries')
     print('| | R1 | R5 | R10 | mAP | mINP |\n|---|---:|---:|---:|---:|---:|')
@@ -187,17 +187,11 @@ def _evaluate(args) -> int:
         print(f'| {name} | ' + ' | '.join(f'{100 * metrics[k]:.1f}' for k in ('rank1', 'rank5', 'rank10', 'mAP',
                                                                                 'mINP')) + ' |')
     if args.json is not None:
-        from .cards import write_text_atomically
-        write_text_atomically(args.json, json.dumps(dict(model=args.model, dataset=args.dataset, metric=args.metric,
-                                                         flip=args.flip, **results), indent=2))
+        from ._files import atomic_path
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(dict(model=args.model, dataset=args.dataset, metric=args.metric,
+                                           flip=args.flip, **results), indent=2))
     return 0
-
-
-def _summary(result) -> dict:
-    cmc = result['cmc']
-    return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
-            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': float(result['mAP']), 'mINP': float(result['mINP']),
-            'num_valid_queries': int(result['num_valid_queries'])}
 
 
 if __name__ == '__main__':

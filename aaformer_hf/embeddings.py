@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -22,6 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from ._files import atomic_path
 
 __all__ = ['load_inference_model', 'embed', 'collect_images', 'names_to_labels', 'extract_to_file',
            'load_embeddings', 'process_state', 'FORMAT']
@@ -137,6 +138,8 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
     world = state.num_processes if state else num_processes
     if out.exists() and not overwrite:
         raise FileExistsError(f'{out}: already exists (pass --overwrite to replace it)')
+    if labels is not None and not len(labels[0]) == len(labels[1]) == len(paths):
+        raise ValueError(f'labels for {len(labels[0])} / {len(labels[1])} images, but {len(paths)} images')
     parts = Path(f'{out}.parts')
     shards = [paths[i:i + shard_size] for i in range(0, len(paths), shard_size)]
     transform = build_transforms(model.pretrained_cfg, train=False)
@@ -146,7 +149,7 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
     bar = tqdm(total=sum(len(shards[i]) for i in mine), desc='embedding', unit='img',
                disable=None if rank == 0 else True)
     for index in mine:
-        part = parts / f'part_{index:06d}.safetensors'
+        part = _part(parts, index)
         key = _shard_key(shards[index], model_name, flip)
         if part.is_file():
             if _read_metadata(part).get('key') != key:
@@ -162,14 +165,12 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
                 feats.append((flip_features(lambda x: embed(model, x), pixels) if flip
                               else embed(model, pixels)).float().cpu())
                 bar.update(len(pixels))
-        _atomic_save({'embeddings': torch.cat(feats)}, {'key': key}, part)
+        _save({'embeddings': torch.cat(feats)}, {'key': key}, part)
     bar.close()
     if state:
         state.wait_for_everyone()
     if not join or rank != 0:
         return None
-    if labels is not None and not len(labels[0]) == len(labels[1]) == len(paths):
-        raise ValueError(f'labels for {len(labels[0])} / {len(labels[1])} images, but {len(paths)} images')
     return _join(parts, len(shards), paths, out, model_name, flip, labels)
 
 
@@ -206,7 +207,7 @@ def load_embeddings(path: Path) -> Dict[str, Any]:
 def _join(parts: Path, count: int, paths: List[Path], out: Path, model_name: str, flip: bool, labels) -> Path:
     feats = []
     for index in range(count):
-        with safe_open(parts / f'part_{index:06d}.safetensors', 'pt') as handle:
+        with safe_open(_part(parts, index), 'pt') as handle:
             feats.append(handle.get_tensor('embeddings'))
     tensors = {'embeddings': torch.cat(feats) if feats else torch.empty(0, 0)}
     labels = names_to_labels(paths) if labels is None else tuple(torch.as_tensor(v) for v in labels)
@@ -214,7 +215,7 @@ def _join(parts: Path, count: int, paths: List[Path], out: Path, model_name: str
         tensors['pids'], tensors['camids'] = labels
     metadata = {'format': FORMAT, 'model': model_name, 'flip': str(flip).lower(),
                 'paths': json.dumps([str(p) for p in paths])}
-    _atomic_save(tensors, metadata, out)
+    _save(tensors, metadata, out)
     shutil.rmtree(parts)
     return out
 
@@ -234,12 +235,10 @@ def _read_metadata(path: Path) -> Dict[str, str]:
         raise ValueError(f'{path}: unreadable safetensors file ({error})') from error
 
 
-def _atomic_save(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str], path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def _part(parts: Path, index: int) -> Path:
+    return parts / f'part_{index:06d}.safetensors'

@@ -16,7 +16,7 @@ and junk are found from a per-identity index of the gallery (a few dozen items),
 than the query's farthest positive are compared with the positives' distances. The products run in float32;
 every comparison closer than a bound on float32 rounding is decided again in float64, so rankings are exact.
 """
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .reranking import non_finite_rows, re_rank
 
-__all__ = ['evaluate', 'pairwise_distance', 'flip_features', 're_rank']
+__all__ = ['evaluate', 'summarise', 'pairwise_distance', 'flip_features', 're_rank']
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -338,3 +338,12 @@ def evaluate(
         'num_valid_queries': num_valid,
         'num_skipped_queries': qf.shape[0] - num_valid,
     }
+
+
+def summarise(result: Dict[str, Any]) -> Dict[str, Any]:
+    """``evaluate``'s result as the numbers re-ID papers report: R1/R5/R10 (the last CMC value when the curve is
+    shorter), mAP, mINP and the number of valid queries, as plain Python numbers."""
+    cmc = result['cmc']
+    return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
+            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': float(result['mAP']), 'mINP': float(result['mINP']),
+            'num_valid_queries': int(result['num_valid_queries'])}

@@ -4,14 +4,13 @@ with a dynamic batch size, checked against PyTorch in onnxruntime before the fil
 
 Needs the ``onnx`` extra (``pip install "aaformer-hf[onnx]"``: onnx, onnxscript, onnxruntime).
 """
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict
 
 import torch
 import torch.nn as nn
 
+from ._files import atomic_path
 from .embeddings import embed
 
 __all__ = ['ReIDEmbedder', 'export_onnx']
@@ -43,13 +42,11 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
     path = Path(path)
     embedder = ReIDEmbedder(model).eval()
     _, height, width = model.pretrained_cfg['input_size']
-    handle, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.onnx', dir=path.parent)
-    os.close(handle)
-    try:
-        torch.onnx.export(embedder, (torch.randn(2, 3, height, width),), tmp, dynamo=True, opset_version=opset,
+    with atomic_path(path, suffix='.onnx') as tmp:
+        torch.onnx.export(embedder, (torch.randn(2, 3, height, width),), str(tmp), dynamo=True, opset_version=opset,
                           input_names=['pixel_values'], output_names=['embeddings'],
                           dynamic_shapes=({0: torch.export.Dim('batch')},), external_data=False, verbose=False)
-        session = onnxruntime.InferenceSession(tmp, providers=['CPUExecutionProvider'])
+        session = onnxruntime.InferenceSession(str(tmp), providers=['CPUExecutionProvider'])
         differences = {}
         generator = torch.Generator().manual_seed(0)
         for batch in check_batches:
@@ -61,7 +58,4 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
         if max(differences.values()) > tolerance:
             raise ValueError(f'{path}: the exported graph differs from PyTorch by up to '
                              f'{max(differences.values()):.2e} (> {tolerance}); not written')
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return differences

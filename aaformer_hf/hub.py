@@ -57,8 +57,7 @@ def push_to_hub(model_or_folder: Union[nn.Module, str, Path], repo_id: str, *, r
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-                                 commit_message=commit_message or f'Upload {folder_config(folder).model_type} model '
-                                                                  'with aaformer-hf')
+                                 commit_message=commit_message or 'Upload a re-ID model with aaformer-hf')
 
 
 def push_model_folder(folder: Path, repo_id: Optional[str], private: Optional[bool] = None):
@@ -75,9 +74,11 @@ def prepare_folder(model_or_folder: Union[nn.Module, str, Path], out: Union[str,
     if out.exists():
         raise FileExistsError(f'{out}: already exists; prepare_folder writes a new folder')
     out.mkdir(parents=True)
+    source, selection = None, None
     if isinstance(model_or_folder, nn.Module):
-        _transformers_model(model_or_folder).save_pretrained(out)
-        source, selection = None, None
+        model = _transformers_model(model_or_folder)
+        model.save_pretrained(out)
+        config = model.config
     else:
         source = Path(model_or_folder)
         config = folder_config(source)
@@ -88,9 +89,6 @@ def prepare_folder(model_or_folder: Union[nn.Module, str, Path], out: Union[str,
                 shutil.copy2(source / name, out / name)
         if metrics is None:
             metrics, selection = _run_metrics(source)
-        else:
-            selection = None
-    config = folder_config(out)
     if not (out / 'preprocessor_config.json').is_file():
         _family(config).image_processor_class.from_timm_pretrained_cfg(
             config.timm_hub_keys()['pretrained_cfg']).save_pretrained(out)
@@ -146,16 +144,9 @@ def _family(config):
 
 def _transformers_model(model: nn.Module):
     """A family's transformers model as is; a family's timm module wrapped (same weights, no copy of the code)."""
-    from .hf.timm_backed import TimmBackedPreTrainedModel, family_of_timm_model
+    from .hf.timm_backed import TimmBackedPreTrainedModel, wrap_timm_model
 
-    if isinstance(model, TimmBackedPreTrainedModel):
-        return model
-    family = family_of_timm_model(model)
-    num_classes = getattr(model, 'num_classes', 0)
-    config = family.config_class.from_timm_model(model, **({'num_labels': num_classes} if num_classes else {}))
-    wrapped = (family.reid_class if num_classes else family.model_class)(config)
-    wrapped.load_state_dict(model.state_dict())
-    return wrapped
+    return model if isinstance(model, TimmBackedPreTrainedModel) else wrap_timm_model(model)
 
 
 def _run_metrics(folder: Path):

@@ -12,8 +12,9 @@ configuration (``train_config.py``), the training objectives (``train_losses.py`
 Every TrainConfig field (train_config.py beside this file) is a flag and overrides the YAML file. Writes
 OUTPUT_DIR/metrics.json (final R1/R5/R10/mAP/mINP, images/s), OUTPUT_DIR/model/ (save_pretrained: loadable by
 transformers' AutoModel and by timm), OUTPUT_DIR/best_model/ and OUTPUT_DIR/checkpoints/{epoch_N,step_N}/.
-One CPU, one GPU or many. A model family plugs in through ``FAMILIES``: its timm class maps to its transformers config and re-ID class and its
-objective; everything else (data, schedule, checkpoints, evaluation, saving) is shared.
+One CPU, one GPU or many. A model family plugs in through ``FAMILIES``: its timm class maps to the methods that train
+it and their recipe (its transformers classes come from the package's registry); everything else (data, schedule,
+checkpoints, evaluation, saving) is shared.
 """
 import json
 import logging
@@ -38,9 +39,8 @@ from tqdm.auto import tqdm
 from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, train_loader
 from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.synthetic import generate_market_layout, is_synthetic
-from aaformer_hf.evaluation import evaluate, flip_features, re_rank
-from aaformer_hf.hf import (AAformerConfig, AAformerForReID, AAformerImageProcessor, PiVLConfig, PiVLForReID,
-                            PiVLImageProcessor)
+from aaformer_hf.evaluation import evaluate, flip_features, re_rank, summarise
+from aaformer_hf.hf.timm_backed import FAMILIES as MODEL_FAMILIES, wrap_timm_model
 from aaformer_hf.models.aaformer import AAformer
 from aaformer_hf.models.pivl import PiVLViT
 from train_config import BASELINES, TrainConfig, parse_config
@@ -56,11 +56,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Family:
-    """How a model family trains: its transformers config / re-ID / image-processor classes, the methods that train
-    it and the recipe that says what those methods add to the shared loop."""
-    config_class: Type
-    reid_class: Type
-    processor_class: Type
+    """How a model family trains: the methods that train it and the recipe that says what those methods add to the
+    shared loop (its transformers classes come from the package's registry, ``aaformer_hf.hf.timm_backed``)."""
     methods: Tuple[str, ...]
     make_recipe: Callable[..., 'Recipe']
 
@@ -75,8 +72,8 @@ def _two_stage_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -
 
 
 FAMILIES: Dict[Type[nn.Module], Family] = {
-    AAformer: Family(AAformerConfig, AAformerForReID, AAformerImageProcessor, ('aaformer',), _aaformer_recipe),
-    PiVLViT: Family(PiVLConfig, PiVLForReID, PiVLImageProcessor, ('clipreid', 'pivl'), _two_stage_recipe),
+    AAformer: Family(('aaformer',), _aaformer_recipe),
+    PiVLViT: Family(('clipreid', 'pivl'), _two_stage_recipe),
 }
 
 
@@ -100,10 +97,7 @@ def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[i
     if config.method not in family.methods:
         raise ValueError(f'--method {config.method} does not train {config.model!r} ({type(timm_model).__name__} '
                          f'trains with --method {" / ".join(family.methods)})')
-    hf_config = family.config_class.from_timm_model(
-        timm_model, num_labels=num_classes, label_smoothing=config.label_smoothing, id2label=id2label)
-    model = family.reid_class(hf_config)
-    model.load_state_dict(timm_model.state_dict())
+    model = wrap_timm_model(timm_model, label_smoothing=config.label_smoothing, id2label=id2label)
     return model, timm_model.pretrained_cfg, family
 
 
@@ -149,20 +143,13 @@ def retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config: TrainConfi
     ``config.rerank``) also the same after k-reciprocal re-ranking of the (normalised) features, as ``rerank_*``."""
     rerank = config.rerank if rerank is None else rerank
     labels = (q_pids, g_pids, q_cams, g_cams)
-    metrics = _summarise(evaluate(qf, gf, *labels, metric=config.eval_metric, normalize=config.eval_normalize))
+    metrics = summarise(evaluate(qf, gf, *labels, metric=config.eval_metric, normalize=config.eval_normalize))
     if rerank:
         if config.eval_normalize or config.eval_metric == 'cosine':
             qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-        reranked = _summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf)))
+        reranked = summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf)))
         metrics.update({f'rerank_{k}': v for k, v in reranked.items() if k != 'num_valid_queries'})
     return metrics
-
-
-def _summarise(result: Dict[str, Any]) -> Dict[str, Any]:
-    cmc = result['cmc']
-    return {'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
-            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': result['mAP'], 'mINP': result['mINP'],
-            'num_valid_queries': result['num_valid_queries']}
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -220,7 +207,8 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     id2label = {label: str(pid) for label, pid in sorted(set(zip(data['train']['pid'], originals)))}
     model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
     recipe = family.make_recipe(config, model, len(id2label))
-    processor = family.processor_class.from_timm_pretrained_cfg(pretrained_cfg) if recipe.input_cfg is None else None
+    processor_class = MODEL_FAMILIES[model.config.model_type].image_processor_class
+    processor = processor_class.from_timm_pretrained_cfg(pretrained_cfg) if recipe.input_cfg is None else None
     input_cfg = recipe.input_cfg or pretrained_cfg  # stage 1 (RunContext) reads the teacher's own
     if recipe.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
         data['train'] = add_parsing_column(data['train'], config.data_root, missing=config.parsing_missing)

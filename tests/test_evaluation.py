@@ -193,3 +193,12 @@ def test_duplicate_images_tie_by_gallery_index(chunk_size, budget, monkeypatch):
     fast = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, chunk_size=chunk_size, max_rank=20)
     assert fast['mAP'] == pytest.approx(ref['mAP'], abs=1e-12)
     np.testing.assert_allclose(fast['cmc'], ref['cmc'], atol=1e-12)
+
+
+def test_summarise_reads_the_reported_ranks_off_the_cmc_curve():
+    from aaformer_hf.evaluation import summarise
+    result = dict(cmc=np.arange(1, 11) / 10, mAP=np.float64(0.25), mINP=0.125, num_valid_queries=np.int64(7))
+    assert summarise(result) == dict(rank1=0.1, rank5=0.5, rank10=1.0, mAP=0.25, mINP=0.125, num_valid_queries=7)
+    # a curve shorter than 10 (max_rank < 10): R5 and R10 are its last value
+    assert summarise(dict(result, cmc=np.array([0.5, 0.75, 0.8])))['rank5'] == 0.8
+    assert type(summarise(result)['mAP']) is float and type(summarise(result)['num_valid_queries']) is int

@@ -294,8 +294,7 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, mo
         recipe.criterion = poisoned
         return recipe
 
-    monkeypatch.setitem(loop.FAMILIES, loop.AAformer, loop.Family(
-        family.config_class, family.reid_class, family.processor_class, family.methods, make_recipe))
+    monkeypatch.setitem(loop.FAMILIES, loop.AAformer, loop.Family(family.methods, make_recipe))
     out = tmp_path / 'diverged'
     with pytest.raises(FloatingPointError, match=r'diverged at optimiser step 3 \(epoch 0, batch 2\): '
                                                  r'loss = inf, id_loss = [0-9.]+, triplet_loss = inf'):

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from .datasets import ReIDDatasetError, load_reid_dataset
-from .parsing import parsing_path
+from .parsing import _listed, parsing_path
 from .synthetic import LIP_LABELS
 
 __all__ = ['lip_label_map', 'write_parsing_maps', 'main']
@@ -75,8 +75,8 @@ def write_parsing_maps(split: datasets.Dataset, root: Union[str, Path], model, p
     targets = [parsing_path(path, root) for path in split['path']]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f'{len(existing)} parsing map(s) exist already ({", ".join(existing[:3])}'
-                              f'{" ..." if len(existing) > 3 else ""}); pass overwrite=True / --overwrite to replace')
+        raise FileExistsError(f'{len(existing)} parsing map(s) exist already ({_listed(existing)}); pass '
+                              'overwrite=True / --overwrite to replace')
     model.eval()
     device = next(model.parameters()).device
 

@@ -29,7 +29,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from ..losses import identity_loss
 
 __all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family', 'FAMILIES',
-           'family_of_timm_model']
+           'family_of_timm_model', 'wrap_timm_model']
 
 TIMM_MODULE_PREFIX = 'timm_model'
 # keywords transformers' PreTrainedConfig takes besides its fields (handled or dropped by its __post_init__ or its
@@ -46,6 +46,8 @@ _BASE_CONFIG_KEYWORDS = frozenset({
 # config.json keys timm reads (its Hub format). Written from the config's fields on every save, never read back: a
 # checkpoint re-saved with another num_labels or width must not keep a stale copy that timm would then build from.
 TIMM_HUB_KEYS = ('architecture', 'num_classes', 'num_features', 'model_args', 'pretrained_cfg')
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A registered model family: its config, feature-extractor and re-ID classes, and image processor."""
@@ -58,9 +60,6 @@ class Family:
 # the registered families by model_type (filled by register_family), for code that starts from a timm module or a
 # folder (the Hub tools) and must find the transformers classes without knowing every family
 FAMILIES: Dict[str, Family] = {}
-# names of the families' classes with identity classifiers (filled by register_family): a config.json saved by one of
-# them tells timm to build those classifiers (num_classes = num_labels), any other saved model is a feature extractor
-_REID_ARCHITECTURES = set()
 
 
 class TimmKeyLayout(WeightRenaming):
@@ -112,8 +111,9 @@ class TimmBackedConfig(PreTrainedConfig):
         from timm.models import get_pretrained_cfg
         from timm.models._pretrained import filter_pretrained_cfg  # timm's own filter for exported configs
 
-        reid = bool(set(self.architectures or ()) & _REID_ARCHITECTURES)
-        num_classes = self.num_labels if reid else 0
+        # saved by a class with identity classifiers: timm builds them too; any other saved model is a feature extractor
+        reid_classes = {f.reid_class.__name__ for f in FAMILIES.values() if f.reid_class is not None}
+        num_classes = self.num_labels if set(self.architectures or ()) & reid_classes else 0
         registry = get_pretrained_cfg(self.timm_architecture).to_dict()
         pretrained_cfg = {k: v for k, v in filter_pretrained_cfg(registry, remove_source=True).items()
                           if k not in ('architecture', 'tag')}
@@ -266,8 +266,6 @@ def register_family(
     """Register a family with the Auto classes and map its checkpoints to timm's key layout."""
     FAMILIES[config_class.model_type] = Family(config_class, model_class, reid_class, image_processor_class)
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    if reid_class is not None:
-        _REID_ARCHITECTURES.add(reid_class.__name__)
     AutoModel.register(config_class, model_class, exist_ok=True)
     if reid_class is not None:
         AutoModelForPersonReID.register(config_class, reid_class, exist_ok=True)
@@ -285,3 +283,17 @@ def family_of_timm_model(model: nn.Module) -> Family:
             return family
     raise TypeError(f'{type(model).__name__} is not a model of a registered family '
                     f'({", ".join(f.model_class.timm_model_class.__name__ for f in FAMILIES.values())})')
+
+
+def wrap_timm_model(model: nn.Module, **fields) -> TimmBackedPreTrainedModel:
+    """A family's timm module as its transformers model, with the same weights: the re-ID class when the module has
+    identity classifiers (``num_classes`` > 0, which becomes ``num_labels``), else the feature extractor. ``fields``
+    add or override config fields (e.g. ``id2label``)."""
+    family = family_of_timm_model(model)
+    num_classes = getattr(model, 'num_classes', 0)
+    if num_classes:
+        fields.setdefault('num_labels', num_classes)
+    wrapped = (family.reid_class if num_classes else family.model_class)(
+        family.config_class.from_timm_model(model, **fields))
+    wrapped.load_state_dict(model.state_dict())
+    return wrapped
