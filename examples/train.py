@@ -393,10 +393,8 @@ def format_summary(summary: dict) -> str:
              f'{summary["num_valid_queries"]} valid queries, {summary["epochs"]} epochs' + (
                  f', {summary["images_per_second"]:.1f} images/s (data wait {100 * summary["data_wait_share"]:.0f} %)'
                  if summary['images_per_second'] else ''),
-             f'model folder: {summary["model_dir"]}  ' + (
-                 "(timm.create_model('local-dir:...', pretrained=True) or AutoModel.from_pretrained)"
-                 if summary.get('student_model')
-                 else '(AutoModel.from_pretrained or timm pretrained_cfg_overlay file)')]
+             f'model folder: {summary["model_dir"]}  '
+             "(timm.create_model('local-dir:...', pretrained=True) or AutoModel.from_pretrained)"]
     return '\n'.join(lines)
 
 
