@@ -12,6 +12,11 @@ that nearest-neighbour assignment piles most patches onto one part.
 
     python benchmarks/train_variants.py --out outputs/variants        # ~35 min on 2 CPU cores
     python benchmarks/train_variants.py --out outputs/variants --regimes pretrained --seeds 1,2   # more seeds
+    python benchmarks/train_variants.py --out outputs/variants_misaligned --preset misaligned --regimes pretrained
+
+``--preset misaligned`` (``aaformer_hf.data.synthetic.PRESETS``) generates both the re-ID set and the pretraining set
+with strong detector misalignment, occluders and back/side views, where fixed stripes stop matching body parts;
+'aligned' (the default) is the control.
 
 A wider backbone goes in its own folder: ``--out outputs/variants_d128 --size 128 4 4 --variants aaformer,vit,mgn``.
 Training seeds other than 0 write to VARIANT_seedN folders; the pretrained backbone (and the data) stay the same for
@@ -32,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from aaformer_hf.data import load_reid_dataset
-from aaformer_hf.data.synthetic import generate_market_layout
+from aaformer_hf.data.synthetic import PRESETS, generate_market_layout
 from aaformer_hf.evaluation import evaluate
 from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
 
@@ -84,7 +89,7 @@ def token_breakdown(model_dir: Path, data_root: Path) -> Dict[str, float]:
             for name, cut in parts.items() if qf[:, cut].shape[1]}
 
 
-def pretrain_backbone(out: Path, common: dict) -> Path:
+def pretrain_backbone(out: Path, common: dict, preset: str = 'aligned') -> Path:
     """A plain ViT trained on a disjoint, larger SYNTHETIC identity set, saved as a timm VisionTransformer."""
     size = common['model_args']
     path = out / 'synthetic_vit_d{embed_dim}_l{depth}_h{num_heads}.safetensors'.format(**size)
@@ -93,7 +98,7 @@ def pretrain_backbone(out: Path, common: dict) -> Path:
         return path
     root = out / 'data_pretrain'
     config = dict(common, dataset='synthetic', data_root=str(root), output_dir=str(out / 'pretrain'),
-                  baseline='vit', dataset_options={'train_ids': 300, 'test_ids': 50, 'seed': 1234})
+                  baseline='vit', dataset_options={'train_ids': 300, 'test_ids': 50, 'seed': 1234, 'preset': preset})
     train(TrainConfig(**config))
     weights = AAformerModel.from_pretrained(out / 'pretrain' / 'model').timm_model.state_dict()
     vit = timm.create_model('vit_base_patch16_224', img_size=(256, 128), num_classes=0, **size)
@@ -113,6 +118,8 @@ def main() -> None:
                         help='which to train, comma-separated (aaformer, vit, pcb, mgn, nearest)')
     parser.add_argument('--size', type=int, nargs=3, default=(64, 4, 2), metavar=('WIDTH', 'DEPTH', 'HEADS'),
                         help='backbone of every variant (and of the pretrained ViT): embed_dim, depth, num_heads')
+    parser.add_argument('--preset', choices=sorted(PRESETS), default='aligned',
+                        help='synthetic difficulty of the re-ID and pretraining sets (a new --out per preset)')
     parser.add_argument('--breakdown_only', action='store_true',
                         help='only the per-token retrieval of models an earlier run left in --out')
     args = parser.parse_args()
@@ -127,7 +134,8 @@ def main() -> None:
         return
     data_root = args.out / 'data'
     if not data_root.exists():
-        generate_market_layout(data_root, train_ids=100, test_ids=50, seed=0)
+        # parsing maps too: the SPReID-style row takes its [PART]s from them
+        generate_market_layout(data_root, train_ids=100, test_ids=50, seed=0, parsing=True, preset=args.preset)
     width, depth, heads = args.size
     common = dict(model='aaformer_tiny', model_args=dict(embed_dim=width, depth=depth, num_heads=heads),
                   pretrained=False, epochs=args.epochs, warmup_epochs=max(1, args.epochs // 10),
@@ -140,7 +148,7 @@ def main() -> None:
     for regime in args.regimes.split(','):
         extra = {}
         if regime == 'pretrained':
-            extra['pretrained_file'] = str(pretrain_backbone(args.out, common))
+            extra['pretrained_file'] = str(pretrain_backbone(args.out, common, args.preset))
         if 0 in seeds:
             untrained = train(TrainConfig(**common, **extra, dataset='market1501', data_root=str(data_root),
                                           output_dir=str(args.out / regime / 'untrained'), eval_only=True))
