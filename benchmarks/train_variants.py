@@ -45,15 +45,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))  # the
 from train import TrainConfig, train  # noqa: E402
 
 VARIANTS = {'AAformer (Sinkhorn)': None, 'ViT-baseline': 'vit', '[PART]s + PCB stripes': 'pcb',
-            '[PART]s + MGN stripes': 'mgn', '[PART]s + nearest neighbour': 'nearest'}
+            '[PART]s + MGN stripes': 'mgn', '[PART]s + nearest neighbour': 'nearest',
+            '[PART]s + SPReID parsing regions': 'spreid', 'ViT-baseline, 6*CLS': 'multi_cls'}
 
 
 def part_statistics(model_dir: Path, data_root: Path, limit: int = 64) -> Dict[str, List[float]]:
     """Last-layer assignment on query images: per group, mean share of patches in its largest part, share of empty
     parts (over images x heads x parts)."""
     model = AAformerModel.from_pretrained(model_dir).timm_model.eval()
-    if not model.num_parts:
-        return {}
+    if not model.num_parts or model.blocks[0].attn.assignment in ('given', 'global'):
+        return {}  # no [PART]s, or no assignment of the model's own (parsing regions, extra CLS tokens)
     query = load_reid_dataset('market1501', data_root, verify_images=False)['query']
     processor = AAformerImageProcessor.from_pretrained(model_dir)
     pixels = processor([query[i]['image'] for i in range(min(limit, len(query)))], return_tensors='pt')['pixel_values']
@@ -114,8 +115,8 @@ def main() -> None:
     parser.add_argument('--epochs', type=int, default=20)  # standard epochs: 25 steps each, 500 steps in all
     parser.add_argument('--regimes', default='scratch,pretrained')
     parser.add_argument('--seeds', default='0', help='training seeds, comma-separated')
-    parser.add_argument('--variants', default=','.join(b or 'aaformer' for b in VARIANTS.values()),
-                        help='which to train, comma-separated (aaformer, vit, pcb, mgn, nearest)')
+    parser.add_argument('--variants', default='aaformer,vit,pcb,mgn,nearest',
+                        help='which to train, comma-separated (aaformer, vit, pcb, mgn, nearest, spreid, multi_cls)')
     parser.add_argument('--size', type=int, nargs=3, default=(64, 4, 2), metavar=('WIDTH', 'DEPTH', 'HEADS'),
                         help='backbone of every variant (and of the pretrained ViT): embed_dim, depth, num_heads')
     parser.add_argument('--preset', choices=sorted(PRESETS), default='aligned',
@@ -127,9 +128,11 @@ def main() -> None:
         print('| regime / variant | mAP all | mAP CLS | mAP [PART]s |\n|---|---:|---:|---:|')
         for regime in args.regimes.split(','):
             for name, baseline in VARIANTS.items():
-                if baseline == 'vit':
+                model_dir = args.out / regime / (baseline or 'aaformer') / 'model'
+                # the SPReID row needs each image's parsing map as an input: not in this breakdown
+                if baseline in ('vit', 'spreid') or not model_dir.exists():
                     continue
-                m = token_breakdown(args.out / regime / (baseline or 'aaformer') / 'model', args.out / 'data')
+                m = token_breakdown(model_dir, args.out / 'data')
                 print(f'| {regime} / {name} | {100 * m["all"]:.1f} | {100 * m["CLS"]:.1f} | {100 * m["[PART]s"]:.1f} |')
         return
     data_root = args.out / 'data'

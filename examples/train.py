@@ -39,13 +39,13 @@ from tqdm.auto import tqdm
 from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, train_loader
 from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.synthetic import generate_market_layout, is_synthetic
-from aaformer_hf.evaluation import evaluate, flip_features, re_rank, summarise
+from aaformer_hf.evaluation import evaluate, re_rank, summarise
 from aaformer_hf.hf.timm_backed import FAMILIES as MODEL_FAMILIES, wrap_timm_model
 from aaformer_hf.models.aaformer import AAformer
 from aaformer_hf.models.pivl import PiVLViT
 from train_config import BASELINES, TrainConfig, parse_config
-from train_recipe import (Recipe, RunContext, check_finite_losses, library_bars_only_on_a_terminal, quiet_bars,
-                          scheduled_lr)
+from train_recipe import (ParsingPartsRecipe, Recipe, RunContext, check_finite_losses,
+                          library_bars_only_on_a_terminal, part_masks, quiet_bars, scheduled_lr)
 from train_outputs import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
 
 __all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'format_summary', 'lr_at', 'main',
@@ -63,7 +63,7 @@ class Family:
 
 
 def _aaformer_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -> Recipe:
-    return Recipe(config, model)
+    return (ParsingPartsRecipe if model.config.assignment == 'given' else Recipe)(config, model)
 
 
 def _two_stage_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -> Recipe:
@@ -118,11 +118,19 @@ def extract(model, loader, accelerator: Accelerator, flip: bool) -> Tuple[torch.
     feats, pids, cams = [], [], []
     # a model with a camera embedding (SIE) needs each image's camera
     needs_cameras = getattr(getattr(accelerator.unwrap_model(model), 'config', None), 'num_cameras', 0)
-    for pixels, pid, cam in tqdm(loader, desc='features', leave=False, disable=quiet_bars(accelerator)):
+    for batch in tqdm(loader, desc='features', leave=False, disable=quiet_bars(accelerator)):
+        pixels, pid, cam = batch[:3]
         extra = {'camera_ids': cam} if needs_cameras else {}
-        embed = lambda x: model(pixel_values=x, **extra).embeddings  # noqa: E731
+        parsing = batch[3] if len(batch) > 3 else None  # [PART]s on parsing regions
+
+        def embed(x: torch.Tensor, maps: Optional[torch.Tensor]) -> torch.Tensor:
+            masks = {} if maps is None else {'part_masks': part_masks(accelerator.unwrap_model(model), maps)}
+            return model(pixel_values=x, **extra, **masks).embeddings
+
         with accelerator.autocast():
-            emb = flip_features(embed, pixels) if flip else embed(pixels)
+            emb = embed(pixels, parsing)
+            if flip:  # the flip test's mean, the parsing map mirrored with its image
+                emb = (emb + embed(pixels.flip(-1), None if parsing is None else parsing.flip(-1))) / 2
         emb, pid, cam = accelerator.gather_for_metrics((emb.float().contiguous(), pid, cam))
         feats.append(emb.cpu()), pids.append(pid.cpu()), cams.append(cam.cpu())
     return torch.cat(feats), torch.cat(pids), torch.cat(cams)
@@ -212,6 +220,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     input_cfg = recipe.input_cfg or pretrained_cfg  # stage 1 (RunContext) reads the teacher's own
     if recipe.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
         data['train'] = add_parsing_column(data['train'], config.data_root, missing=config.parsing_missing)
+    if recipe.eval_parsing:
+        for split in ('query', 'gallery'):
+            data[split] = add_parsing_column(data[split], config.data_root, missing=config.parsing_missing)
 
     # torchrun (and so accelerate launch) says how many processes share this machine
     workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
@@ -220,8 +231,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
         config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch,
         parsing=recipe.parsing and not config.eval_only)
     test_transform = build_transforms(input_cfg, train=False)
-    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
-    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
+    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers,
+                               parsing=recipe.eval_parsing)
+    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers,
+                                 parsing=recipe.eval_parsing)
     micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
     steps_per_epoch = micro_per_epoch // config.gradient_accumulation_steps
     if steps_per_epoch == 0:

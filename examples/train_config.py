@@ -26,12 +26,15 @@ from aaformer_hf.data.sampler import EPOCH_MODES
 logger = logging.getLogger(__name__)
 __all__ = ['TrainConfig', 'BASELINES', 'METHODS', 'METHOD_DEFAULTS', 'PIVL_ABLATIONS', 'parse_config']
 
-# The paper's ablation baselines as model arguments (Table IV: [PART]s on fixed partitions; Table V: nearest
-# neighbour instead of optimal transport; the ViT-baseline has no [PART]s).
+# The paper's ablation baselines as model arguments (Table IV: [PART]s on fixed partitions or on human-parsing
+# regions, and more CLS tokens; Table V: nearest neighbour instead of optimal transport; the ViT-baseline has no
+# [PART]s). 'spreid' needs parsing maps for training AND test images (aaformer_hf.data.parsing).
 BASELINES: Dict[str, Dict[str, Any]] = {
     'vit': dict(part_groups=()),
     'pcb': dict(assignment='stripes', part_groups=(6,)),
     'mgn': dict(assignment='stripes', part_groups=(2, 3)),
+    'spreid': dict(assignment='given', part_groups=(5,)),  # SPReID's 5 regions (SPREID_REGIONS)
+    'multi_cls': dict(assignment='global', part_groups=(5,)),  # "6*CLS": CLS + 5 tokens that see everything
     'nearest': dict(assignment='nearest'),
 }
 
@@ -67,7 +70,7 @@ class TrainConfig:
     method: str = 'aaformer'  # 'aaformer' | 'clipreid' | 'pivl': the recipe of every field left None
     model: Optional[str] = None  # a timm model name (None: aaformer_base / pivl_vit_base_patch16)
     model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments, e.g. part_groups
-    baseline: Optional[str] = None  # one of BASELINES: vit, pcb, mgn, nearest (None: AAformer itself)
+    baseline: Optional[str] = None  # one of BASELINES: vit, pcb, mgn, spreid, multi_cls, nearest (None: AAformer)
     pretrained: bool = True  # the timm pretrained backbone (ImageNet ViT-B/16 for aaformer_base)
     pretrained_file: Optional[str] = None  # a local timm checkpoint (.safetensors) loaded through timm's pretrained path
 

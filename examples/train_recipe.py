@@ -9,10 +9,11 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
+from aaformer_hf.data.parsing import region_masks
 from train_config import TrainConfig
 from train_losses import AAformerLoss
 
-__all__ = ['Recipe', 'RunContext', 'scheduled_lr', 'check_finite_losses', 'quiet_bars',
+__all__ = ['Recipe', 'ParsingPartsRecipe', 'part_masks', 'RunContext', 'scheduled_lr', 'check_finite_losses', 'quiet_bars',
            'library_bars_only_on_a_terminal']
 
 
@@ -24,6 +25,7 @@ class Recipe:
     epochs, and add parsing maps to the batches.
     """
     parsing = False  # the training items carry their parsing maps
+    eval_parsing = False  # so do the query and gallery items (a model whose [PART]s come from them)
     # the pretrained config the trained model's images are prepared with, when not the model's own (a Table 5
     # student: its mean/std); such a model saves its preprocessing itself (no image processor is written)
     input_cfg: Optional[Dict[str, Any]] = None
@@ -48,6 +50,26 @@ class Recipe:
         pixels, pids = batch[0], batch[1]
         out = trainable(pixel_values=pixels)
         return self.criterion(out.logits, out.features, pids)
+
+
+class ParsingPartsRecipe(Recipe):
+    """AAformer with [PART]s on human-parsing regions (``assignment='given'``, Table IV's SPReID row): every batch,
+    training and test, carries its parsing maps, turned into each [PART]'s patches by ``part_masks``."""
+    parsing = eval_parsing = True
+
+    def losses(self, trainable: nn.Module, batch: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        pixels, pids, parsing = batch[0], batch[1], batch[3]
+        out = trainable(pixel_values=pixels, part_masks=part_masks(self.reid_model, parsing))
+        return self.criterion(out.logits, out.features, pids)
+
+
+def part_masks(model: nn.Module, parsing: torch.Tensor) -> torch.Tensor:
+    """(B, P, N) patch masks of the model's [PART]s from (B, H, W) parsing maps: SPReID's regions on its patch grid."""
+    timm_model = getattr(model, 'timm_model', model)
+    masks = region_masks(parsing, timm_model.patch_embed.grid_size)
+    if masks.shape[1] != timm_model.num_parts:
+        raise ValueError(f'{masks.shape[1]} parsing regions for a model with {timm_model.num_parts} [PART]s')
+    return masks
 
 
 @dataclass

@@ -81,6 +81,58 @@ def test_vit_baseline_reproduces_timm_vision_transformer():
     torch.testing.assert_close(ours.forward_features(x), vit.forward_features(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('patches_see_parts', [True, False])
+def test_global_parts_are_extra_cls_tokens_as_timm_register_tokens(patches_see_parts):
+    """'global' (Table IV's 6*CLS): the [PART]s are ordinary tokens. With CLS's position embedding zeroed, the model
+    equals timm's ViT with 5 register tokens after CLS and position embeddings on patches only (the [PART]s have
+    none); with patches_see_parts=False, every query is kept from the [PART] keys, which timm has no option for, so
+    there the check is the dense-mask path."""
+    ours = tiny(assignment='global', part_groups=(5,), patches_see_parts=patches_see_parts).eval()
+    with torch.no_grad():
+        ours.pos_embed[:, 0] = 0
+    x = torch.randn(2, 3, 64, 32)
+    fast = ours.forward_features(x)
+    tokens = ours.forward_tokens(x, output_attentions=True, output_assignments=True)
+    torch.testing.assert_close(fast, tokens.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert tokens.assignments == [None, None]
+    if not patches_see_parts:
+        assert (tokens.attentions[0][:, :, :, 1:6] == 0).all()
+        return
+    vit = VisionTransformer(
+        img_size=(64, 32), patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0, global_pool='token',
+        qkv_bias=True, reg_tokens=5, no_embed_class=True).eval()
+    state = {k: v for k, v in ours.state_dict().items() if not k.startswith(('bnneck', 'head', 'part_tokens'))}
+    state['pos_embed'] = ours.pos_embed[:, 1:]
+    state['reg_token'] = ours.part_tokens
+    vit.load_state_dict(state, strict=True)
+    torch.testing.assert_close(fast, vit.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_given_masks_equal_the_same_stripes_and_are_checked():
+    """'given' (Table IV's SPReID row) with the stripe masks as input equals the 'stripes' model, in the fast and
+    the dense path; other masks change only what they should, and a missing or misshapen mask is an error."""
+    stripes = tiny(assignment='stripes', part_groups=(5,)).eval()
+    given = tiny(assignment='given', part_groups=(5,)).eval()
+    given.load_state_dict(stripes.state_dict())
+    x = torch.randn(2, 3, 64, 32)
+    masks = stripes.blocks[0].attn.stripe_mask.expand(2, 5, 32)
+    expected = stripes.forward_features(x)
+    torch.testing.assert_close(given.forward_features(x, masks), expected)
+    dense = given.forward_tokens(x, output_attentions=True, output_assignments=True, part_masks=masks)
+    torch.testing.assert_close(dense.last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(dense.assignments[1], masks[:, None].expand(2, 4, 5, 32))
+    one_patch = torch.zeros(2, 5, 32, dtype=torch.bool)
+    one_patch[:, :, 7] = True  # every [PART] sees patch 7 only: its attention row is one-hot there
+    probs = given.forward_tokens(x, output_attentions=True, part_masks=one_patch).attentions[0]
+    assert (probs[:, :, 1:6, 1 + 5 + 7] == 1).all()
+    with pytest.raises(ValueError, match='needs part_masks'):
+        given(x)
+    with pytest.raises(ValueError, match='shape'):
+        given(x, masks[:, :4])
+    with pytest.raises(ValueError, match="only read with assignment='given'"):
+        stripes(x, masks)
+
+
 def test_gradients_reach_part_tokens_and_every_parameter():
     model = tiny(num_classes=7).train()
     logits = model(torch.randn(4, 3, 64, 32))

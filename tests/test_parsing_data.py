@@ -68,3 +68,26 @@ def test_map_follows_the_images_flip_pad_and_crop(tmp_path):
     pixels, _, _, parsing, _ = erase[(0, 1)]
     assert torch.equal(parsing, torch.from_numpy(labels).long())
     assert not torch.allclose(torch.round(pixels[0] * 255 / 10), parsing.float())
+
+
+def test_region_masks_put_a_patch_in_every_region_it_contains():
+    """SPReID's regions on a 2x2 grid of a 4x4 map, by hand: the top-left patch holds face (head) and upper-clothes
+    pixels, so it belongs to head, upper body and foreground; a region with no pixel has an empty mask."""
+    from aaformer_hf.data.parsing import SPREID_REGIONS, region_masks
+    labels = torch.tensor([[13, 13, 0, 0],
+                           [5, 0, 0, 9],
+                           [0, 0, 0, 0],
+                           [0, 0, 18, 0]])
+    masks = region_masks(labels[None], (2, 2))
+    assert list(SPREID_REGIONS) == ['foreground', 'head', 'upper_body', 'lower_body', 'shoes']
+    expected = torch.tensor([[1, 1, 0, 1],   # foreground: every patch with any person label
+                             [1, 0, 0, 0],   # head: face
+                             [1, 0, 0, 0],   # upper body: upper-clothes
+                             [0, 1, 0, 0],   # lower body: pants
+                             [0, 0, 0, 1]],  # shoes
+                            dtype=torch.bool)
+    assert torch.equal(masks[0], expected)
+    # a threshold: the top-left patch has 2 face pixels but 1 upper-clothes pixel
+    assert region_masks(labels[None], (2, 2), min_pixels=2)[0, :, 0].tolist() == [True, True, False, False, False]
+    with pytest.raises(ValueError, match='does not split into a 3x2 grid'):
+        region_masks(labels[None], (3, 2))

@@ -373,6 +373,52 @@ def test_flip_test_averages_the_horizontal_mirror():
     torch.testing.assert_close(plain, embed(images))
 
 
+def test_flip_test_mirrors_the_parsing_map_with_its_image():
+    """A model whose [PART]s come from parsing maps (Table IV's SPReID row) gets, for the mirrored image, the masks
+    of the mirrored map - not the original's."""
+    from types import SimpleNamespace
+    from accelerate import Accelerator
+    from aaformer_hf.data.parsing import region_masks
+    from train import extract
+
+    class RecordsMasks(torch.nn.Module):
+        timm_model = SimpleNamespace(patch_embed=SimpleNamespace(grid_size=(2, 2)), num_parts=5)
+        seen = []
+
+        def forward(self, pixel_values, part_masks):
+            self.seen.append(part_masks)
+            return SimpleNamespace(embeddings=pixel_values.flatten(1))
+
+    parsing = torch.zeros(1, 4, 4, dtype=torch.long)
+    parsing[0, 0, 0] = 13  # a face in the top-left patch only
+    loader = [(torch.randn(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0]), parsing, torch.tensor([True]))]
+    model = RecordsMasks()
+    extract(model, loader, Accelerator(cpu=True), flip=True)
+    original, mirrored = model.seen
+    assert torch.equal(original, region_masks(parsing, (2, 2)))
+    assert mirrored[0, 1].tolist() == [False, True, False, False]  # the face is now in the top-right patch
+
+
+def test_spreid_and_multi_cls_baselines_train_end_to_end(tmp_path):
+    """Table IV's two rows without an assignment of their own: [PART]s on parsing regions (training AND test images
+    need maps; the masks reach the model) and 6*CLS; both learn and save a model that says what it is."""
+    root = generate_market_layout(tmp_path / 'data', train_ids=16, test_ids=8, images_per_id=6, distractors=0,
+                                  junk=0, seed=4, parsing=True)
+    untrained = train(TrainConfig(**tiny(root, tmp_path / 'untrained', eval_only=True, baseline='spreid')))
+    spreid = train(TrainConfig(**tiny(root, tmp_path / 'spreid', baseline='spreid', flip_test=True)))
+    assert spreid['mAP'] > untrained['mAP'] + 0.1, (untrained['mAP'], spreid['mAP'])
+    saved = json.loads((tmp_path / 'spreid' / 'model' / 'config.json').read_text())
+    assert (saved['assignment'], saved['part_groups']) == ('given', [5])
+    multi = train(TrainConfig(**tiny(root, tmp_path / 'multi', baseline='multi_cls', epochs=1)))
+    assert multi['num_valid_queries'] == 8
+    # without maps for the test images the SPReID row cannot be evaluated: named, before any training
+    for stale in (root / 'parsing' / 'query').iterdir():
+        stale.unlink()
+    from aaformer_hf.data import ReIDDatasetError
+    with pytest.raises(ReIDDatasetError, match=r'8 of 8 images have no parsing map'):
+        train(TrainConfig(**tiny(root, tmp_path / 'again', baseline='spreid')))
+
+
 def test_gradient_accumulation_averages_the_micro_batches(tmp_path, synthetic_root):
     """With SGD (no momentum, no weight decay) at a constant, small learning rate, accumulating 2 micro-batches per
     step moves the weights by lr * (g1 + g2) / 2 per step, half of what stepping on every micro-batch does

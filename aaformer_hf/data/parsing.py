@@ -6,6 +6,9 @@ of its image, stored at ``<root>/parsing/<image path relative to root>`` with th
 a ``parsing`` column after checking every map once: missing, unreadable, wrongly sized or out-of-range maps are an
 error that counts and lists them, unless ``missing='keep'`` is asked for missing ones (their column is None and
 training leaves those images out of the part losses).
+
+``region_masks`` turns maps into patch masks over named groups of labels (``SPREID_REGIONS``: the [PART]s of the
+AAformer paper's SPReID row, Table IV).
 """
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,14 +16,26 @@ from typing import List, Literal, Optional, Tuple
 
 import datasets
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .datasets import ReIDDatasetError
 
-__all__ = ['NUM_PARSING_CLASSES', 'parsing_path', 'add_parsing_column', 'check_parsing_map']
+__all__ = ['NUM_PARSING_CLASSES', 'SPREID_REGIONS', 'parsing_path', 'add_parsing_column', 'check_parsing_map',
+           'label_counts_on_grid', 'region_masks']
 
 NUM_PARSING_CLASSES = 20
+
+# SPReID's five regions (Kalayeh et al., CVPR 2018: foreground, head, upper body, lower body, shoes) as LIP labels.
+# The AAformer paper names the method only; which LIP labels make each region is this project's reading of SPReID.
+SPREID_REGIONS = {
+    'foreground': tuple(range(1, NUM_PARSING_CLASSES)),
+    'head': (1, 2, 4, 13),  # hat, hair, sunglasses, face
+    'upper_body': (3, 5, 6, 7, 10, 11, 14, 15),  # glove, upper-clothes, dress, coat, jumpsuits, scarf, arms
+    'lower_body': (8, 9, 12, 16, 17),  # socks, pants, skirt, legs
+    'shoes': (18, 19),
+}
 
 
 def parsing_path(image_path: str, root) -> Path:
@@ -87,3 +102,32 @@ def add_parsing_column(split: datasets.Dataset, root, missing: Literal['error', 
 
 def _listed(paths: List[str]) -> str:
     return ', '.join(paths[:3]) + (', ...' if len(paths) > 3 else '')
+
+
+def label_counts_on_grid(parsing: torch.Tensor, grid: Tuple[int, int],
+                         num_classes: int = NUM_PARSING_CLASSES) -> torch.Tensor:
+    """How many pixels of each label every cell of an equal ``grid`` holds: (B, H, W) labels -> (B, h, w, C)."""
+    (B, H, W), (h, w) = parsing.shape, grid
+    if H % h or W % w:
+        raise ValueError(f'a {H}x{W} parsing map does not split into a {h}x{w} grid of equal cells')
+    rows = torch.arange(H, device=parsing.device) // (H // h)
+    cols = torch.arange(W, device=parsing.device) // (W // w)
+    cell = (torch.arange(B, device=parsing.device)[:, None, None] * h + rows[None, :, None]) * w + cols[None, None, :]
+    counts = torch.bincount((cell * num_classes + parsing.long()).flatten(), minlength=B * h * w * num_classes)
+    return counts.view(B, h, w, num_classes)
+
+
+def region_masks(parsing: torch.Tensor, grid: Tuple[int, int], regions=SPREID_REGIONS,
+                 min_pixels: int = 1) -> torch.Tensor:
+    """Patch masks per region: (B, H, W) LIP labels -> (B, R, h * w) bool, row-major over the ``grid``.
+
+    A patch belongs to EVERY region of which it holds at least ``min_pixels`` pixels - the AAformer paper's SPReID
+    row: "if a patch contains multiple semantics, we assign the patch to all the semantics it contains" (1 pixel by
+    default; the paper gives no threshold). A region absent from an image has an empty mask.
+    """
+    counts = label_counts_on_grid(parsing, grid)
+    membership = torch.zeros(NUM_PARSING_CLASSES, len(regions), dtype=counts.dtype, device=counts.device)
+    for r, labels in enumerate(regions.values()):
+        membership[list(labels), r] = 1
+    per_region = counts @ membership  # (B, h, w, R) pixels of each region per patch
+    return (per_region >= min_pixels).flatten(1, 2).transpose(1, 2)

@@ -9,7 +9,7 @@ from .timm_backed import TimmBackedConfig
 __all__ = ['AAformerConfig']
 
 _CHOICES = {
-    'assignment': ('sinkhorn', 'nearest', 'stripes'),
+    'assignment': ('sinkhorn', 'nearest', 'stripes', 'given', 'global'),
     'assignment_score': ('cosine', 'dot'),
     'part_self_key': ('if_empty', 'always'),
     'part_init': ('trunc_normal', 'cls'),
@@ -34,8 +34,10 @@ class AAformerConfig(TimmBackedConfig):
         qkv_bias (`bool`, defaults to `True`): Bias on the qkv projection.
         part_groups (`tuple[int, ...]`, defaults to `(2, 3)`): [PART]s per granularity group; each group partitions
             all patches independently. `()` gives the ViT-baseline.
-        assignment (`str`, defaults to `"sinkhorn"`): `"sinkhorn"` (AAformer), `"nearest"` (Table V baseline) or
-            `"stripes"` (fixed horizontal stripes, Table IV's PCB/MGN baselines).
+        assignment (`str`, defaults to `"sinkhorn"`): `"sinkhorn"` (AAformer), `"nearest"` (Table V baseline),
+            `"stripes"` (fixed horizontal stripes, Table IV's PCB/MGN baselines), `"given"` (masks passed as
+            `part_masks`, e.g. from parsing maps: Table IV's SPReID row) or `"global"` (no assignment: extra CLS
+            tokens, Table IV's "6*CLS").
         assignment_score (`str`, defaults to `"cosine"`): `"cosine"` or `"dot"` (raw Q·K^T of Eq. 5). Not stated by
             the paper.
         sinkhorn_epsilon (`float`, defaults to 0.05): ε of Eq. 3.

@@ -79,14 +79,15 @@ class AAformerPreTrainedModel(TimmBackedPreTrainedModel):
         elif isinstance(module, TokenClassifiers):
             init.normal_(module.weight, std=0.001)
 
-    def _encode(self, pixel_values, output_attentions, output_hidden_states, output_assignments):
+    def _encode(self, pixel_values, output_attentions, output_hidden_states, output_assignments, part_masks=None):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         pixel_values = pixel_values.to(self.device, self.dtype)
         tokens = self.timm_model.forward_tokens(
             pixel_values, output_hidden_states=bool(output_hidden_states),
-            output_attentions=bool(output_attentions), output_assignments=bool(output_assignments))
+            output_attentions=bool(output_attentions), output_assignments=bool(output_assignments),
+            part_masks=None if part_masks is None else part_masks.to(self.device))
         head = self.timm_model.forward_reid_head(tokens.last_hidden_state)
         extras = dict(
             hidden_states=tuple(tokens.hidden_states) if tokens.hidden_states is not None else None,
@@ -113,12 +114,16 @@ class AAformerModel(AAformerPreTrainedModel):
             output_attentions: bool | None = None,
             output_hidden_states: bool | None = None,
             output_assignments: bool = False,
+            part_masks: torch.BoolTensor | None = None,
             return_dict: bool | None = None,
             **kwargs,
     ) -> AAformerModelOutput | tuple:
         r"""
         output_assignments (`bool`, defaults to `False`):
             Also return each layer's hard patch-to-part assignment `(batch_size, num_heads, P, N)`.
+        part_masks (`torch.BoolTensor` of shape `(batch_size, P, N)`, *optional*):
+            Which patches each [PART] attends to, for `assignment="given"` models only (e.g.
+            `aaformer_hf.data.parsing.spreid_part_masks` of the images' parsing maps).
 
         Example:
 
@@ -130,7 +135,8 @@ class AAformerModel(AAformerPreTrainedModel):
         torch.Size([1, 4608])
         ```"""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        tokens, head, extras = self._encode(pixel_values, output_attentions, output_hidden_states, output_assignments)
+        tokens, head, extras = self._encode(
+            pixel_values, output_attentions, output_hidden_states, output_assignments, part_masks)
         output = AAformerModelOutput(
             last_hidden_state=tokens.last_hidden_state, pooler_output=self.timm_model.embed(head), **extras)
         return output if return_dict else output.to_tuple()
@@ -151,6 +157,7 @@ class AAformerForReID(AAformerPreTrainedModel):
             output_attentions: bool | None = None,
             output_hidden_states: bool | None = None,
             output_assignments: bool = False,
+            part_masks: torch.BoolTensor | None = None,
             return_dict: bool | None = None,
             **kwargs,
     ) -> AAformerReIDOutput | tuple:
@@ -159,9 +166,13 @@ class AAformerForReID(AAformerPreTrainedModel):
             Identity labels in `[0, num_labels)`; when given, `loss` is the identity loss of Eq. 6.
         output_assignments (`bool`, defaults to `False`):
             Also return each layer's hard patch-to-part assignment.
+        part_masks (`torch.BoolTensor` of shape `(batch_size, P, N)`, *optional*):
+            Which patches each [PART] attends to, for `assignment="given"` models only (e.g.
+            `aaformer_hf.data.parsing.spreid_part_masks` of the images' parsing maps).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        tokens, head, extras = self._encode(pixel_values, output_attentions, output_hidden_states, output_assignments)
+        tokens, head, extras = self._encode(
+            pixel_values, output_attentions, output_hidden_states, output_assignments, part_masks)
         loss = self._identity_loss(head.logits, labels)
         output = AAformerReIDOutput(
             loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), features=head.features, **extras)

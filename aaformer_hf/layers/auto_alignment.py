@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped, stripe_assignment
 from .triton_assign import sinkhorn_assign_cosine_triton, triton_available
 
-__all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'AssignmentScore', 'PartSelfKey']
+__all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'ASSIGNMENT_MODES', 'AssignmentScore', 'PartSelfKey']
 
-AssignmentMode = Literal['sinkhorn', 'nearest', 'stripes']
+AssignmentMode = Literal['sinkhorn', 'nearest', 'stripes', 'given', 'global']
+ASSIGNMENT_MODES = ('sinkhorn', 'nearest', 'stripes', 'given', 'global')
 AssignmentScore = Literal['cosine', 'dot']
 PartSelfKey = Literal['if_empty', 'always']
 
@@ -48,8 +49,10 @@ class MultiHeadAutoAlignment(nn.Module):
         proj_drop: Dropout after the output projection.
         part_groups: Parts per granularity group, e.g. (2, 3); each group partitions all patches independently.
         grid_size: Patch grid (rows, cols), used by the fixed-stripe assignment.
-        assignment: 'sinkhorn' (AAformer), 'nearest' (argmax without transport, Table V) or 'stripes' (fixed
-            horizontal stripes per group, Table IV's PCB/MGN partitions).
+        assignment: 'sinkhorn' (AAformer), 'nearest' (argmax without transport, Table V), 'stripes' (fixed
+            horizontal stripes per group, Table IV's PCB/MGN partitions), 'given' (the caller's masks, e.g. from
+            human parsing: Table IV's SPReID row; ``forward(part_masks=...)``) or 'global' (no assignment: the
+            [PART]s attend to the whole sequence like extra CLS tokens, Table IV's "6*CLS" with 5 [PART]s).
         assignment_score: Similarity the assignment uses. 'cosine' (L2-normalised [PART] queries and patch keys, as
             in SwAV) or 'dot' (raw Q·K^T as written in Eq. 5). The paper does not state a normalisation.
         sinkhorn_epsilon: ε of Eq. 3 (0.05 in the paper).
@@ -88,8 +91,8 @@ class MultiHeadAutoAlignment(nn.Module):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
-        if assignment not in ('sinkhorn', 'nearest', 'stripes'):
-            raise ValueError(f"assignment must be 'sinkhorn', 'nearest' or 'stripes', got {assignment!r}")
+        if assignment not in ASSIGNMENT_MODES:
+            raise ValueError(f'assignment must be one of {ASSIGNMENT_MODES}, got {assignment!r}')
         if assignment_score not in ('cosine', 'dot'):
             raise ValueError(f"assignment_score must be 'cosine' or 'dot', got {assignment_score!r}")
         if part_self_key not in ('if_empty', 'always'):
@@ -188,15 +191,30 @@ class MultiHeadAutoAlignment(nn.Module):
         cls_key = torch.zeros(b, h, p, 1, dtype=torch.bool, device=assigned.device)
         return torch.cat([cls_key, torch.diag_embed(self_key), assigned], dim=-1)
 
+    def given_assignment(self, part_masks: Optional[torch.Tensor], b: int, n: int) -> torch.Tensor:
+        """The caller's (B, P, N) patch-to-part masks as the same assignment in every head (B, H, P, N)."""
+        if part_masks is None:
+            raise ValueError("assignment='given' needs part_masks (B, P, N) in every forward")
+        if part_masks.shape != (b, self.num_parts, n) or part_masks.dtype != torch.bool:
+            raise ValueError(f'part_masks must be a bool tensor of shape (batch, parts, patches) = '
+                             f'({b}, {self.num_parts}, {n}), got {part_masks.dtype} {tuple(part_masks.shape)}')
+        return part_masks.unsqueeze(1).expand(b, self.num_heads, self.num_parts, n)
+
     def forward(
             self,
             x: torch.Tensor,
             output_attentions: bool = False,
+            part_masks: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Returns (output (B, L, D), attention probabilities (B, H, L, L) if asked, assignment (B, H, P, N) or None).
+
+        ``part_masks`` (B, P, N) bool: which patches each [PART] sees, for ``assignment='given'`` only.
         """
         b, seq_len, dim = x.shape
-        p = self.num_parts
+        if part_masks is not None and self.assignment != 'given':
+            raise ValueError(f"part_masks are only read with assignment='given' (this layer: {self.assignment!r})")
+        # 'global' [PART]s are extra CLS tokens: the one fused attention already computes their rows
+        p = self.num_parts if self.assignment != 'global' else 0
         qkv = self.qkv(x).reshape(b, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if p:
             # one copy into (3, B, H, L, d): the [PART] matmuls then need no copies of k and v of their own, and
@@ -207,16 +225,19 @@ class MultiHeadAutoAlignment(nn.Module):
 
         assigned = None
         if p:
-            assigned = self.assign(q[:, :, 1:1 + p], k[:, :, 1 + p:])
+            if self.assignment == 'given':
+                assigned = self.given_assignment(part_masks, b, seq_len - 1 - p)
+            else:
+                assigned = self.assign(q[:, :, 1:1 + p], k[:, :, 1 + p:])
             part_keys = self.part_key_mask(assigned)
 
         if output_attentions:
             out, probs = self._dense_attention(q, k, v, part_keys if p else None)
         else:
             probs = None
-            if p and not self.patches_see_parts:
-                keys = torch.cat([k[:, :, :1], k[:, :, 1 + p:]], dim=2)
-                values = torch.cat([v[:, :, :1], v[:, :, 1 + p:]], dim=2)
+            if self.num_parts and not self.patches_see_parts:
+                keys = torch.cat([k[:, :, :1], k[:, :, 1 + self.num_parts:]], dim=2)
+                values = torch.cat([v[:, :, :1], v[:, :, 1 + self.num_parts:]], dim=2)
                 out = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
@@ -236,12 +257,13 @@ class MultiHeadAutoAlignment(nn.Module):
         """Explicit attention with one (B, H, L, L) mask; returns probabilities too. Slow path for inspection."""
         logits = (q * self.scale) @ k.transpose(-2, -1)
         p = self.num_parts
-        if part_keys is not None:
+        if p:
             b, h, seq_len, _ = logits.shape
             allowed = torch.ones(b, h, seq_len, seq_len, dtype=torch.bool, device=q.device)
             if not self.patches_see_parts:
                 allowed[:, :, :, 1:1 + p] = False
-            allowed[:, :, 1:1 + p] = part_keys
+            if part_keys is not None:
+                allowed[:, :, 1:1 + p] = part_keys
             logits = logits.masked_fill(~allowed, float('-inf'))
         probs = logits.softmax(dim=-1)
         out = self.attn_drop(probs) @ v

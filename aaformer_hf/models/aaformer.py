@@ -90,15 +90,17 @@ class AAformerBlock(GradientCheckpointingLayer):
             self,
             x: torch.Tensor,
             output_attentions: bool = False,
+            part_masks: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Returns (output, attention probabilities or None, part assignment or None)."""
-        attn_out, probs, assigned = self.attn(self.norm1(x), output_attentions=output_attentions)
+        attn_out, probs, assigned = self.attn(
+            self.norm1(x), output_attentions=output_attentions, part_masks=part_masks)
         x = x + self.drop_path1(attn_out)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x, probs, assigned
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_detailed(x)[0]
+    def forward(self, x: torch.Tensor, part_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.forward_detailed(x, part_masks=part_masks)[0]
 
 
 class AAformer(nn.Module):
@@ -155,8 +157,11 @@ class AAformer(nn.Module):
             qkv_bias: Bias on the qkv projection.
             part_groups: [PART]s per granularity group, each group partitioning all patches on its own. (2, 3) gives
                 the paper's P = 5; () is the ViT-baseline.
-            assignment: 'sinkhorn' (AAformer), 'nearest' (Table V's nearest-neighbour baseline) or 'stripes'
-                (fixed horizontal stripes per group, Table IV's PCB / MGN partitions).
+            assignment: 'sinkhorn' (AAformer), 'nearest' (Table V's nearest-neighbour baseline), 'stripes'
+                (fixed horizontal stripes per group, Table IV's PCB / MGN partitions), 'given' (masks from the
+                caller, ``forward(x, part_masks=...)``: Table IV's SPReID row with parsing-map parts) or 'global'
+                (no assignment, the [PART]s attend like extra CLS tokens: Table IV's "6*CLS" with
+                ``part_groups=(5,)``).
             assignment_score: 'cosine' (L2-normalised [PART] queries and patch keys, default) or 'dot' (raw Q·K^T as
                 written in Eq. 5). Not stated by the paper; raw ViT scores are large enough that exp(s / 0.05)
                 overflows float32, so the default follows SwAV, whose Sinkhorn the paper uses.
@@ -317,8 +322,10 @@ class AAformer(nn.Module):
             output_hidden_states: bool = False,
             output_attentions: bool = False,
             output_assignments: bool = False,
+            part_masks: Optional[torch.Tensor] = None,
     ) -> AAformerTokens:
-        """Encoder pass that can also report hidden states, attention probabilities and part assignments."""
+        """Encoder pass that can also report hidden states, attention probabilities and part assignments.
+        ``part_masks`` (B, P, N) bool: each [PART]'s patches, with ``assignment='given'`` only."""
         x = self._pos_embed(self.patch_embed(x))
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
@@ -326,21 +333,25 @@ class AAformer(nn.Module):
         detailed = output_attentions or output_assignments
         for blk in self.blocks:
             if detailed:
-                x, probs, assigned = blk.forward_detailed(x, output_attentions=output_attentions)
+                x, probs, assigned = blk.forward_detailed(
+                    x, output_attentions=output_attentions, part_masks=part_masks)
                 if attentions is not None:
                     attentions.append(probs)
                 if assignments is not None:
                     assignments.append(assigned)
             elif self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x)
+                x = checkpoint(blk, x, part_masks)
             else:
-                x = blk(x)
+                x = blk(x, part_masks)
             if hidden_states is not None:
                 hidden_states.append(x)
         return AAformerTokens(self.norm(x), hidden_states, attentions, assignments)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens [CLS, PART_1..P, patches] after the final norm: (B, 1 + P + N, D)."""
+    def forward_features(self, x: torch.Tensor, part_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All tokens [CLS, PART_1..P, patches] after the final norm: (B, 1 + P + N, D). ``part_masks``: see
+        ``forward_tokens``."""
+        if part_masks is not None:
+            return self.forward_tokens(x, part_masks=part_masks).last_hidden_state
         x = self._pos_embed(self.patch_embed(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -431,8 +442,8 @@ class AAformer(nn.Module):
             return self.embed(head)
         return head.logits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, part_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, part_masks))
 
 
 # parameters a checkpoint may lack: the model's own initialisation is kept (identity classifiers always; the
