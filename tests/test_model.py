@@ -265,3 +265,20 @@ def test_part_pos_embed_reaches_the_part_tokens():
         model.part_pos_embed.sub_(1.0)
         model.part_tokens.add_(1.0)
     torch.testing.assert_close(model(x), after)
+
+
+def test_part_init_std_scales_the_part_tokens_in_both_front_doors():
+    """The [PART] init scale (an open choice): the tokens' empirical std follows part_init_std in timm and in the
+    transformers class (its own _init_weights), and the field round-trips through the config."""
+    from aaformer_hf.hf import AAformerConfig, AAformerModel
+    torch.manual_seed(0)
+    wide = timm.create_model('aaformer_tiny', part_groups=(64,), part_init_std=0.3)
+    assert wide.part_tokens.std().item() == pytest.approx(0.3, rel=0.1)  # truncation at ±2 = 6.7σ: no effect
+    narrow = timm.create_model('aaformer_tiny', part_groups=(64,))
+    assert narrow.part_tokens.std().item() == pytest.approx(0.02, rel=0.1)
+    config = AAformerConfig.from_timm_model(wide)
+    assert config.part_init_std == 0.3
+    hf = AAformerModel(config)
+    assert hf.timm_model.part_tokens.std().item() == pytest.approx(0.3, rel=0.1)
+    with pytest.raises(ValueError, match='part_init_std must be > 0'):
+        tiny(part_init_std=0)

@@ -49,6 +49,8 @@ class AAformerConfig(TimmBackedConfig):
         part_init (`str`, defaults to `"trunc_normal"`): `"trunc_normal"` (std 0.02) or `"cls"` (pretrained CLS +
             noise; beyond the paper). The paper says "randomly and independently initialized"; the distribution and
             scale are not stated.
+        part_init_std (`float`, defaults to 0.02): Standard deviation of the `"trunc_normal"` [PART] init. Not
+            stated by the paper.
         part_pos_embed (`bool`, defaults to `False`): Learnable position embedding per [PART]. Not stated by the
             paper.
         embedding (`str`, defaults to `"after_bnneck"`): Re-ID embedding taken after or before the BNNeck
@@ -88,6 +90,7 @@ class AAformerConfig(TimmBackedConfig):
     part_self_key: str = 'if_empty'
     patches_see_parts: bool = True
     part_init: str = 'trunc_normal'
+    part_init_std: float = 0.02
     part_pos_embed: bool = False
     embedding: str = 'after_bnneck'
     hidden_dropout_prob: float | int = 0.0
@@ -134,7 +137,7 @@ class AAformerConfig(TimmBackedConfig):
             assignment=attn.assignment,
             assignment_score=attn.assignment_score, sinkhorn_epsilon=attn.sinkhorn_epsilon,
             sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
-            patches_see_parts=attn.patches_see_parts, part_init=model.part_init,
+            patches_see_parts=attn.patches_see_parts, part_init=model.part_init, part_init_std=model.part_init_std,
             part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
             **cls.regularisation_fields(model))
         if model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1] or model.pos_drop.p:
@@ -153,6 +156,7 @@ class AAformerConfig(TimmBackedConfig):
             part_self_key=self.part_self_key,
             patches_see_parts=self.patches_see_parts,
             part_init=self.part_init,
+            part_init_std=self.part_init_std,
             part_pos_embed=self.part_pos_embed,
             embedding=self.embedding,
             **self.regularisation_kwargs(),

@@ -73,7 +73,7 @@ class AAformerPreTrainedModel(TimmBackedPreTrainedModel):
             init.trunc_normal_(module.pos_embed, std=0.02)
             init.normal_(module.cls_token, std=1e-6)
             if module.part_tokens is not None:
-                init.trunc_normal_(module.part_tokens, std=0.02)
+                init.trunc_normal_(module.part_tokens, std=module.part_init_std)
             if module.part_pos_embed is not None:
                 init.trunc_normal_(module.part_pos_embed, std=0.02)
         elif isinstance(module, TokenClassifiers):

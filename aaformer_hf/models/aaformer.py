@@ -131,6 +131,7 @@ class AAformer(nn.Module):
             part_self_key: PartSelfKey = 'if_empty',
             patches_see_parts: bool = True,
             part_init: PartInit = 'trunc_normal',
+            part_init_std: float = 0.02,
             part_pos_embed: bool = False,
             embedding: EmbeddingSource = 'after_bnneck',
             drop_rate: float = 0.,
@@ -176,6 +177,9 @@ class AAformer(nn.Module):
                 'cls' (the pretrained CLS token plus N(0, 0.02) noise, applied when pretrained ViT weights load;
                 beyond the paper). The paper says only "randomly and independently initialized" (§IV-D): the
                 distribution and scale are not stated.
+            part_init_std: Standard deviation of the 'trunc_normal' [PART] init (0.02, timm's token init, by
+                default; truncated at ±2 as timm truncates). Not stated by the paper; pretrained patch tokens have
+                norms near 2.5, so 0.02 starts the [PART]s ~100x smaller (issue #11 sweeps it).
             part_pos_embed: Add a learnable position embedding per [PART] (as PASS does). Default False: a learnable
                 offset on a learnable token adds no capacity (neither gets weight decay) but moves the sum by two
                 gradients, doubling its effective learning rate under SGD. Not stated by the paper.
@@ -213,7 +217,10 @@ class AAformer(nn.Module):
         self.num_embedding_tokens = 1 + self.num_parts
         self.num_features = self.embed_dim = embed_dim
         self.head_hidden_size = self.num_embedding_tokens * embed_dim
+        if not part_init_std > 0:
+            raise ValueError(f'part_init_std must be > 0, got {part_init_std}')
         self.part_init = part_init
+        self.part_init_std = part_init_std
         self.embedding = embedding
         self.grad_checkpointing = False
 
@@ -264,7 +271,7 @@ class AAformer(nn.Module):
         trunc_normal_(self.pos_embed, std=.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         if self.part_tokens is not None:
-            trunc_normal_(self.part_tokens, std=.02)
+            trunc_normal_(self.part_tokens, std=self.part_init_std)
         if self.part_pos_embed is not None:
             trunc_normal_(self.part_pos_embed, std=.02)
         for module in self.modules():
