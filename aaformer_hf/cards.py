@@ -185,18 +185,19 @@ def _table(rows: Sequence[Tuple[str, Dict[str, float]]]) -> str:
     return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog='python -m aaformer_hf.cards', description=__doc__.split('\n\n')[0],
+        prog=prog or 'python -m aaformer_hf.cards', description=__doc__.split('\n\n')[0],
         epilog='examples:\n  python -m aaformer_hf.cards outputs/market/model --repo_id me/aaformer-market1501\n'
                '  python -m aaformer_hf.cards --planned model_cards', formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument('folder', nargs='?', type=Path, help='a saved model folder (writes FOLDER/README.md)')
     parser.add_argument('--repo_id', help='the Hub repo the card names in its examples (default: the folder name)')
     parser.add_argument('--metrics', type=Path, help='metrics.json (default: FOLDER/../metrics.json when present)')
     parser.add_argument('--planned', type=Path, help='write the planned checkpoints\' cards to this folder instead')
+    parser.add_argument('--org', default='aaformer-hf', help='the Hub organisation the planned cards name')
     args = parser.parse_args(argv)
     if args.planned is not None:
-        for path in planned_cards(args.planned):
+        for path in planned_cards(args.planned, org=args.org):
             print(path)
         return 0
     if args.folder is None:

@@ -98,7 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _DELEGATED:
         import importlib
-        result = importlib.import_module(_DELEGATED[argv[0]][0]).main(argv[1:])
+        # their usage and errors name the command as typed here, not the module
+        result = importlib.import_module(_DELEGATED[argv[0]][0]).main(argv[1:], prog=f'aaformer-hf {argv[0]}')
         return result if isinstance(result, int) else 0
     parser = _parser()
     args = parser.parse_args(argv)

@@ -13,8 +13,8 @@ from aaformer_hf.data.parsing import region_masks
 from train_config import TrainConfig
 from train_losses import AAformerLoss
 
-__all__ = ['Recipe', 'ParsingPartsRecipe', 'part_masks', 'RunContext', 'scheduled_lr', 'check_finite_losses', 'quiet_bars',
-           'library_bars_only_on_a_terminal']
+__all__ = ['Recipe', 'ParsingPartsRecipe', 'part_masks', 'RunContext', 'scheduled_lr', 'check_finite_losses',
+           'quiet_bars', 'library_bars_only_on_a_terminal']
 
 
 class Recipe:

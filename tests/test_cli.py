@@ -176,6 +176,13 @@ def test_delegated_commands_and_the_module_entry_point(tmp_path, capsys):
     assert result.returncode == 0 and 'extract' in result.stdout and 'evaluate' in result.stdout
     result = subprocess.run([sys.executable, '-m', 'aaformer_hf', 'extract'], capture_output=True, text=True)
     assert result.returncode == 2 and 'required' in result.stderr
+    # a delegated command's usage and errors name it as typed, not its module
+    for command in ('card', 'convert', 'parse', 'synth'):
+        with pytest.raises(SystemExit):
+            main([command, '--no_such_flag'])
+        assert f'usage: aaformer-hf {command} ' in capsys.readouterr().err
+    assert main(['card', '--planned', str(tmp_path / 'cards'), '--org', 'my-lab']) == 0
+    assert 'my-lab/aaformer-market1501' in (tmp_path / 'cards' / 'aaformer-market1501.md').read_text()
 
 
 def test_two_processes_share_the_shards_and_join_in_input_order(tmp_path, market, model_dir):

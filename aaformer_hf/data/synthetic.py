@@ -281,8 +281,9 @@ def is_synthetic(root: Path) -> bool:
     return note.is_file() and note.read_text(errors='replace').startswith(SYNTHETIC_NOTE[1])
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog: Optional[str] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--root', required=True, type=Path)
     parser.add_argument('--train_ids', type=int, default=40)
     parser.add_argument('--test_ids', type=int, default=30)

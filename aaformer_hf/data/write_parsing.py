@@ -97,9 +97,10 @@ def write_parsing_maps(split: datasets.Dataset, root: Union[str, Path], model, p
     return len(targets)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset', required=True, help='a load_reid_dataset name (market1501, msmt17, ...)')
     parser.add_argument('--root', required=True, type=Path)
     parser.add_argument('--model', required=True, help='a folder or Hub id of a semantic-segmentation model')

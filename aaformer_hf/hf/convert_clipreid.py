@@ -135,9 +135,9 @@ def convert_clipreid_checkpoint(
     return model
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
     parser = argparse.ArgumentParser(
-        prog='python -m aaformer_hf.hf.convert_clipreid', allow_abbrev=False,
+        prog=prog or 'python -m aaformer_hf.hf.convert_clipreid', allow_abbrev=False,
         description='Convert a CLIP-ReID ViT-B/16 checkpoint into a timm / transformers π-VL model folder.')
     parser.add_argument('checkpoint', help='CLIP-ReID .pth state dict (read with weights_only=True)')
     parser.add_argument('output_dir', help='folder for save_pretrained (must be new or empty)')
