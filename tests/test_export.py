@@ -57,3 +57,23 @@ def test_onnx_export_runs_in_onnxruntime(timm_model, tmp_path):
         expected = timm_model(x).numpy()
     assert out.shape == expected.shape == (3, timm_model.head_hidden_size)
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_assignment_check_counts_differing_decisions(tmp_path, monkeypatch):
+    """The assignment check compares decision by decision: a graph whose assignments are all flipped counts 100 %
+    and the file is not written; the real export counts 0 %."""
+    import aaformer_hf.export as export
+    torch.manual_seed(0)
+    model = timm.create_model('aaformer_tiny', depth=1).eval()
+    assert export.export_onnx(model, tmp_path / 'ok.onnx')['assignments'] == 0.0
+
+    class Flipped(export.AssignmentProbe):  # what PyTorch computes, so the exported graph disagrees everywhere
+        def forward(self, pixel_values):
+            return 1 - super().forward(pixel_values)
+
+    real_export = export._export
+    monkeypatch.setattr(export, '_export', lambda module, *args: real_export(
+        Flipped(module.model) if type(module) is export.AssignmentProbe else module, *args))
+    with pytest.raises(ValueError, match=r'assigns 100.00% of patches to other parts'):
+        export.export_onnx(model, tmp_path / 'bad.onnx')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ok.onnx']
