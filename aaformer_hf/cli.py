@@ -36,6 +36,11 @@ _EXAMPLES = {
     'evaluate': 'examples:\n'
                 '  aaformer-hf evaluate outputs/synthetic/model --dataset market1501 --root data/synthetic_market\n'
                 '  aaformer-hf evaluate org/aaformer-msmt17 --dataset msmt17 --root data/MSMT17 --rerank --json m.json',
+    'visualize': 'examples:\n'
+                 '  aaformer-hf visualize parts outputs/synthetic/model data/synthetic_market/query -o parts.png\n'
+                 '  aaformer-hf visualize attention outputs/synthetic/model a.jpg b.jpg -o attention.png --layer 0\n'
+                 '  aaformer-hf visualize ranks outputs/synthetic/model --dataset market1501 '
+                 '--root data/synthetic_market -o ranks.png',
 }
 
 
@@ -81,6 +86,20 @@ def _parser() -> argparse.ArgumentParser:
                       help='largest absolute difference from PyTorch accepted (default 1e-4)')
     onnx.add_argument('--overwrite', action='store_true', help='replace an existing output file')
 
+    visualize = commands.add_parser('visualize', help='PNG of [PART] assignments, attention, or rank lists',
+                                    epilog=_EXAMPLES['visualize'], formatter_class=raw, allow_abbrev=False)
+    visualize.add_argument('kind', choices=('parts', 'attention', 'ranks'))
+    visualize.add_argument('model', help='timm name, saved model folder, or Hub id (org/name[@revision])')
+    visualize.add_argument('images', type=Path, nargs='*', help='parts / attention: image files or folders')
+    visualize.add_argument('-o', '--output', type=Path, required=True, help='the .png file to write')
+    visualize.add_argument('--pretrained', action='store_true', help='for a timm name: its pretrained weights')
+    visualize.add_argument('--layer', type=int, default=-1, help='parts / attention: which layer (default: last)')
+    visualize.add_argument('--limit', type=int, default=8, help='images (parts / attention) or queries (ranks)')
+    visualize.add_argument('--dataset', help='ranks: a re-ID loader name (market1501, msmt17, ...)')
+    visualize.add_argument('--root', help='ranks: the dataset folder')
+    visualize.add_argument('--top', type=int, default=10, help='ranks: gallery images per query')
+    visualize.add_argument('--batch_size', type=int, default=64)
+
     for name, (_, help_text) in _DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -104,7 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return {'extract': _extract, 'evaluate': _evaluate, 'export-onnx': _export_onnx}[args.command](args)
+        return {'extract': _extract, 'evaluate': _evaluate, 'export-onnx': _export_onnx,
+                'visualize': _visualize}[args.command](args)
     except (OSError, ValueError, ImportError) as error:
         parser.exit(2, f'aaformer-hf {args.command}: error: {error}\n')
 
@@ -155,6 +175,70 @@ def _export_onnx(args) -> int:
     print(f'{args.output}: {args.model}, opset {args.opset}, dynamic batch; onnxruntime vs PyTorch max |diff| '
           f'{checked}{assigned}')
     return 0
+
+
+def _visualize(args) -> int:
+    import torch
+    from PIL import Image
+
+    from .data import build_transforms
+    from .embeddings import collect_images, load_inference_model
+    from .visualize import attention_figure, parts_figure
+
+    model = load_inference_model(args.model, args.pretrained)
+    transform = build_transforms(model.pretrained_cfg, train=False)
+    if args.kind == 'ranks':
+        figure = _ranks(args, model, transform)
+    else:
+        if not args.images:
+            raise ValueError(f'visualize {args.kind}: give image files or folders')
+        paths = [p for source in args.images for p in (collect_images(source) if source.is_dir() else [source])]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f'image(s) not found: {", ".join(missing[:3])}')
+        images = [Image.open(p).convert('RGB') for p in paths[:args.limit]]
+        pixels = torch.stack([transform(image) for image in images])
+        draw = parts_figure if args.kind == 'parts' else attention_figure
+        figure = draw(model, images, pixels, args.layer)
+    from ._files import atomic_path
+    with atomic_path(args.output, suffix='.png') as tmp:
+        figure.save(tmp, format='PNG')
+    print(f'{args.output}: {args.kind} of {args.model} ({figure.width}x{figure.height})')
+    return 0
+
+
+def _ranks(args, model, transform):
+    import torch
+
+    from .data import eval_loader, load_reid_dataset
+    from .embeddings import embed
+    from .evaluation import pairwise_distance
+    from .visualize import ranks_figure
+
+    if not args.dataset or not args.root:
+        raise ValueError('visualize ranks: needs --dataset and --root')
+    data = load_reid_dataset(args.dataset, args.root)
+    query = data['query'].select(range(min(args.limit, len(data['query']))))
+    features = {}
+    with torch.inference_mode():
+        for name, split in (('query', query), ('gallery', data['gallery'])):
+            features[name] = torch.cat([embed(model, pixels) for pixels, _, _ in
+                                        eval_loader(split, transform, args.batch_size, 0)]).float()
+    distmat = pairwise_distance(features['query'], features['gallery'])
+    gallery = data['gallery']
+    return ranks_figure(query['image'], _LazyImages(gallery), distmat, torch.tensor(query['pid']),
+                        torch.tensor(gallery['pid']), torch.tensor(query['camid']), torch.tensor(gallery['camid']),
+                        top=args.top)
+
+
+class _LazyImages:
+    """A split's images decoded only when drawn (a gallery can be large)."""
+
+    def __init__(self, split) -> None:
+        self.split = split
+
+    def __getitem__(self, index: int):
+        return self.split[index]['image']
 
 
 def _evaluate(args) -> int:

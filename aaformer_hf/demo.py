@@ -17,9 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from .hf import AAformerImageProcessor, AAformerModel
+from .visualize import PALETTE
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 
 def synthetic_person(seed: int = 0, size=(128, 256)) -> Image.Image:

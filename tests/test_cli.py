@@ -245,3 +245,71 @@ def test_extract_a_dataset_split_with_its_labels(tmp_path, market, model_dir, ca
         with pytest.raises(SystemExit) as exit_info:
             main(['extract', str(model_dir), *argv, '-o', str(tmp_path / 'x.safetensors')])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def stripes_dir(tmp_path_factory):
+    """A model whose answer is known: MGN stripes (group 1: top / bottom half, group 2: thirds), 2 heads."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp('stripes') / 'model'
+    AAformerModel(AAformerConfig(**TINY, assignment='stripes')).save_pretrained(folder)
+    return folder
+
+
+def test_visualize_parts_and_attention_draw_what_the_stripes_are(tmp_path, stripes_dir):
+    from aaformer_hf.visualize import CELL, PALETTE
+    black = tmp_path / 'black.png'
+    Image.new('RGB', (128, 256)).save(black)
+    out = tmp_path / 'parts.png'
+    assert main(['visualize', 'parts', str(stripes_dir), str(black), str(black), '-o', str(out)]) == 0
+    figure = Image.open(out).convert('RGB')
+    panel, gap = (8 * CELL, 16 * CELL), 6
+    # a row: image | group 1 majority, 2 heads | group 2 majority, 2 heads | agreement = 8 panels; 2 rows
+    assert figure.size == (8 * panel[0] + 7 * gap, 2 * panel[1] + gap)
+
+    def pixel(column, y):
+        return figure.getpixel((column * (panel[0] + gap) + 20, y))
+
+    def tinted(column, y, part):  # a patch blended 60 % with its part's colour, on black (PIL rounds either way)
+        return all(abs(a - 0.6 * b) <= 1 for a, b in zip(pixel(column, y), PALETTE[part]))
+
+    top, middle, bottom = 10, panel[1] // 2, panel[1] - 10
+    assert tinted(1, top, 0) and tinted(1, bottom, 1)  # group 1, majority over heads: halves
+    assert tinted(2, top, 0) and tinted(3, bottom, 1)  # each head the same
+    assert tinted(4, top, 2) and tinted(4, middle, 3) and tinted(4, bottom, 4)  # group 2: thirds
+    assert pixel(7, 10) == (255, 255, 255)  # every head agrees with the majority
+    out = tmp_path / 'attention.png'
+    assert main(['visualize', 'attention', str(stripes_dir), str(black), '-o', str(out), '--layer', '0']) == 0
+    figure = Image.open(out).convert('RGB')
+    # image | CLS per head (2) | [PART] 1..5: [PART] 1 (top half) has no attention on the bottom half
+    assert figure.size == (8 * panel[0] + 7 * gap, panel[1])
+    assert pixel(3, bottom) == (0, 0, 0) and pixel(3, top)[0] > 0
+    with pytest.raises(SystemExit):  # a π-VL model has no [PART]s to draw
+        from aaformer_hf import PiVLConfig, PiVLModel
+        PiVLModel(PiVLConfig(**TINY, projection_dim=32)).save_pretrained(tmp_path / 'pivl')
+        main(['visualize', 'parts', str(tmp_path / 'pivl'), str(black), '-o', str(tmp_path / 'x.png')])
+
+
+def test_visualize_ranks_frames_follow_the_protocol(tmp_path, market, model_dir):
+    """Rank lists: each gallery panel's frame says whether it is the query's identity; the order is the nearest
+    first with same-camera matches left out, checked against torch.cdist."""
+    out = tmp_path / 'ranks.png'
+    assert main(['visualize', 'ranks', str(model_dir), '--dataset', 'market1501', '--root', str(market), '-o',
+                 str(out), '--limit', '3', '--top', '4']) == 0
+    figure = Image.open(out).convert('RGB')
+    data = load_reid_dataset('market1501', market)
+    model = load_inference_model(str(model_dir))
+    from aaformer_hf.data import build_transforms
+    transform = build_transforms(model.pretrained_cfg, train=False)
+    with torch.no_grad():
+        feats = {s: model(torch.stack([transform(i) for i in data[s]['image']])) for s in ('query', 'gallery')}
+    dist = torch.cdist(feats['query'][:3], feats['gallery'])
+    g_pids, g_cams = torch.tensor(data['gallery']['pid']), torch.tensor(data['gallery']['camid'])
+    assert figure.size == (5 * 64 + 4 * 6, 3 * 128 + 2 * 6)
+    for q in range(3):
+        pid, cam = data['query'][q]['pid'], data['query'][q]['camid']
+        ranked = [g for g in dist[q].argsort().tolist() if not (g_pids[g] == pid and g_cams[g] == cam)][:4]
+        expected = [(0, 170, 0) if g_pids[g] == pid else (220, 0, 0) for g in ranked]
+        frames = [figure.getpixel((c * (64 + 6) + 1, q * (128 + 6) + 1)) for c in range(1, 5)]
+        assert frames == expected
+    assert (figure.getpixel((1, 1))) == (128, 128, 128)  # the query's own frame

@@ -1,0 +1,130 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""Pictures of what a re-ID model does (``aaformer-hf visualize``), drawn with PIL:
+
+- ``parts_figure``: an AAformer's patch-to-[PART] assignment in one layer - per image, each group's parts by majority
+  over heads, every head on its own, and how many heads agree with the majority (dark = heads disagree);
+- ``attention_figure``: where CLS (per head) and each [PART] (mean over heads) look, in one layer;
+- ``ranks_figure``: rank lists - each query, then its nearest gallery images under the evaluation protocol (same
+  identity under the same camera left out), framed green for a correct match and red otherwise.
+"""
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+__all__ = ['PALETTE', 'parts_figure', 'attention_figure', 'ranks_figure', 'tile']
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+CELL = 16  # screen pixels per patch
+
+
+def tile(rows: Sequence[Sequence[Image.Image]], gap: int = 6, border: Optional[List[List[tuple]]] = None
+         ) -> Image.Image:
+    """Panels in rows on white, left-aligned; ``border`` colours a 3-pixel frame per panel (None: no frame)."""
+    width = max(sum(p.width for p in row) + gap * (len(row) - 1) for row in rows)
+    height = sum(max(p.height for p in row) for row in rows) + gap * (len(rows) - 1)
+    canvas = Image.new('RGB', (width, height), 'white')
+    y = 0
+    for r, row in enumerate(rows):
+        x = 0
+        for c, panel in enumerate(row):
+            canvas.paste(panel, (x, y))
+            colour = border[r][c] if border is not None else None
+            if colour is not None:
+                ImageDraw.Draw(canvas).rectangle([x, y, x + panel.width - 1, y + panel.height - 1], outline=colour,
+                                                 width=3)
+            x += panel.width + gap
+        y += max(p.height for p in row) + gap
+    return canvas
+
+
+def _labels_panel(image: Image.Image, labels: np.ndarray, first_part: int) -> Image.Image:
+    """``image`` with each patch tinted by its part's colour; labels (h, w) index parts from ``first_part``."""
+    colours = np.array([PALETTE[(first_part + i) % len(PALETTE)] for i in range(int(labels.max()) + 1)],
+                       dtype=np.uint8)
+    overlay = Image.fromarray(colours[labels]).resize(image.size, Image.NEAREST)
+    return Image.blend(image, overlay, 0.6)
+
+
+def _heat_panel(image: Image.Image, weights: np.ndarray) -> Image.Image:
+    """``image`` under a red heat map of (h, w) weights scaled to their maximum."""
+    scaled = weights / max(float(weights.max()), 1e-12)
+    heat = np.zeros((*weights.shape, 3), dtype=np.uint8)
+    heat[..., 0] = (255 * scaled).astype(np.uint8)
+    overlay = Image.fromarray(heat).resize(image.size, Image.BILINEAR)
+    return Image.blend(image.convert('L').convert('RGB'), overlay, 0.6)
+
+
+def _display(image: Image.Image, grid) -> Image.Image:
+    return image.convert('RGB').resize((grid[1] * CELL, grid[0] * CELL))
+
+
+def _has_assignment(model) -> bool:
+    return bool(getattr(model, 'num_parts', 0)) and hasattr(model, 'forward_tokens') and \
+        model.blocks[0].attn.assignment in ('sinkhorn', 'nearest', 'stripes')
+
+
+@torch.no_grad()
+def parts_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, layer: int = -1) -> Image.Image:
+    """One row per image: the image; per group, its parts by majority over heads, then each head; then the share of
+    heads agreeing with the majority part of the first group (black 0 - white 1)."""
+    if not _has_assignment(model):
+        raise ValueError('parts: the model assigns no patches itself (no [PART]s, or parts given from outside)')
+    assigned = model.forward_tokens(pixels, output_assignments=True).assignments[layer]  # (B, H, P, N)
+    grid = model.patch_embed.grid_size
+    rows = []
+    for image, a in zip(images, assigned):
+        shown = _display(image, grid)
+        row, start = [shown], 0
+        agreement = None
+        for size in model.part_groups:
+            group = a[:, start:start + size].float()  # (H, P_g, N)
+            per_head = group.argmax(1).view(-1, *grid).numpy()  # (H, h, w)
+            majority = group.sum(0).argmax(0).view(*grid).numpy()
+            row.append(_labels_panel(shown, majority, start))
+            row += [_labels_panel(shown, head, start) for head in per_head]
+            if agreement is None:
+                agreement = (per_head == majority).mean(0)
+            start += size
+        row.append(Image.fromarray((255 * agreement).astype(np.uint8)).resize(shown.size, Image.NEAREST)
+                   .convert('RGB'))
+        rows.append(row)
+    return tile(rows)
+
+
+@torch.no_grad()
+def attention_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, layer: int = -1) -> Image.Image:
+    """One row per image: the image, CLS's attention over the patches in each head, then each [PART]'s (mean over
+    heads) - an AAformer's [PART]s see only their own patches."""
+    from .models.aaformer import AAformer
+    if not isinstance(model, AAformer):
+        raise ValueError(f'attention: needs an AAformer-family model, got {type(model).__name__}')
+    tokens = model.forward_tokens(pixels, output_attentions=True)
+    probs = tokens.attentions[layer]  # (B, H, L, L)
+    grid, prefix = model.patch_embed.grid_size, model.num_prefix_tokens
+    rows = []
+    for image, p in zip(images, probs):
+        shown = _display(image, grid)
+        to_patches = p[:, :prefix, prefix:]  # (H, prefix, N)
+        row = [shown] + [_heat_panel(shown, head[0].view(*grid).numpy()) for head in to_patches]
+        row += [_heat_panel(shown, to_patches[:, t].mean(0).view(*grid).numpy()) for t in range(1, prefix)]
+        rows.append(row)
+    return tile(rows)
+
+
+def ranks_figure(query_images: Sequence[Image.Image], gallery_images: Sequence[Image.Image], distmat: torch.Tensor,
+                 q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor,
+                 top: int = 10, size=(64, 128)) -> Image.Image:
+    """One row per query: the query (grey frame), then its ``top`` nearest gallery images in the evaluation's order,
+    the same identity under the query's camera left out (Market-1501 protocol); green = same identity."""
+    rows, frames = [], []
+    for q in range(len(query_images)):
+        keep = ~((g_pids == q_pids[q]) & (g_cams == q_cams[q])) & (g_pids != -1)  # and junk
+        order = torch.argsort(distmat[q], stable=True)
+        order = order[keep[order]][:top]
+        rows.append([query_images[q].convert('RGB').resize(size)] +
+                    [gallery_images[int(g)].convert('RGB').resize(size) for g in order])
+        frames.append([(128, 128, 128)] + [(0, 170, 0) if g_pids[g] == q_pids[q] else (220, 0, 0) for g in order])
+    return tile(rows, border=frames)
