@@ -36,6 +36,9 @@ _EXAMPLES = {
     'evaluate': 'examples:\n'
                 '  aaformer-hf evaluate outputs/synthetic/model --dataset market1501 --root data/synthetic_market\n'
                 '  aaformer-hf evaluate org/aaformer-msmt17 --dataset msmt17 --root data/MSMT17 --rerank --json m.json',
+    'search': 'examples:\n'
+              '  aaformer-hf search gallery.safetensors query.safetensors -o matches.json --top 20\n'
+              '  aaformer-hf search g.safetensors q.safetensors -o m.json --backend faiss --index IVF4096,Flat',
     'visualize': 'examples:\n'
                  '  aaformer-hf visualize parts outputs/synthetic/model data/synthetic_market/query -o parts.png\n'
                  '  aaformer-hf visualize attention outputs/synthetic/model a.jpg b.jpg -o attention.png --layer 0\n'
@@ -86,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
                       help='largest absolute difference from PyTorch accepted (default 1e-4)')
     onnx.add_argument('--overwrite', action='store_true', help='replace an existing output file')
 
+    find = commands.add_parser('search', help='nearest gallery embeddings of query embeddings -> JSON',
+                               epilog=_EXAMPLES['search'], formatter_class=raw, allow_abbrev=False)
+    find.add_argument('gallery', type=Path, help='a .safetensors file written by extract')
+    find.add_argument('query', type=Path, help='a .safetensors file written by extract')
+    find.add_argument('-o', '--output', type=Path, required=True, help='the .json file to write')
+    find.add_argument('--top', type=int, default=10)
+    find.add_argument('--metric', choices=('cosine', 'euclidean'), default='cosine')
+    find.add_argument('--backend', choices=('torch', 'faiss'), default='torch',
+                      help='torch: exact; faiss: its index (extra aaformer-hf[search])')
+    find.add_argument('--index', default='Flat', help="faiss index_factory string (default Flat = exact; e.g. "
+                                                     "'IVF1024,Flat' for approximate search)")
+    find.add_argument('--nprobe', type=int, default=16, help='faiss IVF lists searched (default 16)')
+    find.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+
     visualize = commands.add_parser('visualize', help='PNG of [PART] assignments, attention, or rank lists',
                                     epilog=_EXAMPLES['visualize'], formatter_class=raw, allow_abbrev=False)
     visualize.add_argument('kind', choices=('parts', 'attention', 'ranks'))
@@ -124,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {'extract': _extract, 'evaluate': _evaluate, 'export-onnx': _export_onnx,
-                'visualize': _visualize}[args.command](args)
+                'visualize': _visualize, 'search': _search}[args.command](args)
     except (OSError, ValueError, ImportError) as error:
         parser.exit(2, f'aaformer-hf {args.command}: error: {error}\n')
 
@@ -174,6 +191,30 @@ def _export_onnx(args) -> int:
     assigned = '' if mismatch is None else f'; patch-to-part assignments differing: {mismatch:.3%}'
     print(f'{args.output}: {args.model}, opset {args.opset}, dynamic batch; onnxruntime vs PyTorch max |diff| '
           f'{checked}{assigned}')
+    return 0
+
+
+def _search(args) -> int:
+    from ._files import atomic_path
+    from .embeddings import load_embeddings
+    from .search import search
+
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
+    gallery, query = load_embeddings(args.gallery), load_embeddings(args.query)
+    if gallery['model'] != query['model']:
+        raise ValueError(f'{args.query} holds embeddings of {query["model"]}, {args.gallery} of {gallery["model"]}: '
+                         'distances between two models mean nothing')
+    distances, indices = search(query['embeddings'], gallery['embeddings'], args.top, args.metric, args.backend,
+                                args.index, args.nprobe)
+    results = [dict(query=q, matches=[dict(path=gallery['paths'][g], distance=round(float(d), 6))
+                                      for d, g in zip(row_d, row_i)])
+               for q, row_d, row_i in zip(query['paths'], distances, indices.tolist())]
+    with atomic_path(args.output) as tmp:
+        tmp.write_text(json.dumps(dict(metric=args.metric, backend=args.backend, index=args.index,
+                                       gallery=str(args.gallery), results=results), indent=1))
+    print(f'{args.output}: top {indices.shape[1]} of {len(gallery["paths"])} for {len(results)} queries '
+          f'({args.metric}, {args.backend})')
     return 0
 
 

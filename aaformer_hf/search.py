@@ -1,0 +1,82 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""Nearest gallery embeddings for query embeddings (``aaformer-hf search``): exact in PyTorch, or through FAISS.
+
+- ``backend='torch'``: exact, in query chunks sized so one chunk's distances stay near 256 MB whatever the gallery.
+- ``backend='faiss'`` (``pip install "aaformer-hf[search]"``): FAISS's exact flat index by default, or any
+  ``index_factory`` string (e.g. ``'IVF1024,Flat'`` with ``nprobe``) for approximate search on large galleries.
+
+Distances follow the evaluator's: 'cosine' = 1 - cos, 'euclidean' = squared L2.
+"""
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ['search', 'recall_at']
+
+
+def search(query: torch.Tensor, gallery: torch.Tensor, top: int = 10, metric: str = 'cosine',
+           backend: str = 'torch', index: str = 'Flat', nprobe: int = 16, chunk_bytes: int = 256 * 2 ** 20
+           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``top`` nearest gallery rows of each query row: distances (Q, k) ascending and indices (Q, k)."""
+    if metric not in ('cosine', 'euclidean'):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
+        raise ValueError(f'query (Q, D) and gallery (G, D) must share D; got {tuple(query.shape)} and '
+                         f'{tuple(gallery.shape)}')
+    if not len(gallery):
+        raise ValueError('the gallery is empty')
+    for name, x in (('query', query), ('gallery', gallery)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f'{name} embeddings hold NaN or Inf')
+    top = min(top, len(gallery))
+    query, gallery = query.float(), gallery.float()
+    if metric == 'cosine':
+        query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
+    if backend == 'torch':
+        return _torch_search(query, gallery, top, metric, chunk_bytes)
+    if backend == 'faiss':
+        return _faiss_search(query, gallery, top, metric, index, nprobe)
+    raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
+
+
+def _torch_search(query, gallery, top, metric, chunk_bytes):
+    rows = max(1, chunk_bytes // (4 * len(gallery)))
+    gallery_sq = gallery.pow(2).sum(1) if metric == 'euclidean' else None
+    distances, indices = [], []
+    for start in range(0, len(query), rows):
+        q = query[start:start + rows]
+        products = q @ gallery.T
+        if metric == 'cosine':
+            dist = 1 - products
+        else:
+            dist = (q.pow(2).sum(1, keepdim=True) + gallery_sq - 2 * products).clamp(min=0)
+        d, i = dist.topk(top, dim=1, largest=False, sorted=True)
+        distances.append(d), indices.append(i)
+    return torch.cat(distances), torch.cat(indices)
+
+
+def _faiss_search(query, gallery, top, metric, index: str, nprobe: int):
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError('backend faiss needs faiss: pip install "aaformer-hf[search]" (faiss-cpu)') from error
+    measure = faiss.METRIC_INNER_PRODUCT if metric == 'cosine' else faiss.METRIC_L2
+    built = faiss.index_factory(gallery.shape[1], index, measure)
+    g = np.ascontiguousarray(gallery.numpy())
+    if not built.is_trained:
+        built.train(g)
+    built.add(g)
+    if hasattr(built, 'nprobe'):
+        built.nprobe = nprobe
+    scores, found = built.search(np.ascontiguousarray(query.numpy()), top)
+    scores = torch.from_numpy(scores)
+    distances = 1 - scores if metric == 'cosine' else scores
+    return distances, torch.from_numpy(found).long()
+
+
+def recall_at(found: torch.Tensor, exact: torch.Tensor) -> float:
+    """Share of the exact top-k that an approximate search also returned (recall@k)."""
+    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, exact))
+    return hits / exact.numel()
