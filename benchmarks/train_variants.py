@@ -121,9 +121,15 @@ def main() -> None:
                         help='backbone of every variant (and of the pretrained ViT): embed_dim, depth, num_heads')
     parser.add_argument('--preset', choices=sorted(PRESETS), default='aligned',
                         help='synthetic difficulty of the re-ID and pretraining sets (a new --out per preset)')
+    parser.add_argument('--model_args', type=json.loads, default={},
+                        help='JSON constructor arguments for every trained variant (not the pretraining), e.g. '
+                             '\'{"part_init_std": 0.3}\'; give a --tag with it')
+    parser.add_argument('--tag', help='names these runs (folders VARIANT_TAG, rows "VARIANT [TAG]")')
     parser.add_argument('--breakdown_only', action='store_true',
                         help='only the per-token retrieval of models an earlier run left in --out')
     args = parser.parse_args()
+    if args.model_args and not args.tag:
+        parser.error('--model_args needs a --tag naming those runs')
     if args.breakdown_only:
         print('| regime / variant | mAP all | mAP CLS | mAP [PART]s |\n|---|---:|---:|---:|')
         for regime in args.regimes.split(','):
@@ -152,7 +158,7 @@ def main() -> None:
         extra = {}
         if regime == 'pretrained':
             extra['pretrained_file'] = str(pretrain_backbone(args.out, common, args.preset))
-        if 0 in seeds:
+        if 0 in seeds and not args.tag:
             untrained = train(TrainConfig(**common, **extra, dataset='market1501', data_root=str(data_root),
                                           output_dir=str(args.out / regime / 'untrained'), eval_only=True))
             results[f'{regime} / AAformer untrained'] = {'metrics': untrained}
@@ -161,10 +167,14 @@ def main() -> None:
                 key = baseline or 'aaformer'
                 if key not in wanted:
                     continue
-                run_dir = args.out / regime / (key + (f'_seed{seed}' if seed else ''))
-                metrics = train(TrainConfig(**dict(common, seed=seed), **extra, baseline=baseline,
-                                            dataset='market1501', data_root=str(data_root), output_dir=str(run_dir)))
-                results[f'{regime} / {name}' + (f' (seed {seed})' if seed else '')] = {
+                run_dir = args.out / regime / (key + (f'_{args.tag}' if args.tag else '') +
+                                               (f'_seed{seed}' if seed else ''))
+                model_args = dict(common['model_args'], **args.model_args)
+                metrics = train(TrainConfig(**dict(common, seed=seed, model_args=model_args), **extra,
+                                            baseline=baseline, dataset='market1501', data_root=str(data_root),
+                                            output_dir=str(run_dir)))
+                results[f'{regime} / {name}' + (f' [{args.tag}]' if args.tag else '') +
+                        (f' (seed {seed})' if seed else '')] = {
                     'metrics': metrics, 'parts': part_statistics(run_dir / 'model', data_root)}
                 results_path.write_text(json.dumps(results, indent=2))
     print('| regime / variant | R1 | mAP | mINP | largest part share per group | empty parts per group |')
