@@ -8,6 +8,7 @@ With random weights the assignment shows the mechanism, not learned body parts; 
 model folder (``save_pretrained``, e.g. what examples/train.py writes). Writes a PNG of the last layer's assignment.
 """
 import argparse
+import sys
 from pathlib import Path
 from typing import List, Sequence
 
@@ -66,6 +67,9 @@ def main(argv=None) -> None:
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
 
+    if not sys.stderr.isatty():  # a piped log gets no progress-bar frames from loading the model
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(args.seed)
     if args.image is not None:
         if not args.image.is_file():
