@@ -282,3 +282,22 @@ def test_part_init_std_scales_the_part_tokens_in_both_front_doors():
     assert hf.timm_model.part_tokens.std().item() == pytest.approx(0.3, rel=0.1)
     with pytest.raises(ValueError, match='part_init_std must be > 0'):
         tiny(part_init_std=0)
+
+
+def test_fp32_assignment_inputs_under_bf16_autocast_assign_as_float32_does():
+    """Under bf16 autocast the [PART] queries and patch keys are rounded before the (float32) Sinkhorn; with
+    fp32_assignment_inputs the layer assigns exactly as it does without autocast, where the rounded inputs move
+    some patches."""
+    torch.manual_seed(0)
+    layer = MultiHeadAutoAlignment(64, num_heads=4, qkv_bias=True, part_groups=(2, 3), grid_size=(16, 8)).eval()
+    x = torch.randn(16, 1 + 5 + 128, 64)
+    reference = layer(x)[2]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        rounded = layer(x)[2]
+        layer.fp32_assignment_inputs = True
+        exact = layer(x)[2]
+    assert torch.equal(exact, reference)
+    assert (rounded != reference).any()  # the default path really does differ under autocast
+    model = tiny(fp32_assignment_inputs=True)
+    from aaformer_hf.hf import AAformerConfig
+    assert AAformerConfig.from_timm_model(model).fp32_assignment_inputs is True

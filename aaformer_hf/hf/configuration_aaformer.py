@@ -46,6 +46,8 @@ class AAformerConfig(TimmBackedConfig):
             when no patch is assigned to it) or `"always"`. Not stated by the paper.
         patches_see_parts (`bool`, defaults to `True`): Whether CLS and patch queries attend to [PART] keys. Not
             settled by the paper.
+        fp32_assignment_inputs (`bool`, defaults to `False`): Under autocast, project the [PART] queries and patch
+            keys the assignment reads in float32. Not stated by the paper.
         part_init (`str`, defaults to `"trunc_normal"`): `"trunc_normal"` (std 0.02) or `"cls"` (pretrained CLS +
             noise; beyond the paper). The paper says "randomly and independently initialized"; the distribution and
             scale are not stated.
@@ -89,6 +91,7 @@ class AAformerConfig(TimmBackedConfig):
     sinkhorn_iters: int = 3
     part_self_key: str = 'if_empty'
     patches_see_parts: bool = True
+    fp32_assignment_inputs: bool = False
     part_init: str = 'trunc_normal'
     part_init_std: float = 0.02
     part_pos_embed: bool = False
@@ -137,7 +140,8 @@ class AAformerConfig(TimmBackedConfig):
             assignment=attn.assignment,
             assignment_score=attn.assignment_score, sinkhorn_epsilon=attn.sinkhorn_epsilon,
             sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
-            patches_see_parts=attn.patches_see_parts, part_init=model.part_init, part_init_std=model.part_init_std,
+            patches_see_parts=attn.patches_see_parts, fp32_assignment_inputs=attn.fp32_assignment_inputs,
+            part_init=model.part_init, part_init_std=model.part_init_std,
             part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
             **cls.regularisation_fields(model))
         if model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1] or model.pos_drop.p:
@@ -155,6 +159,7 @@ class AAformerConfig(TimmBackedConfig):
             sinkhorn_iters=self.sinkhorn_iters,
             part_self_key=self.part_self_key,
             patches_see_parts=self.patches_see_parts,
+            fp32_assignment_inputs=self.fp32_assignment_inputs,
             part_init=self.part_init,
             part_init_std=self.part_init_std,
             part_pos_embed=self.part_pos_embed,

@@ -63,6 +63,10 @@ class MultiHeadAutoAlignment(nn.Module):
         patches_see_parts: Whether CLS and patch queries may attend to [PART] keys. The paper says they use "the
             original self-attention (Eq. 1)" over the sequence, which then contains the [PART]s, so the default is
             True; the text does not settle it.
+        fp32_assignment_inputs: Under autocast, recompute the [PART] queries and patch keys the assignment reads in
+            float32 (an extra projection of the keys per layer) instead of taking the reduced-precision ones the
+            attention uses. The Sinkhorn itself always runs in float32. Default False; the paper states no
+            precision. No effect without autocast.
     """
 
     # on CUDA with Triton, the Sinkhorn assignment runs as one fused kernel (triton_assign.py); set False for the
@@ -84,6 +88,7 @@ class MultiHeadAutoAlignment(nn.Module):
             sinkhorn_iters: int = 3,
             part_self_key: PartSelfKey = 'if_empty',
             patches_see_parts: bool = True,
+            fp32_assignment_inputs: bool = False,
             device=None,
             dtype=None,
     ) -> None:
@@ -113,6 +118,7 @@ class MultiHeadAutoAlignment(nn.Module):
         self.sinkhorn_iters = sinkhorn_iters
         self.part_self_key = part_self_key
         self.patches_see_parts = patches_see_parts
+        self.fp32_assignment_inputs = fp32_assignment_inputs
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
@@ -191,6 +197,17 @@ class MultiHeadAutoAlignment(nn.Module):
         cls_key = torch.zeros(b, h, p, 1, dtype=torch.bool, device=assigned.device)
         return torch.cat([cls_key, torch.diag_embed(self_key), assigned], dim=-1)
 
+    def _fp32_part_queries_and_patch_keys(self, x: torch.Tensor, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The [PART] queries (B, H, P, d) and patch keys (B, H, N, d), projected in float32 with autocast off."""
+        dim = self.num_heads * self.head_dim
+        weight = self.qkv.weight.float()
+        bias = self.qkv.bias.float() if self.qkv.bias is not None else None
+        with _autocast_off(x.device.type):
+            def project(tokens, rows):
+                out = F.linear(tokens.float(), weight[rows], None if bias is None else bias[rows])
+                return out.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+            return project(x[:, 1:1 + p], slice(0, dim)), project(x[:, 1 + p:], slice(dim, 2 * dim))
+
     def given_assignment(self, part_masks: Optional[torch.Tensor], b: int, n: int) -> torch.Tensor:
         """The caller's (B, P, N) patch-to-part masks as the same assignment in every head (B, H, P, N)."""
         if part_masks is None:
@@ -227,6 +244,8 @@ class MultiHeadAutoAlignment(nn.Module):
         if p:
             if self.assignment == 'given':
                 assigned = self.given_assignment(part_masks, b, seq_len - 1 - p)
+            elif self.fp32_assignment_inputs and torch.is_autocast_enabled(x.device.type):
+                assigned = self.assign(*self._fp32_part_queries_and_patch_keys(x, p))
             else:
                 assigned = self.assign(q[:, :, 1:1 + p], k[:, :, 1 + p:])
             part_keys = self.part_key_mask(assigned)
