@@ -311,7 +311,9 @@ def main(argv=None) -> None:
         out = args.out or model_dir.parent
         out.mkdir(parents=True, exist_ok=True)
         stem = '_'.join(model_dir.resolve().parts[-3:-1] if model_dir.name == 'model' else model_dir.parts[-2:])
-        (out / f'{stem}_diagnostics.json').write_text(json.dumps(report))
+        # the example image is for the picture only
+        (out / f'{stem}_diagnostics.json').write_text(json.dumps({k: v for k, v in report.items() if k != 'example'},
+                                                                indent=1))
         if not args.no_png:
             plot(report, out / f'{stem}_diagnostics.png')
         summary = {k: round(100 * v, 1) for k, v in report['per_token_mAP'].items()}
