@@ -158,7 +158,7 @@ def main() -> None:
         extra = {}
         if regime == 'pretrained':
             extra['pretrained_file'] = str(pretrain_backbone(args.out, common, args.preset))
-        if 0 in seeds and not args.tag:
+        if 0 in seeds and not args.tag and f'{regime} / AAformer untrained' not in results:  # once per --out
             untrained = train(TrainConfig(**common, **extra, dataset='market1501', data_root=str(data_root),
                                           output_dir=str(args.out / regime / 'untrained'), eval_only=True))
             results[f'{regime} / AAformer untrained'] = {'metrics': untrained}
