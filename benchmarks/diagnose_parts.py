@@ -238,7 +238,7 @@ def plot(report: dict, path: Path) -> None:
         cos = np.array(tokens['part_pairwise_cosine'], dtype=float)
         for g in range(cos.shape[1]):
             ax.plot(cos[:, g], marker='o', label=f'group {g + 1} ({report["part_groups"][g]} parts)')
-        ax.set(title='[PART] pairwise cosine (block input)', xlabel='layer', ylim=(-0.1, 1.05))
+        ax.set(title='[PART] pairwise cosine (block input)', xlabel='layer', ylim=(-1.05, 1.05))
         ax.legend(fontsize=8)
         ax = axes[0, 1]
         for key in ('part_norm', 'cls_norm', 'patch_norm'):
@@ -280,9 +280,10 @@ def plot(report: dict, path: Path) -> None:
         else:
             rows = np.array(report['placement']['mean_row'][-1])
             ax.bar(range(len(rows)), rows, color='tab:green')
-            ax.set(title=f'last layer: mean patch row per part (0 = top, {grid[0] - 1} = bottom)', xlabel='part')
+            ax.set(title=f'last layer: mean patch row per part (0-{grid[0] - 1})', xlabel='part')
     for ax in axes.flat:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax is not axes[1, 1]:  # the picture keeps no ticks
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if not ax.has_data():
             ax.axis('off')
     fig.tight_layout()
