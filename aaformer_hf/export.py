@@ -39,12 +39,6 @@ class AssignmentProbe(nn.Module):
         return torch.stack(self.model.forward_tokens(pixel_values, output_assignments=True).assignments).to(torch.uint8)
 
 
-def _assigns_itself(model: nn.Module) -> bool:
-    blocks = getattr(model, 'blocks', None)
-    attn = getattr(blocks[0], 'attn', None) if blocks is not None and len(blocks) else None
-    return bool(getattr(model, 'num_parts', 0)) and getattr(attn, 'assignment', None) in ('sinkhorn', 'nearest')
-
-
 def _export(module: nn.Module, path: Path, opset: int, height: int, width: int, output: str) -> None:
     torch.onnx.export(module, (torch.randn(2, 3, height, width),), str(path), dynamo=True, opset_version=opset,
                       input_names=['pixel_values'], output_names=[output],
@@ -55,7 +49,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
                 assignment_tolerance: float = 1e-3) -> Dict[str, float]:
     """Export ``model`` (a timm model in eval mode) to ``path``; run the file in onnxruntime at each batch size of
     ``check_batches`` on random inputs and keep it only if every output is within ``tolerance`` (absolute) of
-    PyTorch's. An AAformer that assigns patches itself (Sinkhorn, nearest) is also exported as its assignments (a
+    PyTorch's. An AAformer that assigns patches itself (``assigns_patches``) is also exported as its assignments (a
     second, temporary graph) and the file is kept only if at most ``assignment_tolerance`` of the (layer, image,
     head, part, patch) decisions differ from PyTorch's (near-ties may flip under other float orderings).
 
@@ -85,7 +79,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
         if max(differences.values()) > tolerance:
             raise ValueError(f'{path}: the exported graph differs from PyTorch by up to '
                              f'{max(differences.values()):.2e} (> {tolerance}); not written')
-        if _assigns_itself(model):
+        if getattr(model, 'assigns_patches', False):
             differences['assignments'] = _assignment_mismatch(model, tmp, opset, height, width, inputs, onnxruntime)
             if differences['assignments'] > assignment_tolerance:
                 raise ValueError(f'{path}: the exported graph assigns {differences["assignments"]:.2%} of patches to '

@@ -61,16 +61,11 @@ def _display(image: Image.Image, grid) -> Image.Image:
     return image.convert('RGB').resize((grid[1] * CELL, grid[0] * CELL))
 
 
-def _has_assignment(model) -> bool:
-    return bool(getattr(model, 'num_parts', 0)) and hasattr(model, 'forward_tokens') and \
-        model.blocks[0].attn.assignment in ('sinkhorn', 'nearest', 'stripes')
-
-
 @torch.no_grad()
 def parts_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, layer: int = -1) -> Image.Image:
     """One row per image: the image; per group, its parts by majority over heads, then each head; then the share of
     heads agreeing with the majority part of the first group (black 0 - white 1)."""
-    if not _has_assignment(model):
+    if not getattr(model, 'assigns_patches', False):
         raise ValueError('parts: the model assigns no patches itself (no [PART]s, or parts given from outside)')
     assigned = model.forward_tokens(pixels, output_assignments=True).assignments[layer]  # (B, H, P, N)
     grid = model.patch_embed.grid_size

@@ -153,8 +153,9 @@ def placement(layers: List[torch.Tensor], grid, parsing: Optional[torch.Tensor])
 
 
 @torch.no_grad()
-def per_token_map(model_dir: Path, data_root: Path) -> Dict[str, float]:
-    """mAP of CLS alone and of each [PART] alone (after the BNNeck, L2-normalised), on the whole test split."""
+def split_embeddings(model_dir: Path, data_root: Path):
+    """The model's width D and (embeddings, pids, camids) of the query and gallery of a Market-layout set, through
+    the transformers front door and the saved image processor."""
     model = AAformerModel.from_pretrained(model_dir).eval()
     processor = AAformerImageProcessor.from_pretrained(model_dir)
     data = load_reid_dataset('market1501', data_root, verify_images=False)
@@ -165,8 +166,12 @@ def per_token_map(model_dir: Path, data_root: Path) -> Dict[str, float]:
                  for i in range(0, len(ds), 64)]
         return torch.cat(feats), torch.tensor(ds['pid']), torch.tensor(ds['camid'])
 
-    (qf, qp, qc), (gf, gp, gc) = embed('query'), embed('gallery')
-    d = model.config.hidden_size
+    return model.config.hidden_size, embed('query'), embed('gallery')
+
+
+def per_token_map(model_dir: Path, data_root: Path) -> Dict[str, float]:
+    """mAP of CLS alone and of each [PART] alone (after the BNNeck, L2-normalised), on the whole test split."""
+    d, (qf, qp, qc), (gf, gp, gc) = split_embeddings(model_dir, data_root)
     names = ['CLS'] + [f'PART {i + 1}' for i in range(qf.shape[1] // d - 1)] + ['all']
     cuts = [slice(i * d, (i + 1) * d) for i in range(qf.shape[1] // d)] + [slice(None)]
     return {name: float(evaluate(qf[:, c], gf[:, c], qp, gp, qc, gc, normalize=True)['mAP'])
@@ -207,7 +212,7 @@ def diagnose(model_dir: Path, data_root: Path, limit: int = 120, checkpoints: Op
     encoder = AAformerModel.from_pretrained(model_dir).eval()
     model = encoder.timm_model
     report = {'model': str(model_dir), 'per_token_mAP': per_token_map(model_dir, data_root)}
-    if not model.num_parts or model.blocks[0].attn.assignment in ('given', 'global'):
+    if not model.assigns_patches:
         return report
     processor = AAformerImageProcessor.from_pretrained(model_dir)
     images = load_images(data_root, processor, limit)

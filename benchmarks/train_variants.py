@@ -43,6 +43,7 @@ from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))  # the training example
 from train import TrainConfig, train  # noqa: E402
+from diagnose_parts import split_embeddings  # noqa: E402  (beside this script)
 
 VARIANTS = {'AAformer (Sinkhorn)': None, 'ViT-baseline': 'vit', '[PART]s + PCB stripes': 'pcb',
             '[PART]s + MGN stripes': 'mgn', '[PART]s + nearest neighbour': 'nearest',
@@ -53,7 +54,7 @@ def part_statistics(model_dir: Path, data_root: Path, limit: int = 64) -> Dict[s
     """Last-layer assignment on query images: per group, mean share of patches in its largest part, share of empty
     parts (over images x heads x parts)."""
     model = AAformerModel.from_pretrained(model_dir).timm_model.eval()
-    if not model.num_parts or model.blocks[0].attn.assignment in ('given', 'global'):
+    if not model.assigns_patches:
         return {}  # no [PART]s, or no assignment of the model's own (parsing regions, extra CLS tokens)
     query = load_reid_dataset('market1501', data_root, verify_images=False)['query']
     processor = AAformerImageProcessor.from_pretrained(model_dir)
@@ -70,21 +71,9 @@ def part_statistics(model_dir: Path, data_root: Path, limit: int = 64) -> Dict[s
     return {'largest_part_share': largest, 'empty_part_share': empty, 'groups': list(model.part_groups)}
 
 
-@torch.no_grad()
 def token_breakdown(model_dir: Path, data_root: Path) -> Dict[str, float]:
     """mAP of the full embedding, of CLS alone and of the [PART]s alone (after the BNNeck, L2-normalised)."""
-    model = AAformerModel.from_pretrained(model_dir).eval()
-    processor = AAformerImageProcessor.from_pretrained(model_dir)
-    data = load_reid_dataset('market1501', data_root, verify_images=False)
-
-    def embed(split):
-        ds = data[split]
-        feats = [model(processor(ds[i:i + 64]['image'], return_tensors='pt')['pixel_values']).pooler_output
-                 for i in range(0, len(ds), 64)]
-        return torch.cat(feats), torch.tensor(ds['pid']), torch.tensor(ds['camid'])
-
-    (qf, qp, qc), (gf, gp, gc) = embed('query'), embed('gallery')
-    width = model.config.hidden_size
+    width, (qf, qp, qc), (gf, gp, gc) = split_embeddings(model_dir, data_root)
     parts = {'all': slice(None), 'CLS': slice(0, width), '[PART]s': slice(width, None)}
     return {name: evaluate(qf[:, cut], gf[:, cut], qp, gp, qc, gc, normalize=True)['mAP']
             for name, cut in parts.items() if qf[:, cut].shape[1]}

@@ -46,10 +46,13 @@ class Recipe:
     def before_epochs(self, run: "RunContext") -> None:
         """Work before (or, resumed, instead of part of) the training epochs: CLIP-ReID's stage 1."""
 
+    def model_inputs(self, batch: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """What the trained model is called with for a training batch."""
+        return {'pixel_values': batch[0]}
+
     def losses(self, trainable: nn.Module, batch: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        pixels, pids = batch[0], batch[1]
-        out = trainable(pixel_values=pixels)
-        return self.criterion(out.logits, out.features, pids)
+        out = trainable(**self.model_inputs(batch))
+        return self.criterion(out.logits, out.features, batch[1])
 
 
 class ParsingPartsRecipe(Recipe):
@@ -57,10 +60,8 @@ class ParsingPartsRecipe(Recipe):
     training and test, carries its parsing maps, turned into each [PART]'s patches by ``part_masks``."""
     parsing = eval_parsing = True
 
-    def losses(self, trainable: nn.Module, batch: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        pixels, pids, parsing = batch[0], batch[1], batch[3]
-        out = trainable(pixel_values=pixels, part_masks=part_masks(self.reid_model, parsing))
-        return self.criterion(out.logits, out.features, pids)
+    def model_inputs(self, batch: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {'pixel_values': batch[0], 'part_masks': part_masks(self.reid_model, batch[3])}
 
 
 def part_masks(model: nn.Module, parsing: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,7 @@ class AAformerModel(AAformerPreTrainedModel):
             Also return each layer's hard patch-to-part assignment `(batch_size, num_heads, P, N)`.
         part_masks (`torch.BoolTensor` of shape `(batch_size, P, N)`, *optional*):
             Which patches each [PART] attends to, for `assignment="given"` models only (e.g.
-            `aaformer_hf.data.parsing.spreid_part_masks` of the images' parsing maps).
+            `aaformer_hf.data.parsing.region_masks(parsing_maps, grid)`).
 
         Example:
 
@@ -168,7 +168,7 @@ class AAformerForReID(AAformerPreTrainedModel):
             Also return each layer's hard patch-to-part assignment.
         part_masks (`torch.BoolTensor` of shape `(batch_size, P, N)`, *optional*):
             Which patches each [PART] attends to, for `assignment="given"` models only (e.g.
-            `aaformer_hf.data.parsing.spreid_part_masks` of the images' parsing maps).
+            `aaformer_hf.data.parsing.region_masks(parsing_maps, grid)`).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, extras = self._encode(

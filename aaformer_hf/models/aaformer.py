@@ -225,6 +225,7 @@ class AAformer(nn.Module):
             raise ValueError(f'part_init_std must be > 0, got {part_init_std}')
         self.part_init = part_init
         self.part_init_std = part_init_std
+        self.assignment = assignment
         self.embedding = embedding
         self.grad_checkpointing = False
 
@@ -286,6 +287,12 @@ class AAformer(nn.Module):
                 module.reset_parameters()
             else:
                 init_weights_vit_timm(module, needs_reset=False)
+
+    @property
+    def assigns_patches(self) -> bool:
+        """Whether the model assigns patches to its [PART]s itself ('sinkhorn', 'nearest', 'stripes'); not with no
+        [PART]s, masks given by the caller ('given') or [PART]s that see everything ('global')."""
+        return bool(self.num_parts) and self.assignment in ('sinkhorn', 'nearest', 'stripes')
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
