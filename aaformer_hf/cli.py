@@ -32,6 +32,7 @@ _EXAMPLES = {
                '  aaformer-hf extract outputs/synthetic/model data/crops -o crops.safetensors\n'
                '  aaformer-hf extract org/aaformer-msmt17 list.txt -o emb.safetensors --shard_size 50000\n'
                '  aaformer-hf extract MODEL --dataset msmt17 --root data/MSMT17 --split query -o query.safetensors\n'
+               '  aaformer-hf extract MODEL --dataset hub --root org/street-crops --split test -o street.safetensors\n'
                '  accelerate launch -m aaformer_hf extract MODEL IMAGES -o OUT   # shards spread over processes',
     'evaluate': 'examples:\n'
                 '  aaformer-hf evaluate outputs/synthetic/model --dataset market1501 --root data/synthetic_market\n'
@@ -59,9 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument('images', type=Path, nargs='?',
                          help='a folder of crops (searched recursively) or a text file of paths; or use --dataset')
     extract.add_argument('--dataset', help='instead of IMAGES: a re-ID loader name (market1501, msmt17, ...) whose '
-                                           '--split is embedded with its identities and cameras')
-    extract.add_argument('--root', help='the --dataset folder')
-    extract.add_argument('--split', default='gallery', choices=('train', 'query', 'gallery'))
+                                           '--split is embedded with its identities and cameras; or "hub": any '
+                                           '`datasets` repo of images (Hub id or local folder) given as --root')
+    extract.add_argument('--root', help='the --dataset folder (for hub: a Hub dataset id or local datasets folder)')
+    extract.add_argument('--split', default='gallery',
+                         help='train, query or gallery (default); for hub any split of the repo')
+    extract.add_argument('--image_column', default='image', help='hub: the column holding the images (default image)')
+    extract.add_argument('--revision', help='hub: the dataset revision (branch, tag or commit)')
     extract.add_argument('-o', '--output', type=Path, required=True, help='the .safetensors file to write')
     extract.add_argument('--shard_size', type=int, default=10000,
                          help='crops per shard: the unit of resuming and of sharing among processes (default 10000)')
@@ -156,26 +161,42 @@ def _extract(args) -> int:
         raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
     if (args.images is None) == (args.dataset is None):
         raise ValueError('give IMAGES (a folder or file list) or --dataset NAME --root DIR, not both')
-    labels = None
-    if args.dataset is not None:
+    labels, rows = None, None
+    if args.dataset is not None and args.root is None:
+        raise ValueError('--dataset needs --root')
+    if args.dataset == 'hub':
+        paths, labels, rows = _hub_split(args)
+    elif args.dataset is not None:
         from .data import load_reid_dataset
-        if args.root is None:
-            raise ValueError('--dataset needs --root')
+        if args.split not in ('train', 'query', 'gallery'):
+            raise ValueError(f'--split {args.split}: a re-ID loader has train, query and gallery')
         split = load_reid_dataset(args.dataset, args.root)[args.split]
-        if 'path' not in split.column_names:
-            raise ValueError(f'--dataset {args.dataset}: its images have no file paths (a Hub dataset); export them '
-                             'to a folder first')
-        split = split.select_columns(['path', 'pid', 'camid'])
-        paths, labels = [Path(p) for p in split['path']], (split['pid'], split['camid'])
+        ids = 'pid_original' if 'pid_original' in split.column_names else 'pid'  # the dataset's ids, not labels
+        split = split.select_columns(['path', ids, 'camid'])
+        paths, labels = [Path(p) for p in split['path']], (split[ids], split['camid'])
     else:
         paths = collect_images(args.images)
     model = load_inference_model(args.model, args.pretrained, device=state.device)
     out = extract_to_file(model, paths, args.output, args.model, batch_size=args.batch_size,
                           num_workers=args.num_workers, shard_size=args.shard_size, flip=args.flip,
-                          overwrite=args.overwrite, labels=labels)
+                          overwrite=args.overwrite, labels=labels, images=rows)
     if out is not None:
         print(f'{out}: {len(paths)} embeddings of {args.model}')
     return 0
+
+
+def _hub_split(args):
+    """A ``datasets`` split of images: its rows, names ``SOURCE[SPLIT]#ROW`` and, when it has integer pid and camid
+    columns, those (as stored)."""
+    from .data import load_image_split
+
+    options = {'revision': args.revision} if args.revision else {}
+    rows = load_image_split(args.root, args.split, args.image_column, **options)
+    source = f'{args.root}@{args.revision}' if args.revision else str(args.root)
+    names = [f'{source}[{args.split}]#{i}' for i in range(len(rows))]
+    integer = lambda c: getattr(rows.features.get(c), 'dtype', '').startswith(('int', 'uint'))  # noqa: E731
+    labels = (rows['pid'], rows['camid']) if integer('pid') and integer('camid') else None
+    return names, labels, rows
 
 
 def _export_onnx(args) -> int:

@@ -1,6 +1,6 @@
 # Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
 """Embeddings of person crops, at any scale: any model (a timm name, a saved folder, a Hub id), images from a folder,
-a file list or a re-ID dataset split, written as one safetensors file with the paths (and the identities and cameras
+a file list, a re-ID dataset split or any ``datasets`` split of images (Hub or local), written as one safetensors file with the paths (and the identities and cameras
 when the file names carry them).
 
 Large jobs run in shards of ``shard_size`` crops written as ``OUT.parts/part_NNNNNN.safetensors``: a job that stops
@@ -106,33 +106,45 @@ def names_to_labels(paths: Sequence[Path]) -> Optional[Tuple[torch.Tensor, torch
 
 
 class _Images(Dataset):
-    def __init__(self, paths: Sequence[Path], transform) -> None:
-        self.paths, self.transform = list(paths), transform
+    """Images ``start..start+len(names)`` of a job: files at ``names``, or rows of ``rows`` (a ``datasets`` split
+    with an ``image`` column), which ``names`` then only name."""
+
+    def __init__(self, names: Sequence[str], transform, rows=None, start: int = 0) -> None:
+        self.names, self.transform, self.rows, self.start = list(names), transform, rows, start
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.names)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         try:
-            with Image.open(self.paths[index]) as image:
+            if self.rows is not None:
+                return self.transform(self.rows[self.start + index]['image'].convert('RGB'))
+            with Image.open(self.names[index]) as image:
                 return self.transform(image.convert('RGB'))
         except OSError as error:
-            raise OSError(f'{self.paths[index]}: unreadable image ({error})') from error
+            raise OSError(f'{self.names[index]}: unreadable image ({error})') from error
 
 
 def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, batch_size: int = 64,
                     num_workers: int = 0, shard_size: int = 10000, flip: bool = False, overwrite: bool = False,
                     process_index: Optional[int] = None, num_processes: Optional[int] = None,
                     device: Optional[torch.device] = None, join: bool = True,
-                    labels: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> Optional[Path]:
+                    labels: Optional[Tuple[Sequence[int], Sequence[int]]] = None,
+                    images=None) -> Optional[Path]:
     """Embed ``paths`` with ``model`` into ``out`` (see the module docstring). ``process_index``/``num_processes``
     default to accelerate's state (one process without ``accelerate launch``); ``join=False`` leaves the shards
     (for a caller that joins once every process is done); ``labels``: (pids, camids) of the images (e.g. from a
-    dataset), else read from the file names when they all carry them. Returns ``out`` on the process that wrote it."""
+    dataset), else read from the file names when they all carry them; ``images``: a ``datasets`` split with an
+    ``image`` column to embed instead of opening files (``load_image_split``), ``paths`` then naming its rows.
+    Returns ``out`` on the process that wrote it."""
     from .data import build_transforms
     from .evaluation import flip_features
 
-    out, paths = Path(out), [Path(p) for p in paths]
+    out, paths = Path(out), [str(p) if images is not None else Path(p) for p in paths]
+    if images is not None:
+        if len(images) != len(paths):
+            raise ValueError(f'{len(paths)} names for {len(images)} dataset rows')
+        images = images.select_columns(['image'])  # decode nothing else
     state = process_state() if process_index is None or num_processes is None else None
     rank = state.process_index if state else process_index
     world = state.num_processes if state else num_processes
@@ -150,14 +162,15 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
                disable=None if rank == 0 else True)
     for index in mine:
         part = _part(parts, index)
-        key = _shard_key(shards[index], model_name, flip)
+        key = _shard_key(shards[index], model_name, flip, getattr(images, '_fingerprint', ''))
         if part.is_file():
             if _read_metadata(part).get('key') != key:
                 raise FileExistsError(f'{parts}: holds shards of another job (other images, model or flip); delete '
                                       'it or choose another output')
             bar.update(len(shards[index]))
             continue
-        loader = DataLoader(_Images(shards[index], transform), batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(_Images(shards[index], transform, images, index * shard_size), batch_size=batch_size,
+                            num_workers=num_workers)
         feats = []
         with torch.inference_mode():
             for pixels in loader:
@@ -220,8 +233,9 @@ def _join(parts: Path, count: int, paths: List[Path], out: Path, model_name: str
     return out
 
 
-def _shard_key(paths: Sequence[Path], model_name: str, flip: bool) -> str:
-    digest = hashlib.sha256(f'{model_name}\n{flip}\n'.encode())
+def _shard_key(paths: Sequence[Path], model_name: str, flip: bool, content: str = '') -> str:
+    """What a shard holds; ``content``: a ``datasets`` fingerprint, so rows of another revision never resume."""
+    digest = hashlib.sha256(f'{model_name}\n{flip}\n{content}\n'.encode())
     for path in paths:
         digest.update(f'{path}\n'.encode())
     return digest.hexdigest()

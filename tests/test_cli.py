@@ -247,6 +247,54 @@ def test_extract_a_dataset_split_with_its_labels(tmp_path, market, model_dir, ca
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_extract_a_training_split_gives_the_dataset_ids_not_the_labels(tmp_path, market, model_dir):
+    out = tmp_path / 'train.safetensors'
+    assert main(['extract', str(model_dir), '--dataset', 'market1501', '--root', str(market), '--split', 'train',
+                 '-o', str(out)]) == 0
+    saved = load_embeddings(out)
+    # the ids in the file names (the generator numbers training ids from 1), not the 0..C-1 training labels
+    assert saved['pids'].tolist() == [int(p.rsplit('/', 1)[1].split('_')[0]) for p in saved['paths']]
+    assert min(saved['pids'].tolist()) >= 1
+
+
+def test_extract_any_datasets_split_of_images(tmp_path, market, model_dir, capsys):
+    import datasets
+    files = sorted((market / 'query').glob('*.jpg'))[:5]
+    crops = [Image.open(p).convert('RGB') for p in files]  # embedded as bytes: no file behind them, as on the Hub
+    split = datasets.Dataset.from_dict({'crop': crops, 'note': [f'n{i}' for i in range(5)]},
+                                       features=datasets.Features({'crop': datasets.Image(),
+                                                                   'note': datasets.Value('string')}))
+    repo = tmp_path / 'repo' / 'data'  # a datasets repo of parquet files, laid out as the Hub serves one
+    repo.mkdir(parents=True)
+    split.to_parquet(str(repo / 'test-00000-of-00001.parquet'))
+    out = tmp_path / 'street.safetensors'
+    assert main(['extract', str(model_dir), '--dataset', 'hub', '--root', str(tmp_path / 'repo'), '--split', 'test',
+                 '--image_column', 'crop', '--shard_size', '2', '-o', str(out)]) == 0
+    saved = load_embeddings(out)
+    assert saved['paths'] == [f'{tmp_path / "repo"}[test]#{i}' for i in range(5)]
+    assert 'pids' not in saved  # no identity columns: no labels
+    torch.testing.assert_close(saved['embeddings'], _reference_embeddings(model_dir, files), rtol=1e-4, atol=1e-4)
+    # a save_to_disk folder with integer identity columns keeps them, as stored
+    gallery = datasets.Dataset.from_dict({'image': crops[:3], 'pid': [7, 7, 9], 'camid': [0, 2, 1]},
+                                         features=datasets.Features({'image': datasets.Image(),
+                                                                     'pid': datasets.Value('int64'),
+                                                                     'camid': datasets.Value('int32')}))
+    datasets.DatasetDict({'gallery': gallery}).save_to_disk(str(tmp_path / 'saved'))
+    out = tmp_path / 'saved.safetensors'
+    assert main(['extract', str(model_dir), '--dataset', 'hub', '--root', str(tmp_path / 'saved'), '-o',
+                 str(out)]) == 0
+    saved = load_embeddings(out)
+    assert saved['pids'].tolist() == [7, 7, 9] and saved['camids'].tolist() == [0, 2, 1]
+    torch.testing.assert_close(saved['embeddings'], _reference_embeddings(model_dir, files[:3]), rtol=1e-4, atol=1e-4)
+    for argv, message in ((['--split', 'val'], "no split 'val'; found ['test']"),
+                          (['--split', 'test', '--image_column', 'note'],
+                           "column 'note' is not an image column (image columns: ['crop'])")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(['extract', str(model_dir), '--dataset', 'hub', '--root', str(tmp_path / 'repo'), *argv,
+                  '-o', str(tmp_path / 'x.safetensors')])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.fixture(scope='module')
 def stripes_dir(tmp_path_factory):
     """A model whose answer is known: MGN stripes (group 1: top / bottom half, group 2: thirds), 2 heads."""

@@ -5,7 +5,8 @@ Names load on first access, so ``from aaformer_hf.data import PKSampler`` import
 torchvision."""
 from .._lazy import lazy_exports
 
-_EXPORTS = {'ReIDDatasetError': 'datasets', 'load_reid_dataset': 'datasets', 'DATASET_NAMES': 'datasets',
+_EXPORTS = {'ReIDDatasetError': 'datasets', 'load_reid_dataset': 'datasets', 'load_image_split': 'datasets',
+            'DATASET_NAMES': 'datasets',
             'PKSampler': 'sampler', 'build_transforms': 'transforms', 'ReIDItems': 'loaders',
             'SeededEpochSampler': 'loaders', 'train_loader': 'loaders', 'eval_loader': 'loaders',
             'add_parsing_column': 'parsing', 'NUM_PARSING_CLASSES': 'parsing'}

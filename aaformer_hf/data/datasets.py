@@ -23,7 +23,7 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
-__all__ = ['load_reid_dataset', 'ReIDDatasetError', 'DATASET_NAMES']
+__all__ = ['load_reid_dataset', 'load_image_split', 'ReIDDatasetError', 'DATASET_NAMES']
 
 logger = logging.getLogger(__name__)
 
@@ -201,14 +201,36 @@ def _relabel(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.map(lambda pid: {'pid': mapping[pid]}, input_columns='pid_original', desc='relabel')
 
 
+def _load_datasets_repo(source: str, **load_options) -> datasets.DatasetDict:
+    """Every split of a ``datasets`` repo: a Hub id or local path, or a folder written by ``save_to_disk``."""
+    path = Path(source)
+    if (path / 'dataset_dict.json').is_file():
+        return datasets.load_from_disk(str(path))
+    return datasets.load_dataset(source, **load_options)
+
+
+def load_image_split(source, split: str, image_column: str = 'image', **load_options) -> datasets.Dataset:
+    """One split of any ``datasets`` repo of images (Hub id, local repo or ``save_to_disk`` folder; any split and
+    columns, no re-ID layout needed), its image column renamed ``image`` and decoded to RGB. ``load_options`` go to
+    ``datasets.load_dataset`` (e.g. ``revision``)."""
+    loaded = _load_datasets_repo(str(source), **load_options)
+    if split not in loaded:
+        raise ReIDDatasetError(f'{source}: no split {split!r}; found {sorted(loaded)}')
+    ds = loaded[split]
+    feature = ds.features.get(image_column)
+    if not isinstance(feature, datasets.Image):
+        found = [name for name, f in ds.features.items() if isinstance(f, datasets.Image)]
+        raise ReIDDatasetError(f'{source} [{split}]: column {image_column!r} is not an image column (image columns: '
+                               f'{found or "none"})')
+    if image_column != 'image':
+        ds = ds.remove_columns([c for c in ('image',) if c in ds.column_names]).rename_column(image_column, 'image')
+    return ds.cast_column('image', datasets.Image(mode='RGB'))
+
+
 def _from_datasets_repo(source: str, **load_options) -> datasets.DatasetDict:
     """A ``datasets`` repo (Hub id or local path; a folder written by ``save_to_disk`` also works) with splits
     train/query/gallery and columns image/pid/camid. Training ids are relabelled 0..C-1 as for the other layouts."""
-    path = Path(source)
-    if (path / 'dataset_dict.json').is_file():
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        loaded = datasets.load_dataset(source, **load_options)
+    loaded = _load_datasets_repo(source, **load_options)
     missing = {'train', 'query', 'gallery'} - set(loaded)
     if missing:
         raise ReIDDatasetError(f'{source}: missing split(s) {sorted(missing)}; found {sorted(loaded)}')
