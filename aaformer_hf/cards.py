@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ._files import atomic_path
 
-__all__ = ['model_card', 'planned_cards', 'write_card', 'DATASETS', 'REPORTED', 'main']
+__all__ = ['model_card', 'student_card', 'planned_cards', 'write_card', 'DATASETS', 'REPORTED', 'main']
 
 TASK = dict(task_type='image-feature-extraction', task_name='Person Re-Identification')
 # the dataset names training records (aaformer_hf.data's loaders) -> how cards name them
@@ -62,6 +62,37 @@ _FAMILIES = {
         base_model='timm/vit_base_patch16_clip_224.openai'),
 }
 
+_FAMILY_USAGE = """```python
+import aaformer_hf  # registers the models with timm and transformers (no trust_remote_code needed)
+import timm
+from transformers import AutoImageProcessor, AutoModel
+
+model = AutoModel.from_pretrained('{repo_id}').eval()            # transformers
+processor = AutoImageProcessor.from_pretrained('{repo_id}')
+features = model(**processor(images, return_tensors='pt')).pooler_output  # (batch, {embedding_size})
+
+model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()  # or timm: the same weights
+```
+"""
+# a plain timm backbone (π-VL's Table 5 student): timm's own format, which transformers' timm wrapper also reads
+_TIMM_USAGE = """```python
+import timm  # aaformer-hf is not needed for this model
+from transformers import AutoImageProcessor, AutoModel
+
+model = AutoModel.from_pretrained('{repo_id}').eval()            # transformers (its timm wrapper)
+processor = AutoImageProcessor.from_pretrained('{repo_id}')
+features = model(**processor(images, return_tensors='pt')).pooler_output  # (batch, {embedding_size})
+
+model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()  # or timm: the same weights
+features = model.forward_head(model.forward_features(pixels), pre_logits=True)
+```
+"""
+_STUDENT_SUMMARY = (
+    'A `{architecture}` backbone (timm) trained for person re-identification as in Table 5 of {paper} '
+    '([arXiv {arxiv}](https://arxiv.org/abs/{arxiv})): its training (stage 2) also learned from the text features of '
+    'prompts that a CLIP teacher learned in stage 1 ({teacher}). The re-ID feature is the backbone\'s pooled feature; '
+    'the training-only re-ID head is not part of these weights. Trained with the `aaformer-hf` training example.')
+
 # What the papers report for their own models (percent), by (model_type, dataset): (row label, metrics, where).
 REPORTED: Dict[Tuple[str, str], List[Tuple[str, Dict[str, float], str]]] = {
     ('aaformer', 'market1501'): [('AAformer', {'rank1': 95.4, 'mAP': 88.0}, 'Table II')],
@@ -93,28 +124,78 @@ def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, d
     metrics = metrics or {}
     dataset = metrics.get('dataset') or dataset
     dataset_name = DATASETS.get(dataset, dataset or 'unknown data')
-    measured = [(key, label, 100 * float(metrics[key])) for key, label in _METRICS if metrics.get(key) is not None]
-    eval_results = [EvalResult(**TASK, dataset_type=dataset, dataset_name=dataset_name, metric_type=key,
-                               metric_name=label, metric_value=round(value, 2))
-                    for key, label, value in measured] or None
+    measured, eval_results = _measured(metrics, dataset, dataset_name)
     name = f'{family.name} ({config.model_type}) on {dataset_name}'
     card_data = ModelCardData(
         model_name=name, library_name='aaformer-hf', license='apache-2.0', pipeline_tag='image-feature-extraction',
         tags=['timm', 'transformers', 'person-reid', 're-identification', config.model_type],
         base_model=family.base_model, eval_results=eval_results)
-    pretrained_cfg = config.timm_hub_keys()['pretrained_cfg']
-    template = resources.files('aaformer_hf').joinpath('templates/model_card.md').read_text(encoding='utf-8')
-    return ModelCard.from_template(
-        card_data, template_str=template, title=name, repo_id=repo_id, status=status,
+    return _render(
+        card_data, repo_id, status, pretrained_cfg=config.timm_hub_keys()['pretrained_cfg'],
         summary=f'{family.summary} Paper: {family.paper} ([arXiv {family.arxiv}](https://arxiv.org/abs/'
                 f'{family.arxiv})); implementation: the `aaformer-hf` package (timm and transformers).',
-        embedding_size=config.embedding_size, height=config.image_size[0], width=config.image_size[1],
-        interpolation=pretrained_cfg['interpolation'], mean=_numbers(pretrained_cfg['mean']),
-        std=_numbers(pretrained_cfg['std']),
+        usage=_FAMILY_USAGE.format(repo_id=repo_id, embedding_size=config.embedding_size),
         training=_training_text(metrics, dataset_name, selection),
         measured=_measured_text(measured, metrics, dataset, dataset_name),
         reported=_reported_text(REPORTED.get((config.model_type, dataset), []), family, dataset_name),
         citation=family.citation)
+
+
+def student_card(timm_config: Dict[str, Any], repo_id: str, metrics: Optional[Dict[str, Any]] = None,
+                 selection: Optional[str] = None) -> ModelCard:
+    """The card of a plain timm backbone trained as π-VL's Table 5 student (``examples/train.py --student_model``):
+    ``timm_config`` is its folder's timm ``config.json``, ``metrics`` the run's ``metrics.json``. It loads with timm
+    alone (or transformers' timm wrapper); the paper's Table 5 numbers are not repeated (other students, real data)."""
+    metrics = metrics or {}
+    architecture = timm_config.get('architecture')
+    if not architecture or 'pretrained_cfg' not in timm_config:
+        raise ValueError('not a timm model config (no architecture / pretrained_cfg)')
+    family = _FAMILIES['pivl']
+    dataset = metrics.get('dataset')
+    dataset_name = DATASETS.get(dataset, dataset or 'unknown data')
+    measured, eval_results = _measured(metrics, dataset, dataset_name)
+    teacher = _teacher_text(metrics)
+    name = f'{architecture} re-ID student on {dataset_name}'
+    card_data = ModelCardData(
+        model_name=name, library_name='timm', license='apache-2.0', pipeline_tag='image-feature-extraction',
+        tags=['timm', 'transformers', 'person-reid', 're-identification', 'pivl-student'], eval_results=eval_results)
+    return _render(
+        card_data, repo_id, None, pretrained_cfg=timm_config['pretrained_cfg'],
+        summary=_STUDENT_SUMMARY.format(architecture=architecture, paper=family.paper, arxiv=family.arxiv,
+                                        teacher=teacher),
+        usage=_TIMM_USAGE.format(repo_id=repo_id, embedding_size=timm_config.get('num_features', 'D')),
+        training=_training_text(metrics, dataset_name, selection),
+        measured=_measured_text(measured, metrics, dataset, dataset_name), reported='', citation=family.citation)
+
+
+def _teacher_text(metrics: Dict[str, Any]) -> str:
+    """What the student learned from, as the run's metrics.json records it (stage 1's steps and the prompt kinds)."""
+    if metrics.get('stage1_step') == 0:
+        return 'here none: stage 1 did not run, so this is the student trained alone'
+    prompts = {'off': 'CLIP-ReID\'s identity prompts', 'label': 'identity prompts and parsing-label part prompts',
+               'identity': 'π-VL\'s identity-aware part prompts'}.get(metrics.get('part_prompts'), 'prompts')
+    alignment = {'pyramid': ' and the hierarchical-fusion alignment',
+                 'linear': ' and a 1x1 alignment head'}.get(metrics.get('alignment_head'), '')
+    return f'{prompts}{alignment}, from the teacher {metrics.get("model", "(unknown)")}'
+
+
+def _measured(metrics: Dict[str, Any], dataset: Optional[str], dataset_name: str):
+    """(key, label, percent) of each metric training measured, and the model-index entries made of them."""
+    measured = [(key, label, 100 * float(metrics[key])) for key, label in _METRICS if metrics.get(key) is not None]
+    eval_results = [EvalResult(**TASK, dataset_type=dataset, dataset_name=dataset_name, metric_type=key,
+                               metric_name=label, metric_value=round(value, 2))
+                    for key, label, value in measured] or None
+    return measured, eval_results
+
+
+def _render(card_data: ModelCardData, repo_id: str, status: Optional[str], pretrained_cfg: Dict[str, Any],
+            **text: str) -> ModelCard:
+    template = resources.files('aaformer_hf').joinpath('templates/model_card.md').read_text(encoding='utf-8')
+    height, width = pretrained_cfg['input_size'][-2:]
+    return ModelCard.from_template(
+        card_data, template_str=template, title=card_data.model_name, repo_id=repo_id, status=status,
+        height=height, width=width, interpolation=pretrained_cfg['interpolation'],
+        mean=_numbers(pretrained_cfg['mean']), std=_numbers(pretrained_cfg['std']), **text)
 
 
 def write_card(card: ModelCard, path: Path) -> Path:

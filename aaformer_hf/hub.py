@@ -10,7 +10,8 @@
 
 give the same model; ``revision=`` / ``hf-hub:org/name@rev`` pin a version. A local folder prepared the same way
 (``prepare_folder``) loads with ``from_pretrained(folder)`` and ``timm.create_model('local-dir:folder')``.
-Weights travel as safetensors only: a folder holding pickle files is refused.
+A plain timm backbone (π-VL's Table 5 student, ``examples/train.py --student_model``) is pushed in timm's own format,
+which timm and transformers' timm wrapper load without this package. Weights travel as safetensors only: a folder holding pickle files is refused.
 """
 import json
 import shutil
@@ -81,6 +82,9 @@ def prepare_folder(model_or_folder: Union[nn.Module, str, Path], out: Union[str,
         config = model.config
     else:
         source = Path(model_or_folder)
+        timm_config = timm_folder_config(source)
+        if timm_config is not None:
+            return _prepare_timm_folder(source, out, timm_config, repo_id, metrics)
         config = folder_config(source)
         config.save_pretrained(out)  # regenerates timm's keys from the fields (a stale copy is never carried over)
         shutil.copy2(source / WEIGHTS_NAME, out / WEIGHTS_NAME)
@@ -104,12 +108,62 @@ def card_for_folder(folder: Union[str, Path], repo_id: Optional[str] = None, met
     from .cards import model_card
 
     folder = Path(folder)
-    config = folder_config(folder)
+    timm_config = timm_folder_config(folder)
+    config = folder_config(folder) if timm_config is None else None
     if metrics_file is not None:
         metrics, selection = _read_metrics(Path(metrics_file)), None
     else:
         metrics, selection = _run_metrics(folder)
+    if timm_config is not None:
+        return _student_card(folder, timm_config, repo_id or folder.resolve().name, metrics, selection)
     return model_card(config, repo_id or folder.resolve().name, metrics=metrics, selection=selection)
+
+
+def timm_folder_config(folder: Path) -> Optional[Dict[str, Any]]:
+    """The timm ``config.json`` of a folder that holds a plain timm model (π-VL's Table 5 student, saved in timm's
+    own format: ``architecture`` and ``pretrained_cfg``, no transformers ``model_type``); None for a family's folder."""
+    path = Path(folder) / 'config.json'
+    if not path.is_file():
+        return None  # folder_config names what is missing
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f'{path}: unreadable config ({error})') from error
+    if not isinstance(config, dict) or 'model_type' in config or 'architecture' not in config:
+        return None
+    if not isinstance(config.get('pretrained_cfg'), dict):
+        raise ValueError(f'{path}: a timm config without pretrained_cfg (timm would read the whole file as one); '
+                         'save the model with timm.models.save_for_hf')
+    return config
+
+
+def _prepare_timm_folder(source: Path, out: Path, timm_config: Dict[str, Any], repo_id: Optional[str],
+                         metrics: Optional[Dict[str, Any]]) -> Path:
+    """A plain timm model folder staged as it is (timm's format, which transformers' timm wrapper reads too; its
+    preprocessing lives in config.json's pretrained_cfg) with a card."""
+    _refuse_pickles(source)
+    if not (source / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f'{source / WEIGHTS_NAME}: missing; timm folders are pushed as safetensors only')
+    for name in ('config.json', WEIGHTS_NAME, 'README.md'):
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+    if not (out / 'README.md').is_file():
+        selection = None
+        if metrics is None:
+            metrics, selection = _run_metrics(source)
+        from .cards import write_card
+        write_card(_student_card(source, timm_config, repo_id or source.name, metrics, selection), out / 'README.md')
+    return out
+
+
+def _student_card(folder: Path, timm_config: Dict[str, Any], repo_id: str, metrics, selection):
+    from .cards import student_card
+
+    if not (metrics or {}).get('student_model'):
+        raise ValueError(f'{folder}: a plain timm model, but not one examples/train.py trained as a student (no '
+                         'metrics.json naming a student_model beside it); add a README.md model card to the folder '
+                         'or give the run\'s metrics')
+    return student_card(timm_config, repo_id, metrics=metrics, selection=selection)
 
 
 def folder_config(folder: Path):
@@ -119,10 +173,7 @@ def folder_config(folder: Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f'{folder}: model folder not found')
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-    if pickles:
-        raise ValueError(f'{folder}: holds pickle files ({", ".join(pickles)}); aaformer-hf distributes safetensors '
-                         'only - remove them (the weights must be in model.safetensors)')
+    _refuse_pickles(folder)
     for name in ('config.json', WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(f'{folder / name}: missing; save the model with save_pretrained first')
@@ -132,6 +183,13 @@ def folder_config(folder: Path):
         raise ValueError(f'{folder / "config.json"}: not a model config aaformer-hf can read ({error})') from error
     _family(config)
     return config
+
+
+def _refuse_pickles(folder: Path) -> None:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f'{folder}: holds pickle files ({", ".join(pickles)}); aaformer-hf distributes safetensors '
+                         'only - remove them (the weights must be in model.safetensors)')
 
 
 def _family(config):

@@ -347,6 +347,8 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
                    model=config.model, student_model=config.student_model, baseline=config.baseline,
                    method=config.method,
                    pivl_ablation=config.pivl_ablation,
+                   **({} if config.method == 'aaformer' else dict(part_prompts=config.part_prompts,
+                                                                    alignment_head=config.alignment_head)),
                    # generated images are reported as such, whichever loader read them
                    dataset='synthetic' if config.data_root and is_synthetic(config.data_root) else config.dataset,
                    processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))

@@ -255,3 +255,30 @@ def test_cards_command_writes_a_folder_card(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cards_main([str(tmp_path / 'missing')])
     assert exit_info.value.code == 2 and 'missing: model folder not found' in capsys.readouterr().err
+
+
+def test_a_plain_timm_folder_needs_a_students_run_or_its_own_card(tmp_path, hub):
+    """Only a Table 5 student (a run's metrics.json naming student_model) gets a generated card; another plain
+    timm folder must bring its own README.md; a timm config without pretrained_cfg is refused by name."""
+    from timm.models import save_for_hf
+    backbone = timm.create_model('test_efficientnet', num_classes=0)
+    folder = tmp_path / 'run' / 'model'
+    save_for_hf(backbone, str(folder), safe_serialization=True)
+    with pytest.raises(ValueError, match=r'model: a plain timm model, but not one examples/train.py trained as a '
+                                         r'student'):
+        push_to_hub(folder, 'org/plain')
+    (tmp_path / 'run' / 'metrics.json').write_text(json.dumps(dict(mAP=0.25, rank1=0.5, dataset='market1501',
+                                                                   student_model='test_efficientnet', stage1_step=0,
+                                                                   model='pivl_vit_tiny', epochs=3)))
+    card = cards_main([str(folder), '--repo_id', 'org/student']) or ModelCard.load(folder / 'README.md')
+    assert 'the student trained alone' in card.text and card.data.library_name == 'timm'
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {'mAP': 25.0, 'rank1': 50.0}
+    (folder / 'README.md').write_text('my own card\n')
+    push_to_hub(folder, 'org/own-card')
+    snapshot = hub.cache / 'models--org--own-card' / 'snapshots' / hub.uploads[-1]['sha']
+    assert (snapshot / 'README.md').read_text() == 'my own card\n'
+    config = json.loads((folder / 'config.json').read_text())
+    del config['pretrained_cfg']
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r'config.json: a timm config without pretrained_cfg'):
+        push_to_hub(folder, 'org/broken')

@@ -9,10 +9,12 @@ import timm
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
+from huggingface_hub import ModelCard
 from transformers import AutoModel
 
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
+from tests.test_hub import hub  # noqa: F401  (the fixture)
 from tests.tiny_text import save_text_side
 from train import TrainConfig, build_model, train
 from train_recipe import RunContext
@@ -181,14 +183,16 @@ def test_runs_report_side_by_side(tmp_path):
 
 
 def test_table5_student_learns_from_the_teachers_prompts_and_saves_a_plain_timm_backbone(tmp_path, parsed_root,
-                                                                                          text_folder):
+                                                                                          text_folder, hub):
     """π-VL Table 5: stage 1 with the CLIP teacher, stage 2 trains a timm CNN student (its own head and
-    preprocessing); the saved folder is the bare backbone, loadable by timm and transformers alike."""
+    preprocessing); the saved folder is the bare backbone, loadable by timm and transformers alike, and
+    --push_to_hub publishes it in timm's format with a card."""
     student = dict(student_model='test_efficientnet', student_pretrained=False, lr=3e-3)
     untrained = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'untrained', eval_only=True,
                                          **student)))
     out = tmp_path / 'student'
-    trained = train(TrainConfig(**tiny(parsed_root, text_folder, out, epochs=4, **student)))
+    trained = train(TrainConfig(**tiny(parsed_root, text_folder, out, epochs=4, push_to_hub=True,
+                                       hub_model_id='org/student', **student)))
     assert trained['mAP'] > untrained['mAP'] + 0.05, (untrained['mAP'], trained['mAP'])
     assert trained['student_model'] == 'test_efficientnet' and trained['stage1_step'] == 3 * 12
     saved = json.loads((out / 'model' / 'config.json').read_text())
@@ -208,6 +212,24 @@ def test_table5_student_learns_from_the_teachers_prompts_and_saves_a_plain_timm_
         torch.testing.assert_close(from_hf(pixel_values=pixels).pooler_output, from_timm(pixels))
     assert from_timm(pixels).shape == (2, reference.num_features)
     assert not (out / 'model' / 'preprocessor_config.json').exists()  # timm's config carries the preprocessing
+    # the pushed repo: timm's files and a card, loading in both libraries like the folder (no aaformer-hf code)
+    upload, = hub.uploads
+    assert upload['repo_id'] == 'org/student' and upload['files'] == ['README.md', 'config.json', 'model.safetensors']
+    pushed = 'best_model' if (out / 'best_model').is_dir() else 'model'
+    local = timm.create_model(f'local-dir:{out / pushed}', pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(timm.create_model('hf-hub:org/student', pretrained=True).eval()(pixels),
+                                   local(pixels), rtol=0, atol=0)
+        torch.testing.assert_close(AutoModel.from_pretrained('org/student').eval()(pixel_values=pixels).pooler_output,
+                                   local(pixels), rtol=0, atol=0)
+    card = ModelCard.load(hub.cache / 'models--org--student' / 'snapshots' / upload['sha'] / 'README.md')
+    assert card.data.library_name == 'timm' and 'test_efficientnet' in card.text
+    assert ("π-VL's identity-aware part prompts and the hierarchical-fusion alignment, from the teacher "
+            "pivl_vit_tiny" in card.text)
+    assert 'import aaformer_hf' not in card.text  # the student needs only timm
+    measured = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    expected = trained['best'] if pushed == 'best_model' else trained
+    assert measured['mAP'] == round(100 * expected['mAP'], 2)
 
 
 def test_table5_student_is_what_stage2_optimises(tmp_path, parsed_root, text_folder):
