@@ -27,10 +27,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 
 from aaformer_hf.data import load_reid_dataset
-from aaformer_hf.data.parsing import label_counts_on_grid, parsing_path
+from aaformer_hf.data.parsing import add_parsing_column, label_counts_on_grid, parsing_path, region_masks
 from aaformer_hf.evaluation import evaluate
 from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
 
@@ -53,7 +54,6 @@ def load_images(data_root: Path, processor, limit: int) -> Dict[str, object]:
     maps = [parsing_path(p, data_root) for p in paths]
     parsing = None
     if all(m.is_file() for m in maps):
-        from PIL import Image
         size = pixels.shape[-2:]
         parsing = torch.stack([torch.from_numpy(np.array(Image.open(m).resize(size[::-1], Image.NEAREST)))
                                for m in maps]).long()
@@ -155,15 +155,26 @@ def placement(layers: List[torch.Tensor], grid, parsing: Optional[torch.Tensor])
 @torch.no_grad()
 def split_embeddings(model_dir: Path, data_root: Path):
     """The model's width D and (embeddings, pids, camids) of the query and gallery of a Market-layout set, through
-    the transformers front door and the saved image processor."""
+    the transformers front door and the saved image processor; a model whose [PART]s come from parsing maps
+    (``assignment='given'``, the SPReID row) gets each image's SPReID regions from the set's maps."""
     model = AAformerModel.from_pretrained(model_dir).eval()
     processor = AAformerImageProcessor.from_pretrained(model_dir)
     data = load_reid_dataset('market1501', data_root, verify_images=False)
+    given = model.config.assignment == 'given'
 
     def embed(split):
-        ds = data[split]
-        feats = [model(processor(ds[i:i + 64]['image'], return_tensors='pt')['pixel_values']).pooler_output
-                 for i in range(0, len(ds), 64)]
+        ds = add_parsing_column(data[split], data_root) if given else data[split]
+        feats = []
+        for i in range(0, len(ds), 64):
+            rows = ds[i:i + 64]
+            masks = {}
+            if given:
+                height, width = model.config.image_size  # the maps resized with the images, as in training
+                maps = torch.stack([torch.from_numpy(np.array(Image.open(p).resize((width, height), Image.NEAREST),
+                                                              dtype=np.int64)) for p in rows['parsing']])
+                masks['part_masks'] = region_masks(maps, model.timm_model.patch_embed.grid_size)
+            with torch.no_grad():
+                feats.append(model(processor(rows['image'], return_tensors='pt')['pixel_values'], **masks).pooler_output)
         return torch.cat(feats), torch.tensor(ds['pid']), torch.tensor(ds['camid'])
 
     return model.config.hidden_size, embed('query'), embed('gallery')

@@ -124,8 +124,7 @@ def main() -> None:
         for regime in args.regimes.split(','):
             for name, baseline in VARIANTS.items():
                 model_dir = args.out / regime / (baseline or 'aaformer') / 'model'
-                # the SPReID row needs each image's parsing map as an input: not in this breakdown
-                if baseline in ('vit', 'spreid') or not model_dir.exists():
+                if baseline == 'vit' or not model_dir.exists():
                     continue
                 m = token_breakdown(model_dir, args.out / 'data')
                 print(f'| {regime} / {name} | {100 * m["all"]:.1f} | {100 * m["CLS"]:.1f} | {100 * m["[PART]s"]:.1f} |')

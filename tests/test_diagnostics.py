@@ -83,3 +83,27 @@ def test_sinkhorn_model_writes_png_and_counts_churn(root, tmp_path):
     assert churn['changed_share'][1][0] > 0.1  # layer 0's scores follow the part tokens directly
     assert 0 <= min(report['consistency']['random_pair_iou']) <= 1
     assert next((tmp_path / 'out').glob('*.png')).stat().st_size > 10_000
+
+
+def test_split_embeddings_gives_a_parsing_model_each_images_regions(root, tmp_path):
+    """The SPReID row ([PART]s from parsing maps) is embedded with every image's own regions: the same numbers as
+    one image at a time through timm's forward with masks made from that image's map."""
+    import numpy as np
+    from PIL import Image
+
+    from aaformer_hf.data import load_reid_dataset
+    from aaformer_hf.data.parsing import parsing_path, region_masks
+    torch.manual_seed(0)
+    timm_model = timm.create_model('aaformer_tiny', assignment='given', part_groups=(5,), **SIZE).eval()
+    folder = _save(timm_model, tmp_path / 'spreid')
+    width, (qf, qp, _), _ = diag.split_embeddings(folder, root)
+    query = load_reid_dataset('market1501', root, verify_images=False)['query']
+    processor = AAformerImageProcessor.from_pretrained(folder)
+    assert width == 32 and qf.shape == (len(query), 6 * 32) and qp.tolist() == query['pid']
+    for i in (0, len(query) - 1):
+        labels = np.array(Image.open(parsing_path(query[i]['path'], root)).resize((128, 256), Image.NEAREST))
+        masks = region_masks(torch.from_numpy(labels.astype(np.int64))[None], (16, 8))
+        pixels = processor(query[i]['image'], return_tensors='pt')['pixel_values']
+        with torch.no_grad():
+            expected = timm_model.forward_head(timm_model.forward_features(pixels, part_masks=masks), pre_logits=True)
+        torch.testing.assert_close(qf[i:i + 1], expected, rtol=1e-5, atol=1e-5)
