@@ -301,3 +301,36 @@ def test_fp32_assignment_inputs_under_bf16_autocast_assign_as_float32_does():
     model = tiny(fp32_assignment_inputs=True)
     from aaformer_hf.hf import AAformerConfig
     assert AAformerConfig.from_timm_model(model).fp32_assignment_inputs is True
+
+
+def test_shared_assignment_is_one_sinkhorn_on_head_averaged_cosines():
+    """Beyond the paper: with shared_assignment every head gets the assignment SwAV's literal Sinkhorn (float64, the
+    test_sinkhorn reference) gives on the heads' cosine scores averaged, rounded to each patch's best part per group."""
+    import numpy as np
+
+    from .test_sinkhorn import swav_reference
+    torch.manual_seed(0)
+    heads, dim, groups = 4, 64, (2, 3)
+    layer = MultiHeadAutoAlignment(dim, num_heads=heads, qkv_bias=True, part_groups=groups, grid_size=(16, 8),
+                                   shared_assignment=True).eval()
+    x = torch.randn(3, 1 + 5 + 128, dim)
+    assigned = layer(x)[2]
+    q, k, _ = layer.qkv(x).reshape(3, -1, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    q = torch.nn.functional.normalize(q[:, :, 1:6].double(), dim=-1)
+    k = torch.nn.functional.normalize(k[:, :, 6:].double(), dim=-1)
+    scores = (q @ k.transpose(-2, -1)).mean(dim=1).detach().numpy()  # (B, P, N)
+    for b in range(3):
+        start = 0
+        for size in groups:
+            plan = swav_reference(scores[b, start:start + size], 0.05, 3)
+            expected = torch.from_numpy(plan.argmax(axis=0)[None] == np.arange(size)[:, None])
+            for h in range(heads):
+                assert torch.equal(assigned[b, h, start:start + size], expected)
+            start += size
+    layer.shared_assignment = False  # the paper's per-head assignment does differ between heads here
+    per_head = layer(x)[2]
+    assert any(not torch.equal(per_head[:, 0], per_head[:, h]) for h in range(1, heads))
+    model = tiny(shared_assignment=True)
+    from aaformer_hf.hf import AAformerConfig
+    assert AAformerConfig.from_timm_model(model).shared_assignment is True
+    assert all(block.attn.shared_assignment for block in model.blocks)

@@ -48,6 +48,8 @@ class AAformerConfig(TimmBackedConfig):
             settled by the paper.
         fp32_assignment_inputs (`bool`, defaults to `False`): Under autocast, project the [PART] queries and patch
             keys the assignment reads in float32. Not stated by the paper.
+        shared_assignment (`bool`, defaults to `False`): One assignment for all heads, from their averaged scores.
+            Beyond the paper (which assigns in every head); off by default.
         part_init (`str`, defaults to `"trunc_normal"`): `"trunc_normal"` (std 0.02) or `"cls"` (pretrained CLS +
             noise; beyond the paper). The paper says "randomly and independently initialized"; the distribution and
             scale are not stated.
@@ -92,6 +94,7 @@ class AAformerConfig(TimmBackedConfig):
     part_self_key: str = 'if_empty'
     patches_see_parts: bool = True
     fp32_assignment_inputs: bool = False
+    shared_assignment: bool = False
     part_init: str = 'trunc_normal'
     part_init_std: float = 0.02
     part_pos_embed: bool = False
@@ -141,6 +144,7 @@ class AAformerConfig(TimmBackedConfig):
             assignment_score=attn.assignment_score, sinkhorn_epsilon=attn.sinkhorn_epsilon,
             sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
             patches_see_parts=attn.patches_see_parts, fp32_assignment_inputs=attn.fp32_assignment_inputs,
+            shared_assignment=attn.shared_assignment,
             part_init=model.part_init, part_init_std=model.part_init_std,
             part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
             **cls.regularisation_fields(model))
@@ -160,6 +164,7 @@ class AAformerConfig(TimmBackedConfig):
             part_self_key=self.part_self_key,
             patches_see_parts=self.patches_see_parts,
             fp32_assignment_inputs=self.fp32_assignment_inputs,
+            shared_assignment=self.shared_assignment,
             part_init=self.part_init,
             part_init_std=self.part_init_std,
             part_pos_embed=self.part_pos_embed,

@@ -67,6 +67,9 @@ class MultiHeadAutoAlignment(nn.Module):
             float32 (an extra projection of the keys per layer) instead of taking the reduced-precision ones the
             attention uses. The Sinkhorn itself always runs in float32. Default False; the paper states no
             precision. No effect without autocast.
+        shared_assignment: BEYOND THE PAPER (off by default; the paper assigns "in parallel in different attention
+            heads"): one assignment for all heads, from the heads' similarity scores averaged, so every head's
+            [PART] row gathers the same patches. For 'sinkhorn' and 'nearest'.
     """
 
     # on CUDA with Triton, the Sinkhorn assignment runs as one fused kernel (triton_assign.py); set False for the
@@ -89,6 +92,7 @@ class MultiHeadAutoAlignment(nn.Module):
             part_self_key: PartSelfKey = 'if_empty',
             patches_see_parts: bool = True,
             fp32_assignment_inputs: bool = False,
+            shared_assignment: bool = False,
             device=None,
             dtype=None,
     ) -> None:
@@ -119,6 +123,7 @@ class MultiHeadAutoAlignment(nn.Module):
         self.part_self_key = part_self_key
         self.patches_see_parts = patches_see_parts
         self.fp32_assignment_inputs = fp32_assignment_inputs
+        self.shared_assignment = shared_assignment
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
@@ -156,6 +161,8 @@ class MultiHeadAutoAlignment(nn.Module):
         if self.assignment == 'stripes':
             b, h, p, _ = q_parts.shape
             return self.stripe_mask.expand(b, h, p, k_patches.shape[-2])
+        if self.shared_assignment:
+            return self._shared_assign(q_parts, k_patches)
         if (self.fused_assignment and self.assignment == 'sinkhorn' and self.assignment_score == 'cosine'
                 and self.sinkhorn_epsilon >= 0.05 and triton_available(q_parts)
                 and not torch.compiler.is_compiling()):
@@ -177,6 +184,23 @@ class MultiHeadAutoAlignment(nn.Module):
             return sinkhorn_assign_grouped(
                 grouped, layout, self.sinkhorn_iters,
                 log_domain=self.assignment_score != 'cosine' or self.sinkhorn_epsilon < 0.05)
+
+    def _shared_assign(self, q_parts: torch.Tensor, k_patches: torch.Tensor) -> torch.Tensor:
+        """``shared_assignment``: one (B, P, N) assignment from the head-averaged scores, the same in every head."""
+        b, h, p, _ = q_parts.shape
+        with _autocast_off(q_parts.device.type):
+            q, k = q_parts.float(), k_patches.float()
+            epsilon = 1.0 if self.assignment == 'nearest' else self.sinkhorn_epsilon
+            scores = self._scores(q, k, epsilon).mean(dim=1, keepdim=True)  # (B, 1, P, N)
+            layout = self._layout()
+            if self.assignment == 'nearest':
+                assigned = nearest_assign(scores, layout)
+            else:
+                if layout.gather_index is not None:
+                    scores = scores.index_select(-2, layout.gather_index)
+                grouped = scores.view(*scores.shape[:-2], *layout.slot_group_size.shape, scores.shape[-1])
+                assigned = sinkhorn_assign_grouped(grouped, layout, self.sinkhorn_iters, log_domain=True)
+        return assigned.expand(b, h, p, k_patches.shape[-2])
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor, epsilon: float) -> torch.Tensor:
         """Similarities / ε between queries (..., P, d) and keys (..., N, d) -> (..., P, N), in q's dtype."""

@@ -131,6 +131,7 @@ class AAformer(nn.Module):
             part_self_key: PartSelfKey = 'if_empty',
             patches_see_parts: bool = True,
             fp32_assignment_inputs: bool = False,
+            shared_assignment: bool = False,
             part_init: PartInit = 'trunc_normal',
             part_init_std: float = 0.02,
             part_pos_embed: bool = False,
@@ -177,6 +178,8 @@ class AAformer(nn.Module):
             fp32_assignment_inputs: Under autocast, the assignment reads [PART] queries and patch keys projected
                 in float32 rather than the reduced-precision ones (the Sinkhorn always runs in float32). Default
                 False; the paper states no precision.
+            shared_assignment: One assignment for all heads, from their averaged scores. BEYOND THE PAPER (which
+                assigns in every head), off by default; for 'sinkhorn' and 'nearest'.
             part_init: Initial [PART] tokens: 'trunc_normal' (std 0.02, as timm initialises ViT tokens; default) or
                 'cls' (the pretrained CLS token plus N(0, 0.02) noise, applied when pretrained ViT weights load;
                 beyond the paper). The paper says only "randomly and independently initialized" (§IV-D): the
@@ -248,7 +251,7 @@ class AAformer(nn.Module):
             part_groups=self.part_groups, grid_size=grid_size, assignment=assignment,
             assignment_score=assignment_score, sinkhorn_epsilon=sinkhorn_epsilon, sinkhorn_iters=sinkhorn_iters,
             part_self_key=part_self_key, patches_see_parts=patches_see_parts,
-            fp32_assignment_inputs=fp32_assignment_inputs)
+            fp32_assignment_inputs=fp32_assignment_inputs, shared_assignment=shared_assignment)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]
         self.blocks = nn.Sequential(*[
             AAformerBlock(
