@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument('--index', default='Flat', help="faiss index_factory string (default Flat = exact; e.g. "
                                                      "'IVF1024,Flat' for approximate search)")
     find.add_argument('--nprobe', type=int, default=16, help='faiss IVF lists searched (default 16)')
+    find.add_argument('--device', default='auto',
+                      help='auto (default: a GPU when present, for torch and a faiss-gpu build), cpu, or e.g. cuda:1')
     find.add_argument('--overwrite', action='store_true', help='replace an existing output file')
 
     visualize = commands.add_parser('visualize', help='PNG of [PART] assignments, attention, or rank lists',
@@ -227,7 +229,7 @@ def _search(args) -> int:
         raise ValueError(f'{args.query} holds embeddings of {query["model"]}, {args.gallery} of {gallery["model"]}: '
                          'distances between two models mean nothing')
     distances, indices = search(query['embeddings'], gallery['embeddings'], args.top, args.metric, args.backend,
-                                args.index, args.nprobe)
+                                args.index, args.nprobe, device=args.device)
     results = [dict(query=q, matches=[dict(path=gallery['paths'][g], distance=round(float(d), 6))
                                       for d, g in zip(row_d, row_i)])
                for q, row_d, row_i in zip(query['paths'], distances, indices.tolist())]

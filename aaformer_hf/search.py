@@ -1,9 +1,11 @@
 # Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
 """Nearest gallery embeddings for query embeddings (``aaformer-hf search``): exact in PyTorch, or through FAISS.
 
-- ``backend='torch'``: exact, in query chunks sized so one chunk's distances stay near 256 MB whatever the gallery.
+- ``backend='torch'``: exact, in query chunks sized so one chunk's distances stay near 256 MB whatever the gallery;
+  on the GPU when there is one (``device='auto'``), results back on the CPU.
 - ``backend='faiss'`` (``pip install "aaformer-hf[search]"``): FAISS's exact flat index by default, or any
-  ``index_factory`` string (e.g. ``'IVF1024,Flat'`` with ``nprobe``) for approximate search on large galleries.
+  ``index_factory`` string (e.g. ``'IVF1024,Flat'`` with ``nprobe``) for approximate search on large galleries;
+  the index is moved to every GPU FAISS sees (a faiss-gpu build) when ``device`` allows it.
 
 Distances follow the evaluator's: 'cosine' = 1 - cos, 'euclidean' = squared L2.
 """
@@ -17,9 +19,10 @@ __all__ = ['search', 'recall_at']
 
 
 def search(query: torch.Tensor, gallery: torch.Tensor, top: int = 10, metric: str = 'cosine',
-           backend: str = 'torch', index: str = 'Flat', nprobe: int = 16, chunk_bytes: int = 256 * 2 ** 20
-           ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The ``top`` nearest gallery rows of each query row: distances (Q, k) ascending and indices (Q, k)."""
+           backend: str = 'torch', index: str = 'Flat', nprobe: int = 16, chunk_bytes: int = 256 * 2 ** 20,
+           device: str = 'auto') -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``top`` nearest gallery rows of each query row: distances (Q, k) ascending and indices (Q, k), on the
+    CPU. ``device``: 'auto' (a GPU when present), 'cpu', or a torch device such as 'cuda:1' (torch backend)."""
     if metric not in ('cosine', 'euclidean'):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
@@ -30,15 +33,25 @@ def search(query: torch.Tensor, gallery: torch.Tensor, top: int = 10, metric: st
     for name, x in (('query', query), ('gallery', gallery)):
         if not torch.isfinite(x).all():
             raise ValueError(f'{name} embeddings hold NaN or Inf')
+    if backend not in ('torch', 'faiss'):
+        raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
     top = min(top, len(gallery))
-    query, gallery = query.float(), gallery.float()
+    if backend == 'faiss':
+        query, gallery = _prepared(query, gallery, metric, 'cpu')
+        return _faiss_search(query, gallery, top, metric, index, nprobe, use_gpus=device != 'cpu')
+    try:
+        target = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device)
+    except RuntimeError as error:
+        raise ValueError(f"device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}") from error
+    distances, indices = _torch_search(*_prepared(query, gallery, metric, target), top, metric, chunk_bytes)
+    return distances.cpu(), indices.cpu()
+
+
+def _prepared(query, gallery, metric, device):
+    query, gallery = query.to(device, torch.float32), gallery.to(device, torch.float32)
     if metric == 'cosine':
         query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
-    if backend == 'torch':
-        return _torch_search(query, gallery, top, metric, chunk_bytes)
-    if backend == 'faiss':
-        return _faiss_search(query, gallery, top, metric, index, nprobe)
-    raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
+    return query, gallery
 
 
 def _torch_search(query, gallery, top, metric, chunk_bytes):
@@ -57,18 +70,23 @@ def _torch_search(query, gallery, top, metric, chunk_bytes):
     return torch.cat(distances), torch.cat(indices)
 
 
-def _faiss_search(query, gallery, top, metric, index: str, nprobe: int):
+def _faiss_search(query, gallery, top, metric, index: str, nprobe: int, use_gpus: bool = True):
     try:
         import faiss
     except ImportError as error:
         raise ImportError('backend faiss needs faiss: pip install "aaformer-hf[search]" (faiss-cpu)') from error
     measure = faiss.METRIC_INNER_PRODUCT if metric == 'cosine' else faiss.METRIC_L2
     built = faiss.index_factory(gallery.shape[1], index, measure)
+    on_gpus = use_gpus and hasattr(faiss, 'get_num_gpus') and faiss.get_num_gpus() > 0  # a faiss-gpu build
+    if on_gpus:
+        built = faiss.index_cpu_to_all_gpus(built)
     g = np.ascontiguousarray(gallery.numpy())
     if not built.is_trained:
         built.train(g)
     built.add(g)
-    if hasattr(built, 'nprobe'):
+    if on_gpus and 'IVF' in index:
+        faiss.GpuParameterSpace().set_index_parameter(built, 'nprobe', nprobe)
+    elif hasattr(built, 'nprobe'):
         built.nprobe = nprobe
     scores, found = built.search(np.ascontiguousarray(query.numpy()), top)
     scores = torch.from_numpy(scores)

@@ -57,6 +57,23 @@ def test_bad_input_is_named():
         search(torch.randn(2, 3), torch.randn(4, 3), backend='annoy')
 
 
+def test_device_is_checked_and_results_come_back_on_the_cpu():
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or a torch device"):
+        search(torch.randn(2, 3), torch.randn(4, 3), device='gpu0')
+    distances, indices = search(torch.randn(2, 3), torch.randn(4, 3), top=2, device='cpu')
+    assert distances.device.type == indices.device.type == 'cpu'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the device machine runs it)')
+def test_gpu_search_equals_the_cpu_search():
+    torch.manual_seed(0)
+    q, g = torch.randn(37, 24), torch.randn(5000, 24)
+    cpu_d, cpu_i = search(q, g, top=7, device='cpu')
+    gpu_d, gpu_i = search(q, g, top=7, device='auto')
+    assert gpu_i.device.type == 'cpu' and gpu_i.tolist() == cpu_i.tolist()
+    torch.testing.assert_close(gpu_d, cpu_d, rtol=1e-4, atol=1e-4)
+
+
 def test_search_command_writes_matches_by_path(tmp_path):
     torch.manual_seed(0)
     g, q = torch.randn(30, 8), torch.randn(4, 8)
