@@ -114,11 +114,14 @@ def main() -> None:
                         help='JSON constructor arguments for every trained variant (not the pretraining), e.g. '
                              '\'{"part_init_std": 0.3}\'; give a --tag with it')
     parser.add_argument('--tag', help='names these runs (folders VARIANT_TAG, rows "VARIANT [TAG]")')
+    parser.add_argument('--data_root', type=Path,
+                        help='the re-ID set to train and test on instead of OUT/data, e.g. the copy with PREDICTED '
+                             'parsing maps benchmarks/train_parser.py writes; give a --tag with it')
     parser.add_argument('--breakdown_only', action='store_true',
                         help='only the per-token retrieval of models an earlier run left in --out')
     args = parser.parse_args()
-    if args.model_args and not args.tag:
-        parser.error('--model_args needs a --tag naming those runs')
+    if (args.model_args or args.data_root) and not args.tag:
+        parser.error('--model_args and --data_root need a --tag naming those runs')
     if args.breakdown_only:
         print('| regime / variant | mAP all | mAP CLS | mAP [PART]s |\n|---|---:|---:|---:|')
         for regime in args.regimes.split(','):
@@ -129,7 +132,9 @@ def main() -> None:
                 m = token_breakdown(model_dir, args.out / 'data')
                 print(f'| {regime} / {name} | {100 * m["all"]:.1f} | {100 * m["CLS"]:.1f} | {100 * m["[PART]s"]:.1f} |')
         return
-    data_root = args.out / 'data'
+    data_root = args.data_root or args.out / 'data'
+    if args.data_root and not data_root.is_dir():
+        parser.error(f'--data_root {data_root}: no such folder')
     if not data_root.exists():
         # parsing maps too: the SPReID-style row takes its [PART]s from them
         generate_market_layout(data_root, train_ids=100, test_ids=50, seed=0, parsing=True, preset=args.preset)

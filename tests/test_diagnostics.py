@@ -107,3 +107,16 @@ def test_split_embeddings_gives_a_parsing_model_each_images_regions(root, tmp_pa
         with torch.no_grad():
             expected = timm_model.forward_head(timm_model.forward_features(pixels, part_masks=masks), pre_logits=True)
         torch.testing.assert_close(qf[i:i + 1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_parser_tools_by_hand():
+    """benchmarks/train_parser.py: a mirrored LIP map swaps left and right labels; agreement scores by hand."""
+    from benchmarks import train_parser
+    maps = torch.tensor([[[0, 14, 5], [16, 18, 19]]])
+    assert train_parser.mirror_labels(maps).tolist() == [[[5, 15, 0], [18, 19, 17]]]
+    truth = torch.tensor([[0, 0, 5, 5]])
+    predicted = torch.tensor([[0, 5, 5, 9]])
+    scores = train_parser.agreement(predicted, truth)
+    # label 0: IoU 1/2, label 5: 1/3, label 9: 0/1 -> mean 5/18; foreground: pixels 2, 3 of 1, 2, 3
+    assert scores['pixel_accuracy'] == pytest.approx(0.5) and scores['mean_iou'] == pytest.approx(5 / 18)
+    assert scores['foreground_iou'] == pytest.approx(2 / 3)
