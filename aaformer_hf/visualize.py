@@ -3,7 +3,8 @@
 
 - ``parts_figure``: an AAformer's patch-to-[PART] assignment in one layer - per image, each group's parts by majority
   over heads, every head on its own, and how many heads agree with the majority (dark = heads disagree);
-- ``attention_figure``: where CLS (per head) and each [PART] (mean over heads) look, in one layer;
+- ``attention_figure``: where CLS (per head) and each [PART] (mean over heads) look, in one layer; for the π-VL model
+  (a plain CLIP ViT at inference) CLS per head and averaged over heads;
 - ``ranks_figure``: rank lists - each query, then its nearest gallery images under the evaluation protocol (same
   identity under the same camera left out), framed green for a correct match and red otherwise.
 """
@@ -92,21 +93,47 @@ def parts_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, lay
 @torch.no_grad()
 def attention_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, layer: int = -1) -> Image.Image:
     """One row per image: the image, CLS's attention over the patches in each head, then each [PART]'s (mean over
-    heads) - an AAformer's [PART]s see only their own patches."""
+    heads; an AAformer's [PART]s see only their own patches) - or, for a plain ViT such as the π-VL model, CLS's
+    attention averaged over the heads (π-VL's Fig. 5 shows such maps)."""
+    from timm.models.vision_transformer import VisionTransformer
+
     from .models.aaformer import AAformer
-    if not isinstance(model, AAformer):
-        raise ValueError(f'attention: needs an AAformer-family model, got {type(model).__name__}')
-    tokens = model.forward_tokens(pixels, output_attentions=True)
-    probs = tokens.attentions[layer]  # (B, H, L, L)
-    grid, prefix = model.patch_embed.grid_size, model.num_prefix_tokens
+    if not -len(model.blocks) <= layer < len(model.blocks):
+        raise ValueError(f'--layer {layer}: the model has {len(model.blocks)} layers (0..{len(model.blocks) - 1}, '
+                         'or negative from the last)')
+    if isinstance(model, AAformer):
+        probs = model.forward_tokens(pixels, output_attentions=True).attentions[layer]  # (B, H, L, L)
+        prefix = model.num_prefix_tokens
+    elif isinstance(model, VisionTransformer):
+        probs, prefix = vit_attention(model, pixels, layer), model.num_prefix_tokens
+    else:
+        raise ValueError(f'attention: needs an AAformer or a timm ViT (the π-VL model), got {type(model).__name__}')
+    grid = model.patch_embed.grid_size
     rows = []
     for image, p in zip(images, probs):
         shown = _display(image, grid)
         to_patches = p[:, :prefix, prefix:]  # (H, prefix, N)
         row = [shown] + [_heat_panel(shown, head[0].view(*grid).numpy()) for head in to_patches]
+        if prefix == 1:
+            row.append(_heat_panel(shown, to_patches[:, 0].mean(0).view(*grid).numpy()))
         row += [_heat_panel(shown, to_patches[:, t].mean(0).view(*grid).numpy()) for t in range(1, prefix)]
         rows.append(row)
     return tile(rows)
+
+
+def vit_attention(model, pixels: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """(B, H, L, L) attention probabilities of one block of a timm ``VisionTransformer``, recomputed from that
+    block's input with its own projections (timm's fused attention never forms them)."""
+    if getattr(model, 'num_cameras', 0):
+        raise ValueError('attention: a model with a camera embedding (SIE) needs camera ids; not supported here')
+    _, hidden = model.forward_tokens(pixels, output_hidden_states=True)
+    block = model.blocks[layer]
+    attn = block.attn
+    x = block.norm1(hidden[range(len(model.blocks))[layer]])
+    b, n, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
 def ranks_figure(query_images: Sequence[Image.Image], gallery_images: Sequence[Image.Image], distmat: torch.Tensor,

@@ -338,6 +338,38 @@ def test_visualize_parts_and_attention_draw_what_the_stripes_are(tmp_path, strip
         main(['visualize', 'parts', str(tmp_path / 'pivl'), str(black), '-o', str(tmp_path / 'x.png')])
 
 
+def test_visualize_attention_of_the_pivl_model_is_timms_own_attention(tmp_path):
+    """π-VL's model is a plain CLIP ViT at inference: its maps are CLS's attention per head and averaged, equal to
+    what timm's own (unfused) attention computes, captured where timm applies attention dropout."""
+    import timm
+
+    from aaformer_hf import PiVLConfig, PiVLModel
+    from aaformer_hf.visualize import CELL, vit_attention
+    torch.manual_seed(0)
+    folder = tmp_path / 'pivl'
+    PiVLModel(PiVLConfig(**TINY, projection_dim=32)).save_pretrained(folder)
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    pixels = torch.randn(2, 3, 256, 128)
+    captured = []
+    block = model.blocks[1]
+    block.attn.fused_attn = False
+    handle = block.attn.attn_drop.register_forward_hook(lambda module, args, out: captured.append(out))
+    with torch.no_grad():
+        model(pixels)
+        mine = vit_attention(model, pixels, layer=-1)
+    handle.remove()
+    torch.testing.assert_close(mine, captured[0], rtol=1e-5, atol=1e-6)
+    image = tmp_path / 'a.png'
+    Image.new('RGB', (128, 256), (90, 90, 90)).save(image)
+    out = tmp_path / 'attention.png'
+    assert main(['visualize', 'attention', str(folder), str(image), '-o', str(out), '--layer', '0']) == 0
+    panel, gap = (8 * CELL, 16 * CELL), 6
+    assert Image.open(out).size == (4 * panel[0] + 3 * gap, panel[1])  # image | CLS, 2 heads | CLS, mean
+    with pytest.raises(SystemExit) as exit_info:
+        main(['visualize', 'attention', str(folder), str(image), '-o', str(tmp_path / 'x.png'), '--layer', '2'])
+    assert exit_info.value.code == 2
+
+
 def test_visualize_ranks_frames_follow_the_protocol(tmp_path, market, model_dir):
     """Rank lists: each gallery panel's frame says whether it is the query's identity; the order is the nearest
     first with same-camera matches left out, checked against torch.cdist."""
