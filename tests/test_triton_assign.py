@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from aaformer_hf.layers import MultiHeadAutoAlignment, auto_alignment, triton_assign
+from aaformer_hf.layers import MultiHeadAutoAlignment, part_rows, triton_assign
 
 INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 pytestmark = pytest.mark.skipif(triton_assign.triton is None, reason='triton is not installed (CPU-only torch build)')
@@ -24,7 +24,7 @@ def device(monkeypatch):
         return 'cuda'
     if not INTERPRETED:
         pytest.skip('no GPU: run on the CPU by test_kernel_in_triton_interpreter, in a subprocess')
-    monkeypatch.setattr(auto_alignment, 'triton_available', lambda tensor: True)  # CPU tensors, interpreted kernel
+    monkeypatch.setattr(part_rows, 'triton_available', lambda tensor: True)  # CPU tensors, interpreted kernel
     return 'cpu'
 
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .part_rows import assign_patches, part_key_mask, part_rows, part_rows_reference, similarity
 from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped, stripe_assignment
-from .triton_assign import sinkhorn_assign_cosine_triton, triton_available
 
 __all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'ASSIGNMENT_MODES', 'AssignmentScore', 'PartSelfKey']
 
@@ -75,6 +75,8 @@ class MultiHeadAutoAlignment(nn.Module):
     # on CUDA with Triton, the Sinkhorn assignment runs as one fused kernel (triton_assign.py); set False for the
     # PyTorch path everywhere
     fused_assignment: bool = True
+    # the [PART] rows as one registered operator (part_rows.py; see _part_rows_as_one_op); False: plain PyTorch
+    part_rows_op: bool = True
 
     def __init__(
             self,
@@ -163,27 +165,9 @@ class MultiHeadAutoAlignment(nn.Module):
             return self.stripe_mask.expand(b, h, p, k_patches.shape[-2])
         if self.shared_assignment:
             return self._shared_assign(q_parts, k_patches)
-        if (self.fused_assignment and self.assignment == 'sinkhorn' and self.assignment_score == 'cosine'
-                and self.sinkhorn_epsilon >= 0.05 and triton_available(q_parts)
-                and not torch.compiler.is_compiling()):
-            # one kernel instead of ~25 launch-bound ones (eager GPU); torch.compile fuses the PyTorch path itself
-            return sinkhorn_assign_cosine_triton(
-                q_parts, k_patches, self.group_of_part, self.group_size_of_part, len(self.part_groups),
-                self.sinkhorn_epsilon, self.sinkhorn_iters)
-        with _autocast_off(q_parts.device.type):
-            q, k = q_parts.float(), k_patches.float()
-            if self.assignment == 'nearest':
-                return nearest_assign(self._scores(q, k, 1.0), self._layout())
-            layout = self._layout()
-            if layout.gather_index is not None:
-                # pad the few queries into the (G, P_max) layout rather than the larger score matrix
-                q = q.index_select(-2, layout.gather_index)
-            scores = self._scores(q, k, self.sinkhorn_epsilon)
-            grouped = scores.view(*scores.shape[:-2], *layout.slot_group_size.shape, scores.shape[-1])
-            # cosine scores are bounded, where the cheaper exp-domain iterations are exact (see sinkhorn.py)
-            return sinkhorn_assign_grouped(
-                grouped, layout, self.sinkhorn_iters,
-                log_domain=self.assignment_score != 'cosine' or self.sinkhorn_epsilon < 0.05)
+        return assign_patches(q_parts, k_patches, self._layout(), self.group_size_of_part, self.assignment == 'nearest',
+                              self.assignment_score == 'cosine', self.sinkhorn_epsilon, self.sinkhorn_iters,
+                              self.fused_assignment)
 
     def _shared_assign(self, q_parts: torch.Tensor, k_patches: torch.Tensor) -> torch.Tensor:
         """``shared_assignment``: one (B, P, N) assignment from the head-averaged scores, the same in every head."""
@@ -191,7 +175,7 @@ class MultiHeadAutoAlignment(nn.Module):
         with _autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
             epsilon = 1.0 if self.assignment == 'nearest' else self.sinkhorn_epsilon
-            scores = self._scores(q, k, epsilon).mean(dim=1, keepdim=True)  # (B, 1, P, N)
+            scores = similarity(q, k, epsilon, self.assignment_score == 'cosine').mean(dim=1, keepdim=True)  # (B, 1, P, N)
             layout = self._layout()
             if self.assignment == 'nearest':
                 assigned = nearest_assign(scores, layout)
@@ -202,24 +186,9 @@ class MultiHeadAutoAlignment(nn.Module):
                 assigned = sinkhorn_assign_grouped(grouped, layout, self.sinkhorn_iters, log_domain=True)
         return assigned.expand(b, h, p, k_patches.shape[-2])
 
-    def _scores(self, q: torch.Tensor, k: torch.Tensor, epsilon: float) -> torch.Tensor:
-        """Similarities / ε between queries (..., P, d) and keys (..., N, d) -> (..., P, N), in q's dtype."""
-        if self.assignment_score == 'dot':
-            return (q / epsilon) @ k.transpose(-2, -1)
-        # normalise the few queries (1/ε folded in) before the matmul and divide the small product by the key
-        # norms after it: cheaper than normalising all N keys
-        q = q / (q.norm(dim=-1, keepdim=True).clamp(min=1e-12) * epsilon)
-        return (q @ k.transpose(-2, -1)) / k.norm(dim=-1).clamp(min=1e-12).unsqueeze(-2)
-
     def part_key_mask(self, assigned: torch.Tensor) -> torch.Tensor:
         """Keys each [PART] query may attend to: (B, H, P, N) assignment -> (B, H, P, L) bool over the sequence."""
-        b, h, p, _ = assigned.shape
-        if self.part_self_key == 'always':
-            self_key = torch.ones(b, h, p, dtype=torch.bool, device=assigned.device)
-        else:
-            self_key = ~assigned.any(dim=-1)
-        cls_key = torch.zeros(b, h, p, 1, dtype=torch.bool, device=assigned.device)
-        return torch.cat([cls_key, torch.diag_embed(self_key), assigned], dim=-1)
+        return part_key_mask(assigned, self.part_self_key == 'always')
 
     def _fp32_part_queries_and_patch_keys(self, x: torch.Tensor, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The [PART] queries (B, H, P, d) and patch keys (B, H, N, d), projected in float32 with autocast off."""
@@ -264,18 +233,19 @@ class MultiHeadAutoAlignment(nn.Module):
         q, k, v = qkv.unbind(0)
         drop = self.attn_drop.p if self.training else 0.
 
+        one_op = bool(p) and not output_attentions and self._part_rows_as_one_op(q, drop)
         assigned = None
         if p:
             if self.assignment == 'given':
                 assigned = self.given_assignment(part_masks, b, seq_len - 1 - p)
             elif self.fp32_assignment_inputs and torch.is_autocast_enabled(x.device.type):
                 assigned = self.assign(*self._fp32_part_queries_and_patch_keys(x, p))
-            else:
+            elif not one_op or self.assignment == 'stripes' or self.shared_assignment:
                 assigned = self.assign(q[:, :, 1:1 + p], k[:, :, 1 + p:])
-            part_keys = self.part_key_mask(assigned)
+            # else: the one operator assigns (Sinkhorn or nearest, per head)
 
         if output_attentions:
-            out, probs = self._dense_attention(q, k, v, part_keys if p else None)
+            out, probs = self._dense_attention(q, k, v, self.part_key_mask(assigned) if p else None)
         else:
             probs = None
             if self.num_parts and not self.patches_see_parts:
@@ -285,16 +255,32 @@ class MultiHeadAutoAlignment(nn.Module):
             else:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             out = out.transpose(1, 2)  # (B, L, H, d)
-            if p:
-                # Eq. 2: the few [PART] rows, recomputed with each part restricted to its own patches; an explicit
-                # small softmax (on CPU, fused attention with a boolean mask was several times slower for 5 rows)
-                logits = (q[:, :, 1:1 + p] * self.scale) @ k.transpose(-2, -1)
-                probs_parts = logits.masked_fill(~part_keys, float('-inf')).softmax(dim=-1)
-                part_out = self.attn_drop(probs_parts) @ v
+            if one_op:
+                # Eq. 2 (and the assignment): the few [PART] rows, each restricted to its own patches, as one
+                # registered operator (part_rows.py)
+                out, assigned = part_rows(
+                    q, k, v, out, assigned, [self.group_gather_index, self.group_slot_size, self.group_of_part,
+                                             self.slot_of_part, self.group_size_of_part],
+                    list(self.part_groups), self.assignment == 'nearest', self.assignment_score == 'cosine',
+                    self.sinkhorn_epsilon, self.sinkhorn_iters, self.part_self_key == 'always', self.scale,
+                    self.fused_assignment)
+            elif p:
+                part_out = part_rows_reference(q, k, v, assigned, self.part_self_key == 'always', self.scale,
+                                               self.attn_drop)
                 out = torch.cat([out[:, :1], part_out.transpose(1, 2), out[:, 1 + p:]], dim=1)
         out = out.reshape(b, seq_len, dim)
         out = self.proj_drop(self.proj(out))
         return out, probs, assigned
+
+    def _part_rows_as_one_op(self, q: torch.Tensor, drop: float) -> bool:
+        """Whether the [PART] rows run as the registered ``aaformer::part_rows`` operator: not when exporting or
+        tracing (the plain PyTorch path exports), not with attention dropout on, and not under ``torch.compile`` on
+        CUDA, where inductor fuses the plain path (until the operator has a fused GPU kernel)."""
+        if not self.part_rows_op or drop > 0:
+            return False
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return False
+        return not (q.is_cuda and torch.compiler.is_compiling())
 
     def _dense_attention(self, q, k, v, part_keys: Optional[torch.Tensor]):
         """Explicit attention with one (B, H, L, L) mask; returns probabilities too. Slow path for inspection."""

@@ -1,0 +1,170 @@
+"""The [PART] rows of a Multi-Head Auto-Alignment layer as ONE registered operator, ``aaformer::part_rows``.
+
+It takes the layer's q, k, v (B, H, L, d) and the attention output of the plain rows (B, L, H, d), and does what
+AAformer adds to a ViT layer: assign patches to parts (unless an assignment is given), let each [PART] query attend
+only to its own patches (Eq. 2), and write those P rows into the output. Its backward recomputes the P rows'
+probabilities from q, k and the assignment.
+
+Why one operator: in eager mode every top-level operator costs a few microseconds of host time, and on a GPU the
+[PART] path's ~70 small operators per layer each do less work than that (issue #13). As one registered operator it
+is one dispatch; ``torch.compile`` sees it as one opaque node (no graph break, ``register_fake``). This module's
+PyTorch code is its CPU implementation and the reference for a fused GPU kernel. The layer calls the unregistered
+PyTorch path instead when exporting (ONNX, ``torch.export``, tracing) and under ``torch.compile`` on CUDA, where
+inductor fuses that path itself.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+
+from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped
+from .triton_assign import sinkhorn_assign_cosine_triton, triton_available
+
+__all__ = ['assign_patches', 'part_key_mask', 'part_rows_reference', 'part_rows']
+
+
+def assign_patches(q_parts: torch.Tensor, k_patches: torch.Tensor, layout: PartGroupLayout,
+                   group_size_of_part: torch.Tensor, nearest: bool, cosine: bool, epsilon: float, iters: int,
+                   fused: bool = True) -> torch.Tensor:
+    """Hard patch-to-part assignment per head, (B, H, P, d), (B, H, N, d) -> (B, H, P, N) bool: Sinkhorn-Knopp
+    (or nearest part) on cosine (or dot) scores, in float32 with autocast off, without gradient."""
+    with torch.no_grad():
+        if (fused and not nearest and cosine and epsilon >= 0.05 and triton_available(q_parts)
+                and not torch.compiler.is_compiling()):
+            # one kernel instead of ~25 launch-bound ones (eager GPU)
+            return sinkhorn_assign_cosine_triton(q_parts, k_patches, layout.part_group, group_size_of_part,
+                                                 len(layout.sizes), epsilon, iters)
+        with _autocast_off(q_parts.device.type):
+            q, k = q_parts.float(), k_patches.float()
+            if nearest:
+                return nearest_assign(similarity(q, k, 1.0, cosine), layout)
+            if layout.gather_index is not None:
+                # pad the few queries into the (G, P_max) layout rather than the larger score matrix
+                q = q.index_select(-2, layout.gather_index)
+            scores = similarity(q, k, epsilon, cosine)
+            grouped = scores.view(*scores.shape[:-2], *layout.slot_group_size.shape, scores.shape[-1])
+            # cosine scores are bounded, where the cheaper exp-domain iterations are exact (see sinkhorn.py)
+            return sinkhorn_assign_grouped(grouped, layout, iters, log_domain=not cosine or epsilon < 0.05)
+
+
+def similarity(q: torch.Tensor, k: torch.Tensor, epsilon: float, cosine: bool) -> torch.Tensor:
+    """Similarities / ε between queries (..., P, d) and keys (..., N, d) -> (..., P, N), in q's dtype."""
+    if not cosine:
+        return (q / epsilon) @ k.transpose(-2, -1)
+    # normalise the few queries (1/ε folded in) before the matmul and divide the small product by the key norms
+    # after it: cheaper than normalising all N keys
+    q = q / (q.norm(dim=-1, keepdim=True).clamp(min=1e-12) * epsilon)
+    return (q @ k.transpose(-2, -1)) / k.norm(dim=-1).clamp(min=1e-12).unsqueeze(-2)
+
+
+def part_key_mask(assigned: torch.Tensor, self_key_always: bool) -> torch.Tensor:
+    """Keys each [PART] query may attend to: (B, H, P, N) assignment -> (B, H, P, L) bool over the sequence: its
+    patches, and its own key when ``self_key_always`` or when it has no patch (never CLS, never another part)."""
+    b, h, p, _ = assigned.shape
+    if self_key_always:
+        self_key = torch.ones(b, h, p, dtype=torch.bool, device=assigned.device)
+    else:
+        self_key = ~assigned.any(dim=-1)
+    cls_key = torch.zeros(b, h, p, 1, dtype=torch.bool, device=assigned.device)
+    return torch.cat([cls_key, torch.diag_embed(self_key), assigned], dim=-1)
+
+
+def _part_probs(q_parts: torch.Tensor, k: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    # an explicit small softmax (on CPU, fused attention with a boolean mask was several times slower for 5 rows)
+    logits = (q_parts * scale) @ k.transpose(-2, -1)
+    return logits.masked_fill(~keys, float('-inf')).softmax(dim=-1)
+
+
+def part_rows_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: torch.Tensor,
+                        self_key_always: bool, scale: float, dropout=None) -> torch.Tensor:
+    """The [PART] rows' attention output (B, H, P, d) for a given assignment, in plain differentiable PyTorch (the
+    export path, and what ``part_rows`` computes)."""
+    p = assigned.shape[-2]
+    probs = _part_probs(q[:, :, 1:1 + p], k, part_key_mask(assigned, self_key_always), scale)
+    return (dropout(probs) if dropout is not None else probs) @ v
+
+
+@torch.library.custom_op('aaformer::part_rows', mutates_args=())
+def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch.Tensor,
+              assigned: Optional[torch.Tensor], layout: List[torch.Tensor], part_groups: List[int], nearest: bool,
+              cosine: bool, epsilon: float, iters: int, self_key_always: bool, scale: float, fused: bool
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """q, k, v (B, H, L, d) of the layer, ``attn_out`` (B, L, H, d) its plain attention output; ``assigned``
+    (B, H, P, N) bool, or None to assign here (Sinkhorn, or nearest part); ``layout``: the layer's part-group tensors
+    (gather index, slot group sizes, group of each part, slot of each part, group size of each part).
+
+    Returns ``attn_out`` with rows 1..P replaced by the [PART] rows (a new (B, L, H, d) tensor) and the assignment.
+    """
+    p = sum(part_groups)
+    if assigned is None:
+        group_layout = PartGroupLayout.from_tensors(part_groups, *layout[:4])
+        assigned = assign_patches(q[:, :, 1:1 + p], k[:, :, 1 + p:], group_layout, layout[4], nearest, cosine,
+                                  epsilon, iters, fused)
+    else:
+        assigned = assigned.clone()  # an operator's outputs never alias its inputs
+    rows = part_rows_reference(q, k, v, assigned, self_key_always, scale)
+    merged = torch.empty(attn_out.shape, dtype=attn_out.dtype, device=attn_out.device)
+    merged.copy_(attn_out)
+    merged[:, 1:1 + p] = rows.transpose(1, 2)
+    return merged, assigned
+
+
+@part_rows.register_fake
+def _(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters, self_key_always, scale,
+      fused):
+    b, h, seq_len, _ = q.shape
+    p = sum(part_groups)
+    return (attn_out.new_empty(attn_out.shape),
+            q.new_empty((b, h, p, seq_len - 1 - p), dtype=torch.bool))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v = inputs[:3]
+    ctx.self_key_always, ctx.scale = inputs[11], inputs[12]
+    ctx.save_for_backward(q, k, v, output[1])
+
+
+def _backward(ctx, grad_merged: torch.Tensor, _grad_assigned) -> Tuple[Optional[torch.Tensor], ...]:
+    q, k, v, assigned = ctx.saved_tensors
+    grads = part_rows_backward(grad_merged, q, k, v, assigned, ctx.self_key_always, ctx.scale)
+    return tuple(grads) + (None, [None] * 5) + (None,) * 8
+
+
+@torch.library.custom_op('aaformer::part_rows_backward', mutates_args=())
+def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       assigned: torch.Tensor, self_key_always: bool, scale: float
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``part_rows``' backward as one operator: softmax attention's backward for the P rows (probabilities
+    recomputed from q, k and the assignment), the plain rows' gradient passed through to ``attn_out``. Returns the
+    gradients of q, k, v and attn_out."""
+    p = assigned.shape[-2]
+    q_parts = q[:, :, 1:1 + p]
+    probs = _part_probs(q_parts, k, part_key_mask(assigned, self_key_always), scale)
+    grad_rows = grad_merged[:, 1:1 + p].transpose(1, 2).to(probs.dtype)  # (B, H, P, d)
+    grad_v = probs.transpose(-2, -1) @ grad_rows
+    grad_probs = grad_rows @ v.transpose(-2, -1)
+    grad_logits = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
+    grad_q = torch.zeros_like(q)
+    grad_q[:, :, 1:1 + p] = (grad_logits @ k) * scale
+    grad_k = (grad_logits.transpose(-2, -1) @ q_parts) * scale
+    grad_attn_out = grad_merged.clone()
+    grad_attn_out[:, 1:1 + p] = 0
+    return grad_q, grad_k, grad_v, grad_attn_out
+
+
+@part_rows_backward.register_fake
+def _(grad_merged, q, k, v, assigned, self_key_always, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(grad_merged)
+
+
+part_rows.register_autograd(_backward, setup_context=_setup_context)
+
+
+_AUTOCAST_DEVICES = frozenset({'cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia'})
+
+
+def _autocast_off(device_type: str):
+    # a plain set lookup rather than torch.amp.is_autocast_available, which torch.compile cannot trace
+    if device_type in _AUTOCAST_DEVICES:
+        return torch.autocast(device_type, enabled=False)
+    from contextlib import nullcontext
+    return nullcontext()  # e.g. the meta device: nothing to switch off
