@@ -46,6 +46,9 @@ def main():
     parser.add_argument('--repeats', type=int, default=3, help='calls per model per round')
     parser.add_argument('--compile', action='store_true', help='torch.compile both models (inductor)')
     parser.add_argument('--model', default='aaformer_base')
+    parser.add_argument('--compare_plain_rows', action='store_true',
+                        help='also time the same model with its [PART] rows in plain PyTorch instead of the one '
+                             'registered operator (aaformer::part_rows)')
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -59,6 +62,12 @@ def main():
         f'ViT-B+{model.num_parts}reg': timm.create_model(**vit, reg_tokens=model.num_parts).to(device),
         args.model: model,
     }
+    if args.compare_plain_rows:
+        import copy
+        plain = copy.deepcopy(model)
+        for blk in plain.blocks:
+            blk.attn.part_rows_op = False
+        contenders[f'{args.model} plain rows'] = plain
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == 'bf16' else nullcontext()
