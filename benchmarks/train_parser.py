@@ -74,7 +74,7 @@ def train_parser(model, processor, images, maps, epochs: int, batch_size: int, l
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     losses = []
-    bar = tqdm(total=steps, desc='parser', unit='step')
+    bar = tqdm(total=steps, desc='parser', unit='step', disable=None)  # quiet when not a terminal
     for _ in range(epochs):
         order = torch.randperm(len(images))
         for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -87,7 +87,7 @@ def train_parser(model, processor, images, maps, epochs: int, batch_size: int, l
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f'{np.mean(losses[-20:]):.3f}')
     bar.close()
