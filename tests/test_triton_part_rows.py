@@ -1,0 +1,70 @@
+"""The fused Triton forward of the [PART] rows (layers/triton_part_rows.py) against the PyTorch path
+(part_rows.part_rows_reference, itself checked against the layer's plain path and a float64 gradcheck).
+
+On a CUDA GPU the compiled kernel runs. Without one (CI) the same kernel source runs in Triton's interpreter on the
+CPU, in a subprocess with TRITON_INTERPRET=1 (the interpreter must be chosen before triton is first imported)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from aaformer_hf.layers import triton_part_rows
+from aaformer_hf.layers.part_rows import part_rows_reference
+
+INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+pytestmark = pytest.mark.skipif(triton_part_rows.triton is None, reason='triton is not installed (CPU-only torch)')
+
+
+@pytest.fixture
+def device():
+    if torch.cuda.is_available():
+        return 'cuda'
+    if not INTERPRETED:
+        pytest.skip('no GPU: run on the CPU by test_kernel_in_triton_interpreter, in a subprocess')
+    return 'cpu'
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or INTERPRETED, reason='the kernel runs compiled on this GPU')
+def test_kernel_in_triton_interpreter():
+    """Every test of this module, again, with the kernel interpreted on the CPU."""
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
+                             '-k', 'not test_kernel_in_triton_interpreter'],
+                            env=dict(os.environ, TRITON_INTERPRET='1'), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert ' passed' in result.stdout and 'skipped' not in result.stdout, result.stdout[-2000:]
+
+
+def _inputs(device, b, h, p, n, d, dtype):
+    seq_len = 1 + p + n
+    qkv = torch.randn(3, b, seq_len, h, d, device=device, dtype=dtype).permute(0, 1, 3, 2, 4)  # strided, as in use
+    q, k, v = qkv.unbind(0)
+    attn_out = torch.randn(b, h, seq_len, d, device=device, dtype=dtype).transpose(1, 2)  # (B, L, H, d) view
+    assigned = torch.rand(b, h, p, n, device=device) < 0.4
+    assigned[0, 0, 1] = False  # an empty part: its own key only
+    return q, k, v, attn_out, assigned
+
+
+@pytest.mark.parametrize('self_key_always', [False, True])
+@pytest.mark.parametrize('sizes', [(2, 2, 5, 12, 8), (1, 3, 3, 37, 24)])  # odd sizes: masked padding
+def test_forward_matches_pytorch_path(device, self_key_always, sizes):
+    torch.manual_seed(0)
+    q, k, v, attn_out, assigned = _inputs(device, *sizes, dtype=torch.float32)
+    p = sizes[2]
+    fused = triton_part_rows.part_rows_forward_triton(q, k, v, attn_out, assigned, self_key_always, 0.35)
+    rows = part_rows_reference(q, k, v, assigned, self_key_always, 0.35)
+    expected = attn_out.clone()
+    expected[:, 1:1 + p] = rows.transpose(1, 2)
+    assert fused.shape == attn_out.shape and fused.is_contiguous()
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_in_bfloat16_within_dtype_tolerance(device):
+    torch.manual_seed(1)
+    q, k, v, attn_out, assigned = _inputs(device, 2, 2, 5, 12, 16, dtype=torch.bfloat16)
+    fused = triton_part_rows.part_rows_forward_triton(q, k, v, attn_out, assigned, False, 0.25)
+    rows = part_rows_reference(q.float(), k.float(), v.float(), assigned, False, 0.25)
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused[:, 1:6].float(), rows.transpose(1, 2), rtol=2e-2, atol=2e-2)
+    assert torch.equal(fused[:, 0], attn_out[:, 0]) and torch.equal(fused[:, 6:], attn_out[:, 6:])
