@@ -83,6 +83,11 @@ def part_rows_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assig
     return (dropout(probs) if dropout is not None else probs) @ v
 
 
+# the fused Triton kernels (triton_part_rows.py) as aaformer::part_rows' CUDA implementation. Off until they have been
+# run and checked on a GPU (issue #13); until then CUDA runs the PyTorch implementation like every other device
+use_triton_kernels = False
+
+
 @torch.library.custom_op('aaformer::part_rows', mutates_args=())
 def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch.Tensor,
               assigned: Optional[torch.Tensor], layout: List[torch.Tensor], part_groups: List[int], nearest: bool,
@@ -94,18 +99,39 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch
 
     Returns ``attn_out`` with rows 1..P replaced by the [PART] rows (a new (B, L, H, d) tensor) and the assignment.
     """
-    p = sum(part_groups)
-    if assigned is None:
-        group_layout = PartGroupLayout.from_tensors(part_groups, *layout[:4])
-        assigned = assign_patches(q[:, :, 1:1 + p], k[:, :, 1 + p:], group_layout, layout[4], nearest, cosine,
-                                  epsilon, iters, fused)
-    else:
-        assigned = assigned.clone()  # an operator's outputs never alias its inputs
+    return _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                              self_key_always, scale, fused)
+
+
+def _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                       self_key_always, scale, fused):
+    assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
     rows = part_rows_reference(q, k, v, assigned, self_key_always, scale)
     merged = torch.empty(attn_out.shape, dtype=attn_out.dtype, device=attn_out.device)
     merged.copy_(attn_out)
-    merged[:, 1:1 + p] = rows.transpose(1, 2)
+    merged[:, 1:1 + rows.shape[2]] = rows.transpose(1, 2)
     return merged, assigned
+
+
+def _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused) -> torch.Tensor:
+    """The given assignment (copied: an operator's outputs never alias its inputs), or a new one."""
+    if assigned is not None:
+        return assigned.clone()
+    p = sum(part_groups)
+    group_layout = PartGroupLayout.from_tensors(part_groups, *layout[:4])
+    return assign_patches(q[:, :, 1:1 + p], k[:, :, 1 + p:], group_layout, layout[4], nearest, cosine, epsilon,
+                          iters, fused)
+
+
+@part_rows.register_kernel('cuda')
+def _part_rows_cuda(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                    self_key_always, scale, fused):
+    if not (use_triton_kernels and triton_available(q)):
+        return _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                                  self_key_always, scale, fused)
+    from .triton_part_rows import part_rows_forward_triton
+    assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
+    return part_rows_forward_triton(q, k, v, attn_out, assigned, self_key_always, scale), assigned
 
 
 @part_rows.register_fake
@@ -136,6 +162,10 @@ def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tens
     """``part_rows``' backward as one operator: softmax attention's backward for the P rows (probabilities
     recomputed from q, k and the assignment), the plain rows' gradient passed through to ``attn_out``. Returns the
     gradients of q, k, v and attn_out."""
+    return _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always, scale)
+
+
+def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always, scale):
     p = assigned.shape[-2]
     q_parts = q[:, :, 1:1 + p]
     probs = _part_probs(q_parts, k, part_key_mask(assigned, self_key_always), scale)
@@ -149,6 +179,14 @@ def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tens
     grad_attn_out = grad_merged.clone()
     grad_attn_out[:, 1:1 + p] = 0
     return grad_q, grad_k, grad_v, grad_attn_out
+
+
+@part_rows_backward.register_kernel('cuda')
+def _part_rows_backward_cuda(grad_merged, q, k, v, assigned, self_key_always, scale):
+    if not (use_triton_kernels and triton_available(q)):
+        return _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always, scale)
+    from .triton_part_rows import part_rows_backward_triton
+    return part_rows_backward_triton(grad_merged, q, k, v, assigned, self_key_always, scale)
 
 
 @part_rows_backward.register_fake
