@@ -1,7 +1,7 @@
 # Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
 """Embeddings of person crops, at any scale: any model (a timm name, a saved folder, a Hub id), images from a folder,
-a file list, a re-ID dataset split or any ``datasets`` split of images (Hub or local), written as one safetensors file with the paths (and the identities and cameras
-when the file names carry them).
+a file list, a re-ID dataset split or any ``datasets`` split of images (Hub or local), written as one safetensors
+file with the paths (and the identities and cameras when the file names or the dataset carry them).
 
 Large jobs run in shards of ``shard_size`` crops written as ``OUT.parts/part_NNNNNN.safetensors``: a job that stops
 resumes from the shards already written, and under ``accelerate launch`` each process takes every n-th shard; the

@@ -11,7 +11,8 @@
 give the same model; ``revision=`` / ``hf-hub:org/name@rev`` pin a version. A local folder prepared the same way
 (``prepare_folder``) loads with ``from_pretrained(folder)`` and ``timm.create_model('local-dir:folder')``.
 A plain timm backbone (π-VL's Table 5 student, ``examples/train.py --student_model``) is pushed in timm's own format,
-which timm and transformers' timm wrapper load without this package. Weights travel as safetensors only: a folder holding pickle files is refused.
+which timm and transformers' timm wrapper load without this package. Weights travel as safetensors only: a folder
+holding pickle files is refused.
 """
 import json
 import shutil

@@ -174,7 +174,8 @@ def split_embeddings(model_dir: Path, data_root: Path):
                                                               dtype=np.int64)) for p in rows['parsing']])
                 masks['part_masks'] = region_masks(maps, model.timm_model.patch_embed.grid_size)
             with torch.no_grad():
-                feats.append(model(processor(rows['image'], return_tensors='pt')['pixel_values'], **masks).pooler_output)
+                pixels = processor(rows['image'], return_tensors='pt')['pixel_values']
+                feats.append(model(pixels, **masks).pooler_output)
         return torch.cat(feats), torch.tensor(ds['pid']), torch.tensor(ds['camid'])
 
     return model.config.hidden_size, embed('query'), embed('gallery')

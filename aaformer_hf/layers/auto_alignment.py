@@ -175,7 +175,8 @@ class MultiHeadAutoAlignment(nn.Module):
         with _autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
             epsilon = 1.0 if self.assignment == 'nearest' else self.sinkhorn_epsilon
-            scores = similarity(q, k, epsilon, self.assignment_score == 'cosine').mean(dim=1, keepdim=True)  # (B, 1, P, N)
+            # (B, 1, P, N): the heads' scores averaged
+            scores = similarity(q, k, epsilon, self.assignment_score == 'cosine').mean(dim=1, keepdim=True)
             layout = self._layout()
             if self.assignment == 'nearest':
                 assigned = nearest_assign(scores, layout)
