@@ -166,6 +166,8 @@ def _extract(args) -> int:
     labels, rows = None, None
     if args.dataset is not None and args.root is None:
         raise ValueError('--dataset needs --root')
+    if args.dataset != 'hub' and (args.image_column != 'image' or args.revision):
+        raise ValueError('--image_column and --revision are read with --dataset hub only')
     if args.dataset == 'hub':
         paths, labels, rows = _hub_split(args)
     elif args.dataset is not None:

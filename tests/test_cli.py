@@ -288,7 +288,8 @@ def test_extract_any_datasets_split_of_images(tmp_path, market, model_dir, capsy
     torch.testing.assert_close(saved['embeddings'], _reference_embeddings(model_dir, files[:3]), rtol=1e-4, atol=1e-4)
     for argv, message in ((['--split', 'val'], "no split 'val'; found ['test']"),
                           (['--split', 'test', '--image_column', 'note'],
-                           "column 'note' is not an image column (image columns: ['crop'])")):
+                           "column 'note' is not an image column (image columns: ['crop'])"),
+                          (['--revision', 'v2', '--dataset', 'market1501'], 'read with --dataset hub only')):
         with pytest.raises(SystemExit) as exit_info:
             main(['extract', str(model_dir), '--dataset', 'hub', '--root', str(tmp_path / 'repo'), *argv,
                   '-o', str(tmp_path / 'x.safetensors')])
