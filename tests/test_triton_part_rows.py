@@ -117,3 +117,15 @@ class _counting:
     def __getitem__(self, grid):
         self.calls.append(grid)
         return self.kernel[grid]
+
+
+def test_backward_in_bfloat16_within_dtype_tolerance(device):
+    from aaformer_hf.layers.part_rows import part_rows_backward
+    torch.manual_seed(4)
+    q, k, v, attn_out, assigned = _inputs(device, 2, 2, 5, 12, 16, dtype=torch.bfloat16)
+    grad_merged = torch.randn(attn_out.shape, device=device, dtype=torch.bfloat16)
+    fused = triton_part_rows.part_rows_backward_triton(grad_merged, q, k, v, assigned, False, 0.25)
+    expected = part_rows_backward(grad_merged.float(), q.float(), k.float(), v.float(), assigned, False, 0.25)
+    for got, want in zip(fused, expected):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
