@@ -3,17 +3,14 @@
 
 On a CUDA GPU the compiled kernel runs. Without one (CI) the same kernel source runs in Triton's interpreter on the
 CPU, in a subprocess with TRITON_INTERPRET=1 (the interpreter must be chosen before triton is first imported)."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from aaformer_hf.layers import triton_part_rows
 from aaformer_hf.layers.part_rows import part_rows_reference
 
-INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+from .triton_interpreter import INTERPRETED, rerun_interpreted
+
 pytestmark = pytest.mark.skipif(triton_part_rows.triton is None, reason='triton is not installed (CPU-only torch)')
 
 
@@ -29,11 +26,7 @@ def device():
 @pytest.mark.skipif(torch.cuda.is_available() or INTERPRETED, reason='the kernel runs compiled on this GPU')
 def test_kernel_in_triton_interpreter():
     """Every test of this module, again, with the kernel interpreted on the CPU."""
-    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
-                             '-k', 'not test_kernel_in_triton_interpreter'],
-                            env=dict(os.environ, TRITON_INTERPRET='1'), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert ' passed' in result.stdout and 'skipped' not in result.stdout, result.stdout[-2000:]
+    rerun_interpreted(__file__, 'test_kernel_in_triton_interpreter')
 
 
 def _inputs(device, b, h, p, n, d, dtype):

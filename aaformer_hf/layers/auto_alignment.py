@@ -8,15 +8,15 @@ Speed: CLS and patch rows go through one unmasked fused ``scaled_dot_product_att
 exactly like a plain ViT; only the few [PART] rows take a second, small masked attention. A dense boolean mask over
 all rows would push the whole layer off the fused kernels.
 """
-from contextlib import nullcontext
 from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .part_rows import assign_patches, part_key_mask, part_rows, part_rows_reference, similarity
-from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped, stripe_assignment
+from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows, part_rows_reference, round_scores,
+                        similarity)
+from .sinkhorn import PartGroupLayout, stripe_assignment
 
 __all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'ASSIGNMENT_MODES', 'AssignmentScore', 'PartSelfKey']
 
@@ -24,16 +24,6 @@ AssignmentMode = Literal['sinkhorn', 'nearest', 'stripes', 'given', 'global']
 ASSIGNMENT_MODES = ('sinkhorn', 'nearest', 'stripes', 'given', 'global')
 AssignmentScore = Literal['cosine', 'dot']
 PartSelfKey = Literal['if_empty', 'always']
-
-
-_AUTOCAST_DEVICES = frozenset({'cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia'})
-
-
-def _autocast_off(device_type: str):
-    # a plain set lookup rather than torch.amp.is_autocast_available, which torch.compile cannot trace
-    if device_type in _AUTOCAST_DEVICES:
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()  # e.g. the meta device: nothing to switch off
 
 
 class MultiHeadAutoAlignment(nn.Module):
@@ -172,19 +162,12 @@ class MultiHeadAutoAlignment(nn.Module):
     def _shared_assign(self, q_parts: torch.Tensor, k_patches: torch.Tensor) -> torch.Tensor:
         """``shared_assignment``: one (B, P, N) assignment from the head-averaged scores, the same in every head."""
         b, h, p, _ = q_parts.shape
-        with _autocast_off(q_parts.device.type):
+        with autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
             epsilon = 1.0 if self.assignment == 'nearest' else self.sinkhorn_epsilon
             # (B, 1, P, N): the heads' scores averaged
             scores = similarity(q, k, epsilon, self.assignment_score == 'cosine').mean(dim=1, keepdim=True)
-            layout = self._layout()
-            if self.assignment == 'nearest':
-                assigned = nearest_assign(scores, layout)
-            else:
-                if layout.gather_index is not None:
-                    scores = scores.index_select(-2, layout.gather_index)
-                grouped = scores.view(*scores.shape[:-2], *layout.slot_group_size.shape, scores.shape[-1])
-                assigned = sinkhorn_assign_grouped(grouped, layout, self.sinkhorn_iters, log_domain=True)
+            assigned = round_scores(scores, self._layout(), self.assignment == 'nearest', self.sinkhorn_iters)
         return assigned.expand(b, h, p, k_patches.shape[-2])
 
     def part_key_mask(self, assigned: torch.Tensor) -> torch.Tensor:
@@ -196,7 +179,7 @@ class MultiHeadAutoAlignment(nn.Module):
         dim = self.num_heads * self.head_dim
         weight = self.qkv.weight.float()
         bias = self.qkv.bias.float() if self.qkv.bias is not None else None
-        with _autocast_off(x.device.type):
+        with autocast_off(x.device.type):
             def project(tokens, rows):
                 out = F.linear(tokens.float(), weight[rows], None if bias is None else bias[rows])
                 return out.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)

@@ -12,6 +12,7 @@ PyTorch code is its CPU implementation and the reference for a fused GPU kernel.
 PyTorch path instead when exporting (ONNX, ``torch.export``, tracing) and under ``torch.compile`` on CUDA, where
 inductor fuses that path itself.
 """
+from contextlib import nullcontext
 from typing import List, Optional, Tuple
 
 import torch
@@ -19,7 +20,8 @@ import torch
 from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped
 from .triton_assign import sinkhorn_assign_cosine_triton, triton_available
 
-__all__ = ['assign_patches', 'part_key_mask', 'part_rows_reference', 'part_rows']
+__all__ = ['assign_patches', 'round_scores', 'similarity', 'part_key_mask', 'part_rows_reference', 'part_rows',
+           'part_rows_backward', 'autocast_off']
 
 
 def assign_patches(q_parts: torch.Tensor, k_patches: torch.Tensor, layout: PartGroupLayout,
@@ -33,17 +35,29 @@ def assign_patches(q_parts: torch.Tensor, k_patches: torch.Tensor, layout: PartG
             # one kernel instead of ~25 launch-bound ones (eager GPU)
             return sinkhorn_assign_cosine_triton(q_parts, k_patches, layout.part_group, group_size_of_part,
                                                  len(layout.sizes), epsilon, iters)
-        with _autocast_off(q_parts.device.type):
+        with autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
             if nearest:
-                return nearest_assign(similarity(q, k, 1.0, cosine), layout)
+                return round_scores(similarity(q, k, 1.0, cosine), layout, nearest, iters)
             if layout.gather_index is not None:
                 # pad the few queries into the (G, P_max) layout rather than the larger score matrix
                 q = q.index_select(-2, layout.gather_index)
-            scores = similarity(q, k, epsilon, cosine)
-            grouped = scores.view(*scores.shape[:-2], *layout.slot_group_size.shape, scores.shape[-1])
             # cosine scores are bounded, where the cheaper exp-domain iterations are exact (see sinkhorn.py)
-            return sinkhorn_assign_grouped(grouped, layout, iters, log_domain=not cosine or epsilon < 0.05)
+            return round_scores(similarity(q, k, epsilon, cosine), layout, nearest, iters,
+                                log_domain=not cosine or epsilon < 0.05, in_slot_order=True)
+
+
+def round_scores(scores: torch.Tensor, layout: PartGroupLayout, nearest: bool, iters: int, log_domain: bool = True,
+                 in_slot_order: bool = False) -> torch.Tensor:
+    """Hard assignment (..., P, N) bool from float32 scores / ε (..., P, N): each patch's nearest part, or the
+    Sinkhorn-Knopp plan rounded, per group. ``in_slot_order``: the score rows are already in the layout's padded
+    (G, P_max) slot order."""
+    if nearest:
+        return nearest_assign(scores, layout)
+    if layout.gather_index is not None and not in_slot_order:
+        scores = scores.index_select(-2, layout.gather_index)
+    grouped = scores.view(*scores.shape[:-2], *layout.slot_group_size.shape, scores.shape[-1])
+    return sinkhorn_assign_grouped(grouped, layout, iters, log_domain=log_domain)
 
 
 def similarity(q: torch.Tensor, k: torch.Tensor, epsilon: float, cosine: bool) -> torch.Tensor:
@@ -176,9 +190,14 @@ def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always,
     grad_q = torch.zeros_like(q)
     grad_q[:, :, 1:1 + p] = (grad_logits @ k) * scale
     grad_k = (grad_logits.transpose(-2, -1) @ q_parts) * scale
+    return grad_q, grad_k, grad_v, pass_through_gradient(grad_merged, p)
+
+
+def pass_through_gradient(grad_merged: torch.Tensor, p: int) -> torch.Tensor:
+    """The gradient of ``attn_out``: the merged output's, except on the P [PART] rows the operator replaced."""
     grad_attn_out = grad_merged.clone()
     grad_attn_out[:, 1:1 + p] = 0
-    return grad_q, grad_k, grad_v, grad_attn_out
+    return grad_attn_out
 
 
 @part_rows_backward.register_kernel('cuda')
@@ -200,9 +219,9 @@ part_rows.register_autograd(_backward, setup_context=_setup_context)
 _AUTOCAST_DEVICES = frozenset({'cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia'})
 
 
-def _autocast_off(device_type: str):
+def autocast_off(device_type: str):
+    """A context with autocast disabled on ``device_type``."""
     # a plain set lookup rather than torch.amp.is_autocast_available, which torch.compile cannot trace
     if device_type in _AUTOCAST_DEVICES:
         return torch.autocast(device_type, enabled=False)
-    from contextlib import nullcontext
     return nullcontext()  # e.g. the meta device: nothing to switch off

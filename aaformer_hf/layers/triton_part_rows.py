@@ -11,6 +11,8 @@ Status: checked against the PyTorch implementation in Triton's interpreter on th
 """
 import torch
 
+from .part_rows import pass_through_gradient
+
 try:
     import triton
     import triton.language as tl
@@ -23,12 +25,21 @@ __all__ = ['part_rows_forward_triton', 'part_rows_backward_triton']
 if triton is not None:
     @triton.jit
     def _load_and_probs(
-            q_ptr, k_ptr, v_ptr, a_ptr, b, h, P, L, scale, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
-            sv_b, sv_h, sv_l, sv_d, sa_b, sa_h, sa_p, sa_n, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d,
-            SELF_KEY_ALWAYS: tl.constexpr,
+            q_ptr, k_ptr, v_ptr, a_ptr, H, P, L, D, scale, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
+            sv_b, sv_h, sv_l, sv_d, sa_b, sa_h, sa_p, sa_n,
+            SELF_KEY_ALWAYS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        """The [PART] queries (rows 1..P), all keys and values of one (image, head) in float32, and the [PART]
-        rows' attention probabilities under the mask of Eq. 2."""
+        """This program's (image, head), its offsets and masks, the [PART] queries (rows 1..P), all keys and values
+        in float32, and the [PART] rows' attention probabilities under the mask of Eq. 2."""
+        pid = tl.program_id(0)
+        b = pid // H
+        h = pid % H
+        offs_p = tl.arange(0, BLOCK_P)
+        offs_l = tl.arange(0, BLOCK_L)
+        offs_d = tl.arange(0, BLOCK_D)
+        valid_p = offs_p < P
+        valid_l = offs_l < L
+        valid_d = offs_d < D
         q = tl.load(q_ptr + b * sq_b + h * sq_h + (1 + offs_p)[:, None] * sq_l + offs_d[None, :] * sq_d,
                     mask=valid_p[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
         k = tl.load(k_ptr + b * sk_b + h * sk_h + offs_l[:, None] * sk_l + offs_d[None, :] * sk_d,
@@ -56,7 +67,7 @@ if triton is not None:
         shifted = tl.exp(logits - tl.max(logits, axis=1)[:, None])
         shifted = tl.where(allowed, shifted, 0.0)
         probs = shifted / tl.maximum(tl.sum(shifted, axis=1), 1e-30)[:, None]
-        return q, k, v, probs
+        return b, h, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d, q, k, v, probs
 
     @triton.jit
     def _part_rows_fwd_kernel(
@@ -66,24 +77,12 @@ if triton is not None:
             sa_b, sa_h, sa_p, sa_n, so_b, so_l, so_h, so_d,
             SELF_KEY_ALWAYS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        b = pid // H
-        h = pid % H
-        offs_p = tl.arange(0, BLOCK_P)
-        offs_l = tl.arange(0, BLOCK_L)
-        offs_d = tl.arange(0, BLOCK_D)
-        valid_p = offs_p < P
-        valid_l = offs_l < L
-        valid_d = offs_d < D
-
-        q, k, v, probs = _load_and_probs(
-            q_ptr, k_ptr, v_ptr, a_ptr, b, h, P, L, scale, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
-            sv_b, sv_h, sv_l, sv_d, sa_b, sa_h, sa_p, sa_n, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d,
-            SELF_KEY_ALWAYS)
+        b, h, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d, q, k, v, probs = _load_and_probs(
+            q_ptr, k_ptr, v_ptr, a_ptr, H, P, L, D, scale, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
+            sv_b, sv_h, sv_l, sv_d, sa_b, sa_h, sa_p, sa_n, SELF_KEY_ALWAYS, BLOCK_P, BLOCK_L, BLOCK_D)
         out = tl.dot(probs, v, input_precision='ieee')  # (BLOCK_P, BLOCK_D)
         tl.store(out_ptr + b * so_b + (1 + offs_p)[:, None] * so_l + h * so_h + offs_d[None, :] * so_d,
                  out.to(out_ptr.dtype.element_ty), mask=valid_p[:, None] & valid_d[None, :])
-
 
     @triton.jit
     def _part_rows_bwd_kernel(
@@ -93,19 +92,9 @@ if triton is not None:
             sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d, sa_b, sa_h, sa_p, sa_n,
             SELF_KEY_ALWAYS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        b = pid // H
-        h = pid % H
-        offs_p = tl.arange(0, BLOCK_P)
-        offs_l = tl.arange(0, BLOCK_L)
-        offs_d = tl.arange(0, BLOCK_D)
-        valid_p = offs_p < P
-        valid_l = offs_l < L
-        valid_d = offs_d < D
-        q, k, v, probs = _load_and_probs(
-            q_ptr, k_ptr, v_ptr, a_ptr, b, h, P, L, scale, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
-            sv_b, sv_h, sv_l, sv_d, sa_b, sa_h, sa_p, sa_n, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d,
-            SELF_KEY_ALWAYS)
+        b, h, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d, q, k, v, probs = _load_and_probs(
+            q_ptr, k_ptr, v_ptr, a_ptr, H, P, L, D, scale, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
+            sv_b, sv_h, sv_l, sv_d, sa_b, sa_h, sa_p, sa_n, SELF_KEY_ALWAYS, BLOCK_P, BLOCK_L, BLOCK_D)
         rows = valid_p[:, None] & valid_d[None, :]
         grad_rows = tl.load(g_ptr + b * sg_b + (1 + offs_p)[:, None] * sg_l + h * sg_h + offs_d[None, :] * sg_d,
                             mask=rows, other=0.0).to(tl.float32)  # (BLOCK_P, BLOCK_D)
@@ -144,9 +133,7 @@ def part_rows_backward_triton(grad_merged: torch.Tensor, q: torch.Tensor, k: tor
         *grad_merged.stride(), *q.stride(), *k.stride(), *v.stride(), *flags.stride(),
         SELF_KEY_ALWAYS=self_key_always, **_blocks(p, seq_len, d),
     )
-    grad_attn_out = grad_merged.clone()
-    grad_attn_out[:, 1:1 + p] = 0
-    return grad_q, grad_k, grad_v, grad_attn_out
+    return grad_q, grad_k, grad_v, pass_through_gradient(grad_merged, p)
 
 
 def part_rows_forward_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch.Tensor,
