@@ -9,11 +9,12 @@ import sys
 INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
-def rerun_interpreted(test_file: str, runner_test: str) -> None:
-    """Every test of ``test_file`` except ``runner_test`` (the one calling this), interpreted; all must pass and none
-    may skip."""
+def rerun_interpreted(test_file: str, runner_test: str, parent_only: tuple = ()) -> None:
+    """Every test of ``test_file`` except ``runner_test`` (the one calling this) and the ``parent_only`` ones (which
+    cannot run interpreted), interpreted; all must pass and none may skip."""
+    deselect = ' and '.join(f'not {name}' for name in (runner_test, *parent_only))
     result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', test_file,
-                             '-k', f'not {runner_test}'],
+                             '-k', deselect],
                             env=dict(os.environ, TRITON_INTERPRET='1'), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert ' passed' in result.stdout and 'skipped' not in result.stdout, result.stdout[-2000:]

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows, part_rows_reference, round_scores,
-                        similarity)
+                        similarity, triton_kernels_on)
 from .sinkhorn import PartGroupLayout, stripe_assignment
 
 __all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'ASSIGNMENT_MODES', 'AssignmentScore', 'PartSelfKey']
@@ -209,15 +209,15 @@ class MultiHeadAutoAlignment(nn.Module):
             raise ValueError(f"part_masks are only read with assignment='given' (this layer: {self.assignment!r})")
         # 'global' [PART]s are extra CLS tokens: the one fused attention already computes their rows
         p = self.num_parts if self.assignment != 'global' else 0
+        drop = self.attn_drop.p if self.training else 0.
+        one_op = bool(p) and not output_attentions and self._part_rows_as_one_op(x, drop)
         qkv = self.qkv(x).reshape(b, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if p:
+        if p and not (one_op and triton_kernels_on(x)):
             # one copy into (3, B, H, L, d): the [PART] matmuls then need no copies of k and v of their own, and
-            # the fused attention none of its inputs
+            # the fused attention none of its inputs (the Triton kernels read the permuted views as they are)
             qkv = qkv.contiguous()
         q, k, v = qkv.unbind(0)
-        drop = self.attn_drop.p if self.training else 0.
 
-        one_op = bool(p) and not output_attentions and self._part_rows_as_one_op(q, drop)
         assigned = None
         if p:
             if self.assignment == 'given':
@@ -256,15 +256,15 @@ class MultiHeadAutoAlignment(nn.Module):
         out = self.proj_drop(self.proj(out))
         return out, probs, assigned
 
-    def _part_rows_as_one_op(self, q: torch.Tensor, drop: float) -> bool:
+    def _part_rows_as_one_op(self, x: torch.Tensor, drop: float) -> bool:
         """Whether the [PART] rows run as the registered ``aaformer::part_rows`` operator: not when exporting or
-        tracing (the plain PyTorch path exports), not with attention dropout on, and not under ``torch.compile`` on
-        CUDA, where inductor fuses the plain path (until the operator has a fused GPU kernel)."""
+        tracing (the plain PyTorch path exports), not with attention dropout on, and under ``torch.compile`` on CUDA
+        only with its Triton kernels on (without them inductor fuses the plain path)."""
         if not self.part_rows_op or drop > 0:
             return False
         if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
             return False
-        return not (q.is_cuda and torch.compiler.is_compiling())
+        return not (x.is_cuda and torch.compiler.is_compiling() and not triton_kernels_on(x))
 
     def _dense_attention(self, q, k, v, part_keys: Optional[torch.Tensor]):
         """Explicit attention with one (B, H, L, L) mask; returns probabilities too. Slow path for inspection."""

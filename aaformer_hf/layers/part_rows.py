@@ -7,10 +7,12 @@ probabilities from q, k and the assignment.
 
 Why one operator: in eager mode every top-level operator costs a few microseconds of host time, and on a GPU the
 [PART] path's ~70 small operators per layer each do less work than that (issue #13). As one registered operator it
-is one dispatch; ``torch.compile`` sees it as one opaque node (no graph break, ``register_fake``). This module's
-PyTorch code is its CPU implementation and the reference for a fused GPU kernel. The layer calls the unregistered
-PyTorch path instead when exporting (ONNX, ``torch.export``, tracing) and under ``torch.compile`` on CUDA, where
-inductor fuses that path itself.
+is one dispatch. Where Triton is installed it is a ``torch.library.triton_op``: on CUDA with ``use_triton_kernels``
+it runs the fused kernels of ``triton_part_rows.py`` (one launch forward, one backward), everywhere else this
+module's PyTorch code, the reference; ``torch.compile`` traces into it (the kernels through ``wrap_triton``, no
+graph break). Without Triton it is a plain ``custom_op`` with the same code. The layer calls the unregistered PyTorch
+path instead when exporting (ONNX, ``torch.export``, tracing), and under ``torch.compile`` on CUDA without the
+kernels, where inductor fuses that path itself.
 """
 from contextlib import nullcontext
 from typing import List, Optional, Tuple
@@ -18,23 +20,33 @@ from typing import List, Optional, Tuple
 import torch
 
 from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped
-from .triton_assign import sinkhorn_assign_cosine_triton, triton_available
+from .triton_assign import sinkhorn_assign_cosine_triton, triton, triton_available
+from .triton_part_rows import part_rows_backward_triton, part_rows_forward_triton
 
 __all__ = ['assign_patches', 'round_scores', 'similarity', 'part_key_mask', 'part_rows_reference', 'part_rows',
-           'part_rows_backward', 'autocast_off']
+           'part_rows_backward', 'autocast_off', 'triton_kernels_on']
+
+
+def kernel_can_assign(nearest: bool, cosine: bool, epsilon: float) -> bool:
+    """Whether the Triton kernels implement this assignment: Sinkhorn on cosine scores with ε >= 0.05 (where the
+    exp-domain iterations are exact, see sinkhorn.py)."""
+    return not nearest and cosine and epsilon >= 0.05
 
 
 def assign_patches(q_parts: torch.Tensor, k_patches: torch.Tensor, layout: PartGroupLayout,
                    group_size_of_part: torch.Tensor, nearest: bool, cosine: bool, epsilon: float, iters: int,
-                   fused: bool = True) -> torch.Tensor:
+                   fused: bool = True, traceable: bool = False) -> torch.Tensor:
     """Hard patch-to-part assignment per head, (B, H, P, d), (B, H, N, d) -> (B, H, P, N) bool: Sinkhorn-Knopp
-    (or nearest part) on cosine (or dot) scores, in float32 with autocast off, without gradient."""
+    (or nearest part) on cosine (or dot) scores, in float32 with autocast off, without gradient.
+
+    ``fused``: on CUDA, one Triton kernel where it applies; ``traceable``: launched so that torch.compile can trace
+    it (inside the operator); otherwise compiled code takes the PyTorch path."""
     with torch.no_grad():
-        if (fused and not nearest and cosine and epsilon >= 0.05 and triton_available(q_parts)
-                and not torch.compiler.is_compiling()):
+        if (fused and kernel_can_assign(nearest, cosine, epsilon) and triton_available(q_parts)
+                and (traceable or not torch.compiler.is_compiling())):
             # one kernel instead of ~25 launch-bound ones (eager GPU)
             return sinkhorn_assign_cosine_triton(q_parts, k_patches, layout.part_group, group_size_of_part,
-                                                 len(layout.sizes), epsilon, iters)
+                                                 len(layout.sizes), epsilon, iters, traceable=traceable)
         with autocast_off(q_parts.device.type):
             q, k = q_parts.float(), k_patches.float()
             if nearest:
@@ -102,7 +114,25 @@ def part_rows_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assig
 use_triton_kernels = False
 
 
-@torch.library.custom_op('aaformer::part_rows', mutates_args=())
+def triton_kernels_on(tensor: torch.Tensor) -> bool:
+    """Whether ``aaformer::part_rows`` runs the fused Triton kernels for tensors on ``tensor``'s device."""
+    return use_triton_kernels and triton_available(tensor)
+
+
+def _operator(name: str):
+    """Registers ``fn`` as the operator ``name``: a ``triton_op`` where Triton is installed (torch.compile traces
+    into it and sees its kernels), else a ``custom_op``; ``fn`` is also its fake implementation either way (the
+    PyTorch code runs on fake tensors; the kernels are launched through ``wrap_triton``)."""
+    def register(fn):
+        if triton is not None and hasattr(torch.library, 'triton_op'):
+            return torch.library.triton_op(name, mutates_args=())(fn)
+        op = torch.library.custom_op(name, mutates_args=())(fn)
+        op.register_fake(fn)
+        return op
+    return register
+
+
+@_operator('aaformer::part_rows')
 def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch.Tensor,
               assigned: Optional[torch.Tensor], layout: List[torch.Tensor], part_groups: List[int], nearest: bool,
               cosine: bool, epsilon: float, iters: int, self_key_always: bool, scale: float, fused: bool
@@ -113,8 +143,15 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch
 
     Returns ``attn_out`` with rows 1..P replaced by the [PART] rows (a new (B, L, H, d) tensor) and the assignment.
     """
-    return _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
-                              self_key_always, scale, fused)
+    if not triton_kernels_on(q):
+        return _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                                  self_key_always, scale, fused)
+    if assigned is None and fused and kernel_can_assign(nearest, cosine, epsilon):
+        # the forward kernel assigns first: one launch for the whole [PART] path
+        assign = (layout[2], layout[4], len(part_groups), epsilon, iters)
+        return part_rows_forward_triton(q, k, v, attn_out, None, self_key_always, scale, assign, traceable=True)
+    assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
+    return part_rows_forward_triton(q, k, v, attn_out, assigned, self_key_always, scale, traceable=True)
 
 
 def _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
@@ -134,27 +171,7 @@ def _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, i
     p = sum(part_groups)
     group_layout = PartGroupLayout.from_tensors(part_groups, *layout[:4])
     return assign_patches(q[:, :, 1:1 + p], k[:, :, 1 + p:], group_layout, layout[4], nearest, cosine, epsilon,
-                          iters, fused)
-
-
-@part_rows.register_kernel('cuda')
-def _part_rows_cuda(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
-                    self_key_always, scale, fused):
-    if not (use_triton_kernels and triton_available(q)):
-        return _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
-                                  self_key_always, scale, fused)
-    from .triton_part_rows import part_rows_forward_triton
-    assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
-    return part_rows_forward_triton(q, k, v, attn_out, assigned, self_key_always, scale), assigned
-
-
-@part_rows.register_fake
-def _(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters, self_key_always, scale,
-      fused):
-    b, h, seq_len, _ = q.shape
-    p = sum(part_groups)
-    return (attn_out.new_empty(attn_out.shape),
-            q.new_empty((b, h, p, seq_len - 1 - p), dtype=torch.bool))
+                          iters, fused, traceable=True)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -169,13 +186,15 @@ def _backward(ctx, grad_merged: torch.Tensor, _grad_assigned) -> Tuple[Optional[
     return tuple(grads) + (None, [None] * 5) + (None,) * 8
 
 
-@torch.library.custom_op('aaformer::part_rows_backward', mutates_args=())
+@_operator('aaformer::part_rows_backward')
 def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        assigned: torch.Tensor, self_key_always: bool, scale: float
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``part_rows``' backward as one operator: softmax attention's backward for the P rows (probabilities
     recomputed from q, k and the assignment), the plain rows' gradient passed through to ``attn_out``. Returns the
     gradients of q, k, v and attn_out."""
+    if triton_kernels_on(q):
+        return part_rows_backward_triton(grad_merged, q, k, v, assigned, self_key_always, scale, traceable=True)
     return _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always, scale)
 
 
@@ -190,27 +209,10 @@ def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always,
     grad_q = torch.zeros_like(q)
     grad_q[:, :, 1:1 + p] = (grad_logits @ k) * scale
     grad_k = (grad_logits.transpose(-2, -1) @ q_parts) * scale
-    return grad_q, grad_k, grad_v, pass_through_gradient(grad_merged, p)
-
-
-def pass_through_gradient(grad_merged: torch.Tensor, p: int) -> torch.Tensor:
-    """The gradient of ``attn_out``: the merged output's, except on the P [PART] rows the operator replaced."""
+    # the plain rows' gradient goes through to attn_out; the P rows the operator replaced get none
     grad_attn_out = grad_merged.clone()
     grad_attn_out[:, 1:1 + p] = 0
-    return grad_attn_out
-
-
-@part_rows_backward.register_kernel('cuda')
-def _part_rows_backward_cuda(grad_merged, q, k, v, assigned, self_key_always, scale):
-    if not (use_triton_kernels and triton_available(q)):
-        return _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always, scale)
-    from .triton_part_rows import part_rows_backward_triton
-    return part_rows_backward_triton(grad_merged, q, k, v, assigned, self_key_always, scale)
-
-
-@part_rows_backward.register_fake
-def _(grad_merged, q, k, v, assigned, self_key_always, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(grad_merged)
+    return grad_q, grad_k, grad_v, grad_attn_out
 
 
 part_rows.register_autograd(_backward, setup_context=_setup_context)

@@ -16,6 +16,9 @@ try:
 except ImportError:  # triton ships with CUDA builds of torch; without it the PyTorch path is used
     triton = None
 
+# a kernel launched through wrap_triton is visible to torch.compile inside a triton_op (torch >= 2.6)
+wrap_triton = getattr(torch.library, 'wrap_triton', None)
+
 __all__ = ['triton_available', 'sinkhorn_assign_cosine_triton']
 
 
@@ -24,6 +27,47 @@ def triton_available(tensor: torch.Tensor) -> bool:
 
 
 if triton is not None:
+    @triton.jit
+    def sinkhorn_round(q, k, columns, valid_p, group, group_size, num_patches, inv_eps,
+                       NUM_GROUPS: tl.constexpr, NUM_ITERS: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+        """The assignment of one (image, head) as int8 (BLOCK_P, BLOCK_C): [PART] queries q (BLOCK_P, BLOCK_D) and keys
+        k (BLOCK_C, BLOCK_D) in float32, ``columns`` (BLOCK_C,) bool: which keys are patches (0 on every other
+        column); ``valid_p`` the real part rows, ``group`` / ``group_size`` each row's group and its size. Also the
+        [PART]-rows kernel's first step (triton_part_rows.py), over all keys of the sequence."""
+        # cosine similarity / ε: normalise the queries (ε folded in), divide the product by the key norms
+        q_norm = tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), 1e-12)
+        k_norm = tl.maximum(tl.sqrt(tl.sum(k * k, axis=1)), 1e-12)
+        q = q * (inv_eps / q_norm)[:, None]
+        scores = tl.dot(q, tl.trans(k), input_precision='ieee') / k_norm[None, :]
+
+        # K = exp(scores - row max); padding rows and non-patch columns are 0
+        scores = tl.where(columns[None, :], scores, float('-inf'))
+        kernel = tl.exp(scores - tl.max(scores, axis=1)[:, None])
+        kernel = tl.where(valid_p[:, None] & columns[None, :], kernel, 0.0)
+        row_mass = tl.where(valid_p, num_patches / group_size, 0.0)  # masses scaled by N, as in sinkhorn.py
+
+        # SwAV order: rows, then columns (within each group), ...; the final column step cannot move an argmax
+        u = row_mass / tl.maximum(tl.sum(kernel, axis=1), 1e-30)
+        for _ in tl.static_range(NUM_ITERS - 1):
+            scaled = u[:, None] * kernel
+            col_scale = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # 1 / column sum of each row's group
+            for g in tl.static_range(NUM_GROUPS):
+                in_group = (group == g)[:, None]
+                col_sum = tl.sum(tl.where(in_group, scaled, 0.0), axis=0)
+                col_sum = tl.maximum(col_sum, 1e-30)
+                col_scale = tl.where(in_group, (1.0 / col_sum)[None, :], col_scale)
+            u = row_mass / tl.maximum(tl.sum(kernel * col_scale, axis=1), 1e-30)
+
+        # rounding: each patch to its argmax part within every group
+        scaled = u[:, None] * kernel
+        assigned = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int8)
+        for g in tl.static_range(NUM_GROUPS):
+            in_group = (group == g)[:, None]
+            winner = tl.argmax(tl.where(in_group, scaled, -1.0), axis=0)
+            assigned = tl.where(in_group & (tl.arange(0, BLOCK_P)[:, None] == winner[None, :]), 1, assigned)
+        return tl.where(columns[None, :], assigned, 0).to(tl.int8)
+
     @triton.jit
     def _assign_kernel(
             q_ptr, k_ptr, out_ptr, group_ptr, group_size_ptr,
@@ -42,59 +86,31 @@ if triton is not None:
         valid_p = offs_p < P
         valid_n = offs_n < N
         valid_d = offs_d < D
-
         q = tl.load(q_ptr + b * sq_b + h * sq_h + offs_p[:, None] * sq_p + offs_d[None, :] * sq_d,
                     mask=valid_p[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
         k = tl.load(k_ptr + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d,
                     mask=valid_n[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
-        # cosine similarity / ε: normalise the queries (ε folded in), divide the product by the key norms
-        q_norm = tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), 1e-12)
-        k_norm = tl.maximum(tl.sqrt(tl.sum(k * k, axis=1)), 1e-12)
-        q = q * (inv_eps / q_norm)[:, None]
-        scores = tl.dot(q, tl.trans(k), input_precision='ieee') / k_norm[None, :]
-
-        # K = exp(scores - row max); padding rows and columns are 0
-        scores = tl.where(valid_n[None, :], scores, float('-inf'))
-        kernel = tl.exp(scores - tl.max(scores, axis=1)[:, None])
-        kernel = tl.where(valid_p[:, None] & valid_n[None, :], kernel, 0.0)
         group = tl.load(group_ptr + offs_p, mask=valid_p, other=-1)
         group_size = tl.load(group_size_ptr + offs_p, mask=valid_p, other=1).to(tl.float32)
-        row_mass = tl.where(valid_p, N / group_size, 0.0)  # masses scaled by N, as in sinkhorn.py
-
-        # SwAV order: rows, then columns (within each group), ...; the final column step cannot move an argmax
-        u = row_mass / tl.maximum(tl.sum(kernel, axis=1), 1e-30)
-        for _ in tl.static_range(NUM_ITERS - 1):
-            scaled = u[:, None] * kernel
-            col_scale = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)  # 1 / column sum of each row's group
-            for g in tl.static_range(NUM_GROUPS):
-                in_group = (group == g)[:, None]
-                col_sum = tl.sum(tl.where(in_group, scaled, 0.0), axis=0)
-                col_sum = tl.maximum(col_sum, 1e-30)
-                col_scale = tl.where(in_group, (1.0 / col_sum)[None, :], col_scale)
-            u = row_mass / tl.maximum(tl.sum(kernel * col_scale, axis=1), 1e-30)
-
-        # rounding: each patch to its argmax part within every group
-        scaled = u[:, None] * kernel
-        assigned = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.int8)
-        for g in tl.static_range(NUM_GROUPS):
-            in_group = (group == g)[:, None]
-            winner = tl.argmax(tl.where(in_group, scaled, -1.0), axis=0)
-            assigned = tl.where(in_group & (offs_p[:, None] == winner[None, :]), 1, assigned).to(tl.int8)
+        assigned = sinkhorn_round(q, k, valid_n, valid_p, group, group_size, N, inv_eps,
+                                  NUM_GROUPS, NUM_ITERS, BLOCK_P, BLOCK_N)
         tl.store(out_ptr + b * so_b + h * so_h + offs_p[:, None] * so_p + offs_n[None, :] * so_n,
                  assigned, mask=valid_p[:, None] & valid_n[None, :])
 
 
 def sinkhorn_assign_cosine_triton(q_parts: torch.Tensor, k_patches: torch.Tensor, part_group: torch.Tensor,
                                   part_group_size: torch.Tensor, num_groups: int, epsilon: float,
-                                  num_iters: int) -> torch.Tensor:
+                                  num_iters: int, traceable: bool = False) -> torch.Tensor:
     """(B, H, P, d) [PART] queries, (B, H, N, d) patch keys -> (B, H, P, N) bool assignment, on a CUDA device.
 
     ``part_group`` / ``part_group_size``: (P,) int tensors giving each part's group and the size of that group.
+    ``traceable``: launch through ``wrap_triton`` (inside a ``triton_op``, where torch.compile traces the kernel).
     """
     b, h, p, d = q_parts.shape
     n = k_patches.shape[-2]
     out = torch.empty(b, h, p, n, dtype=torch.int8, device=q_parts.device)
-    _assign_kernel[(b * h,)](
+    kernel = wrap_triton(_assign_kernel) if traceable else _assign_kernel
+    kernel[(b * h,)](
         q_parts, k_patches, out, part_group, part_group_size,
         h, p, n, d,
         *q_parts.stride(), *k_patches.stride(), *out.stride(),
