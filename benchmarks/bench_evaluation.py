@@ -6,6 +6,7 @@ seeded data. ``--queries`` scales the query set down (the reference needs ~20 GB
 
     python benchmarks/bench_evaluation.py --queries 1000
     python benchmarks/bench_evaluation.py --no_reference        # full scale, the fast evaluator only
+    python benchmarks/bench_evaluation.py --no_reference --devices cpu,cuda   # and on the GPU (peak GPU memory)
 """
 import argparse
 import json
@@ -32,20 +33,28 @@ def problem(num_queries: int, num_gallery: int, dim: int, seed: int = 0):
     return qf, gf, q_pids, g_pids, rng.integers(0, 15, num_queries), rng.integers(0, 15, num_gallery)
 
 
-def run_one(which: str, num_queries: int, num_gallery: int, dim: int, dtype: str = 'float32') -> dict:
+def run_one(which: str, num_queries: int, num_gallery: int, dim: int, dtype: str = 'float32',
+            device: str = 'cpu') -> dict:
     sys.path.insert(0, str(ROOT))
     data = problem(num_queries, num_gallery, dim)
+    gpu = {}
     if which == 'fast':  # imports outside the timed region
         import torch
         from aaformer_hf.evaluation import evaluate
-        run = lambda: evaluate(*data, dtype=getattr(torch, dtype))  # noqa: E731
+        if device.startswith('cuda'):
+            torch.zeros(1, device=device)  # CUDA context outside the timed region
+            gpu = {'device_name': torch.cuda.get_device_name(device)}
+        # numpy features in, as from an embeddings file: the time includes the copy to the device
+        run = lambda: evaluate(*data, dtype=getattr(torch, dtype), device=device)  # noqa: E731
     else:
         from benchmarks.reid_eval_reference import evaluate_reference
         run = lambda: evaluate_reference(*data)  # noqa: E731
     start = time.perf_counter()
     out = run()
     seconds = time.perf_counter() - start
-    return {'seconds': seconds, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+    if gpu:
+        gpu['peak_gpu_gb'] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return {'seconds': seconds, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, **gpu,
             'mAP': out['mAP'], 'mINP': out['mINP'], 'cmc': [float(c) for c in out['cmc'][:10]],
             'valid': out['num_valid_queries']}
 
@@ -64,13 +73,16 @@ def main():
     parser = problem_parser(__doc__, 11659, 82161)
     parser.add_argument('--dtypes', default='float32,float64', help='matrix-product precisions of the fast evaluator')
     parser.add_argument('--no_reference', action='store_true', help='skip the reference (it needs ~20 GB at full scale)')
+    parser.add_argument('--devices', default='cpu', help='where the fast evaluator runs, comma-separated (cpu,cuda)')
     args = parser.parse_args()
     if args.only:
-        which, _, dtype = args.only.partition(':')
-        print(json.dumps(run_one(which, args.queries, args.gallery, args.dim, dtype or 'float32')))
+        which, _, rest = args.only.partition(':')
+        dtype, _, device = rest.partition('@')
+        print(json.dumps(run_one(which, args.queries, args.gallery, args.dim, dtype or 'float32', device or 'cpu')))
         return
     results = {}
-    for which in [f'fast:{d}' for d in args.dtypes.split(',')] + ([] if args.no_reference else ['reference']):
+    fast = [f'fast:{d}@{device}' for device in args.devices.split(',') for d in args.dtypes.split(',')]
+    for which in fast + ([] if args.no_reference else ['reference']):
         cmd = [sys.executable, __file__, '--only', which, '--queries', str(args.queries), '--gallery',
                str(args.gallery), '--dim', str(args.dim)]
         results[which] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -79,8 +91,10 @@ def main():
     ref = results.get('reference')
     print(f'{args.queries} queries x {args.gallery} gallery x {args.dim}-d (features {data_gb:.2f} GB)')
     for name, r in results.items():
-        line = (f'{name:<14} {r["seconds"]:8.1f} s   peak RSS {r["peak_rss_gb"]:6.2f} GB   mAP {r["mAP"]:.8f}   '
+        line = (f'{name:<20} {r["seconds"]:8.1f} s   peak RSS {r["peak_rss_gb"]:6.2f} GB   mAP {r["mAP"]:.8f}   '
                 f'mINP {r["mINP"]:.8f}   R1 {r["cmc"][0]:.6f}')
+        if 'peak_gpu_gb' in r:
+            line += f'   peak GPU {r["peak_gpu_gb"]:.2f} GB ({r["device_name"]})'
         if ref is not None:
             diff = max(abs(r['mAP'] - ref['mAP']), abs(r['mINP'] - ref['mINP']),
                        max(abs(a - b) for a, b in zip(r['cmc'], ref['cmc'])))

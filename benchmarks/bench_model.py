@@ -7,8 +7,15 @@ the forward.
 
     python benchmarks/bench_model.py                          # CPU, fp32, batch 8
     python benchmarks/bench_model.py --device cuda --dtype bf16 --batch 64 --compile
+    python benchmarks/bench_model.py --device cuda --dtype bf16 --batch 64 --compile --compile_mode reduce-overhead
+    python benchmarks/bench_model.py --device cuda --dtype bf16 --batch 64 --triton_kernels compare
+
+``--compile_mode reduce-overhead`` is torch.compile with CUDA graphs (every contender, so the baseline is graphed
+too). ``--triton_kernels on`` runs AAformer's [PART] rows through the fused Triton kernels
+(``aaformer_hf.layers.part_rows.use_triton_kernels``); ``compare`` times the model both ways side by side.
 """
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -18,6 +25,7 @@ import timm
 import torch
 
 import aaformer_hf  # noqa: F401
+from aaformer_hf.layers import part_rows
 
 
 def sync(device):
@@ -44,7 +52,11 @@ def main():
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--rounds', type=int, default=7, help='interleaved rounds; the median is reported')
     parser.add_argument('--repeats', type=int, default=3, help='calls per model per round')
-    parser.add_argument('--compile', action='store_true', help='torch.compile both models (inductor)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile every model (inductor)')
+    parser.add_argument('--compile_mode', default='default', choices=['default', 'reduce-overhead', 'max-autotune'],
+                        help="torch.compile's mode; reduce-overhead = CUDA graphs")
+    parser.add_argument('--triton_kernels', default='off', choices=['off', 'on', 'compare'],
+                        help="AAformer's [PART] rows through the fused Triton kernels (CUDA), or both ways")
     parser.add_argument('--model', default='aaformer_base')
     parser.add_argument('--compare_plain_rows', action='store_true',
                         help='also time the same model with its [PART] rows in plain PyTorch instead of the one '
@@ -63,26 +75,41 @@ def main():
         args.model: model,
     }
     if args.compare_plain_rows:
-        import copy
         plain = copy.deepcopy(model)
         for blk in plain.blocks:
             blk.attn.part_rows_op = False
         contenders[f'{args.model} plain rows'] = plain
+    # which contenders run the fused Triton kernels (a module switch, set before each call)
+    kernels_on = {name: False for name in contenders}
+    if args.triton_kernels == 'on':
+        kernels_on[args.model] = True
+    elif args.triton_kernels == 'compare':
+        contenders[f'{args.model} triton'] = copy.deepcopy(model)
+        kernels_on[f'{args.model} triton'] = True
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == 'bf16' else nullcontext()
     x = torch.randn(args.batch, 3, 256, 128, device=device)
 
-    def runners(net):
-        fwd_net = torch.compile(net) if args.compile else net
+    graphed = args.compile and args.compile_mode == 'reduce-overhead'
+
+    def runners(name, net):
+        fwd_net = torch.compile(net, mode=args.compile_mode) if args.compile else net
+
+        def begin():
+            part_rows.use_triton_kernels = kernels_on[name]
+            if graphed:  # a new iteration: earlier graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
 
         @torch.no_grad()
         def infer():
+            begin()
             net.eval()
             with autocast():
                 fwd_net(x)
 
         def train_step():
+            begin()
             net.train()
             with autocast():
                 out = fwd_net(x)
@@ -91,7 +118,7 @@ def main():
 
         return dict(inference=infer, train_step=train_step)
 
-    runs = {name: runners(net) for name, net in contenders.items()}
+    runs = {name: runners(name, net) for name, net in contenders.items()}
     for fns in runs.values():  # warm-up (and compilation)
         for fn in fns.values():
             fn()
@@ -131,8 +158,8 @@ def main():
     print(f'machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads '
           f'{torch.get_num_threads()}, device {device}'
           + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''))
-    print(f'batch {args.batch}, dtype {args.dtype}, compile {args.compile}, {args.rounds} interleaved rounds, '
-          f'256x128; ratios are medians of per-round ratios')
+    print(f'batch {args.batch}, dtype {args.dtype}, compile {args.compile} ({args.compile_mode}), triton kernels '
+          f'{args.triton_kernels}, {args.rounds} interleaved rounds, 256x128; ratios are medians of per-round ratios')
     for task in ('inference', 'train_step'):
         base = times[names[0], task]
         cells = []

@@ -202,3 +202,43 @@ def test_summarise_reads_the_reported_ranks_off_the_cmc_curve():
     # a curve shorter than 10 (max_rank < 10): R5 and R10 are its last value
     assert summarise(dict(result, cmc=np.array([0.5, 0.75, 0.8])))['rank5'] == 0.8
     assert type(summarise(result)['mAP']) is float and type(summarise(result)['num_valid_queries']) is int
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the device machine runs it)')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_evaluation_on_the_gpu_matches_the_reference_in_bounded_memory(dtype):
+    """CUDA features in, the numpy reference's numbers out; the peak GPU memory of the chunked evaluator stays near
+    the features plus one (chunk, gallery) block of float64 distances and its sort, far below a (Q, G) matrix."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 300, 12000)
+    centres = rng.normal(size=(300, 64))
+    feats = (centres[ids] + 1.5 * rng.normal(size=(12000, 64))).astype(np.float32)
+    cams = rng.integers(0, 6, 12000)
+    q, g = slice(0, 2000), slice(2000, None)
+    reference = evaluate_reference(feats[q], feats[g], ids[q], ids[g], cams[q], cams[g])
+    qf, gf = torch.from_numpy(feats[q]).cuda(), torch.from_numpy(feats[g]).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fast = evaluate(qf, gf, torch.from_numpy(ids[q]).cuda(), torch.from_numpy(ids[g]).cuda(),
+                    torch.from_numpy(cams[q]).cuda(), torch.from_numpy(cams[g]).cuda(), chunk_size=128, dtype=dtype)
+    extra = torch.cuda.max_memory_allocated() - base
+    np.testing.assert_allclose(fast['cmc'], reference['cmc'], atol=1e-12)
+    assert fast['mAP'] == pytest.approx(reference['mAP'], abs=1e-12)
+    assert fast['mINP'] == pytest.approx(reference['mINP'], abs=1e-12)
+    block = 128 * 10000 * 8
+    assert extra < 12 * block + 2 * gf.numel() * 8, extra  # a (Q, G) float64 matrix would be 2000 * 10000 * 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the device machine runs it)')
+def test_re_rank_on_the_gpu_matches_the_reference():
+    from aaformer_hf.evaluation import re_rank
+    from benchmarks.reid_rerank_reference import re_rank_reference
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 40, 600)
+    feats = rng.normal(size=(40, 32))[ids] + 0.8 * rng.normal(size=(600, 32))
+    qf, gf = feats[:100], feats[100:]
+    expected = re_rank_reference(qf, gf)
+    got = re_rank(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda(), chunk_size=64, dtype=torch.float64)
+    assert got.device.type == 'cuda'
+    np.testing.assert_allclose(got.cpu().numpy(), expected, atol=1e-9, rtol=0)
