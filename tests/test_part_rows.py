@@ -96,3 +96,24 @@ def test_exporting_takes_the_plain_path():
     targets = {str(node.target) for node in exported.graph.nodes if node.op == 'call_function'}
     assert not any('aaformer' in target for target in targets)
     torch.testing.assert_close(exported.module()(x)[0], layer(x)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the device machine runs it)')
+@pytest.mark.parametrize('kernels', [False, True])
+def test_forward_and_backward_never_wait_on_the_host(monkeypatch, kernels):
+    """What CUDA graphs need (README, Performance): no synchronising call in an AAformer forward and backward, with
+    the PyTorch path or the Triton kernels."""
+    import timm
+    from aaformer_hf.layers import part_rows as module
+    monkeypatch.setattr(module, 'use_triton_kernels', kernels)
+    model = timm.create_model('aaformer_tiny', embed_dim=64, depth=2, num_heads=2).cuda()
+    x = torch.randn(2, 3, 256, 128, device='cuda')
+    model(x).float().sum().backward()  # warm-up: lazy initialisation may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
