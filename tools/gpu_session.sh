@@ -7,6 +7,7 @@
 #     bash tools/gpu_session.sh compiled      # bench_model under torch.compile, then with CUDA graphs
 #     bash tools/gpu_session.sh eval          # evaluation and re-ranking at MSMT17 scale, CPU vs GPU
 #     bash tools/gpu_session.sh train         # examples/train.py throughput: AAformer-B and the ViT baseline
+#     bash tools/gpu_session.sh pivl          # bench_pivl: the π-VL encoder and a stage-2 step against timm's CLIP ViT-B
 # Stages can be chained in one call (bash tools/gpu_session.sh tests eager) while they fit its time limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +73,9 @@ for stage in "$@"; do
                 $PY -c 'import json, sys; m = json.load(open(sys.argv[1])); print({k: v for k, v in m.items()
 if "image" in k or "wait" in k or "second" in k})' "$(ls -td /tmp/train_*/ | head -n 1)metrics.json"
             done
+            ;;
+        pivl)
+            $PY benchmarks/bench_pivl.py --device cuda --dtype bf16 --batch 64
             ;;
         *)
             echo "unknown stage $stage" >&2
