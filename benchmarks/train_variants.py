@@ -118,19 +118,13 @@ def main() -> None:
                         help='the re-ID set to train and test on instead of OUT/data, e.g. the copy with PREDICTED '
                              'parsing maps benchmarks/train_parser.py writes; give a --tag with it')
     parser.add_argument('--breakdown_only', action='store_true',
-                        help='only the per-token retrieval of models an earlier run left in --out')
+                        help='only the per-token retrieval of models an earlier run left in --out (those of '
+                             '--variants, --seeds and --tag), with the mean over seeds')
     args = parser.parse_args()
     if (args.model_args or args.data_root) and not args.tag:
         parser.error('--model_args and --data_root need a --tag naming those runs')
     if args.breakdown_only:
-        print('| regime / variant | mAP all | mAP CLS | mAP [PART]s |\n|---|---:|---:|---:|')
-        for regime in args.regimes.split(','):
-            for name, baseline in VARIANTS.items():
-                model_dir = args.out / regime / (baseline or 'aaformer') / 'model'
-                if baseline == 'vit' or not model_dir.exists():
-                    continue
-                m = token_breakdown(model_dir, args.out / 'data')
-                print(f'| {regime} / {name} | {100 * m["all"]:.1f} | {100 * m["CLS"]:.1f} | {100 * m["[PART]s"]:.1f} |')
+        print_breakdown(args)
         return
     data_root = args.data_root or args.out / 'data'
     if args.data_root and not data_root.is_dir():
@@ -180,6 +174,41 @@ def main() -> None:
     print_seed_summary(results)
 
 
+def print_breakdown(args) -> None:
+    """mAP of all tokens, CLS alone and [PART]s alone for each trained model of --variants / --seeds / --tag, then
+    the mean (min-max) over seeds. A ViT-baseline's embedding is its CLS token."""
+    seeds = [int(seed) for seed in args.seeds.split(',')]
+    wanted = set(args.variants.split(','))
+    data_root = args.data_root or args.out / 'data'
+    rows: Dict[str, List[Dict[str, float]]] = {}
+    print('| regime / variant (seed) | mAP all | mAP CLS | mAP [PART]s |\n|---|---:|---:|---:|')
+    for regime in args.regimes.split(','):
+        for name, baseline in VARIANTS.items():
+            key = baseline or 'aaformer'
+            for seed in seeds:
+                model_dir = args.out / regime / (key + (f'_{args.tag}' if args.tag else '') +
+                                                 (f'_seed{seed}' if seed else '')) / 'model'
+                if key not in wanted or not model_dir.exists():
+                    continue
+                m = token_breakdown(model_dir, data_root)
+                m.setdefault('[PART]s', float('nan'))
+                label = f'{regime} / {name}' + (f' [{args.tag}]' if args.tag else '')
+                rows.setdefault(label, []).append(m)
+                print(f'| {label} ({seed}) | {100 * m["all"]:.1f} | {100 * m["CLS"]:.1f} | {100 * m["[PART]s"]:.1f} |')
+    print('\n| regime / variant | seeds | mAP all | mAP CLS alone | mAP [PART]s alone |\n|---|---:|---:|---:|---:|')
+    for label, runs in rows.items():
+        print(seed_row(label, runs, ('all', 'CLS', '[PART]s')))
+
+
+def seed_row(label: str, runs: List[Dict[str, float]], keys) -> str:
+    """A table row: the number of runs, then each key's mean (min-max) over them, in percent."""
+    cells = []
+    for key in keys:
+        values = [100 * run[key] for run in runs]
+        cells.append(f'{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})')
+    return f'| {label} | {len(runs)} | ' + ' | '.join(cells) + ' |'
+
+
 def print_seed_summary(results: dict) -> None:
     """Mean and range over training seeds, for the variants run with more than one."""
     by_variant: Dict[str, List[dict]] = {}
@@ -191,11 +220,7 @@ def print_seed_summary(results: dict) -> None:
     print('\n| regime / variant | seeds | R1 mean (min-max) | mAP mean (min-max) | mINP mean (min-max) |')
     print('|---|---:|---:|---:|---:|')
     for name, runs in rows.items():
-        cells = []
-        for key in ('rank1', 'mAP', 'mINP'):
-            values = [100 * run[key] for run in runs]
-            cells.append(f'{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})')
-        print(f'| {name} | {len(runs)} | ' + ' | '.join(cells) + ' |')
+        print(seed_row(name, runs, ('rank1', 'mAP', 'mINP')))
 
 
 if __name__ == '__main__':

@@ -334,3 +334,35 @@ def test_shared_assignment_is_one_sinkhorn_on_head_averaged_cosines():
     from aaformer_hf.hf import AAformerConfig
     assert AAformerConfig.from_timm_model(model).shared_assignment is True
     assert all(block.attn.shared_assignment for block in model.blocks)
+
+
+def test_cls_embedding_is_the_first_token_of_the_paper_embedding_through_both_front_doors(tmp_path):
+    """Beyond the paper: embedding_tokens='cls' returns the CLS token's part of the paper's (1 + P) * D embedding
+    (same weights, same BNNeck side), D wide, through timm and transformers; training outputs are untouched."""
+    from aaformer_hf.hf import AAformerConfig, AAformerForReID, AAformerModel
+    torch.manual_seed(0)
+    paper = tiny(num_classes=7).eval()
+    cls_only = tiny(num_classes=7, embedding_tokens='cls').eval()
+    cls_only.load_state_dict(paper.state_dict())
+    x = torch.randn(2, 3, *X['img_size'])
+    d = paper.embed_dim
+    with torch.no_grad():
+        full, short = paper.forward_head(paper.forward_features(x), pre_logits=True), \
+            cls_only.forward_head(cls_only.forward_features(x), pre_logits=True)
+        assert full.shape == (2, 6 * d) and short.shape == (2, d) and cls_only.head_hidden_size == d
+        torch.testing.assert_close(short, full[:, :d], rtol=0, atol=0)
+        torch.testing.assert_close(cls_only(x), paper(x), rtol=0, atol=0)  # per-token logits: training unchanged
+    config = AAformerConfig.from_timm_model(cls_only)
+    assert config.embedding_tokens == 'cls' and config.embedding_size == d
+    hf = AAformerModel(config).eval()
+    hf.timm_model.load_state_dict({k: v for k, v in cls_only.state_dict().items() if not k.startswith('head.')})
+    hf.save_pretrained(tmp_path)
+    reloaded = AAformerModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).pooler_output, short, rtol=1e-6, atol=1e-6)
+        reid = AAformerForReID.from_pretrained(tmp_path).eval()
+        assert reid(x).embeddings.shape == (2, d)
+    with pytest.raises(ValueError, match="embedding_tokens must be 'all' or 'cls'"):
+        tiny(embedding_tokens='parts')
+    with pytest.raises(ValueError, match='embedding_tokens'):
+        AAformerConfig(embedding_tokens='parts')

@@ -14,6 +14,7 @@ _CHOICES = {
     'part_self_key': ('if_empty', 'always'),
     'part_init': ('trunc_normal', 'cls'),
     'embedding': ('after_bnneck', 'before_bnneck'),
+    'embedding_tokens': ('all', 'cls'),
 }
 
 
@@ -59,6 +60,8 @@ class AAformerConfig(TimmBackedConfig):
             paper.
         embedding (`str`, defaults to `"after_bnneck"`): Re-ID embedding taken after or before the BNNeck
             (`"before_bnneck"`). Not stated by the paper.
+        embedding_tokens (`str`, defaults to `"all"`): Tokens of the re-ID embedding: `"all"` (the paper: CLS and
+            [PART]s concatenated) or `"cls"` (beyond the paper, off by default: CLS alone; training unchanged).
         hidden_dropout_prob (`float`, defaults to 0.0): Dropout after attention projections and in MLPs.
         attention_probs_dropout_prob (`float`, defaults to 0.0): Dropout on attention probabilities.
         drop_path_rate (`float`, defaults to 0.0): Stochastic depth rate.
@@ -99,6 +102,7 @@ class AAformerConfig(TimmBackedConfig):
     part_init_std: float = 0.02
     part_pos_embed: bool = False
     embedding: str = 'after_bnneck'
+    embedding_tokens: str = 'all'
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
     drop_path_rate: float | int = 0.0
@@ -129,8 +133,8 @@ class AAformerConfig(TimmBackedConfig):
 
     @property
     def embedding_size(self) -> int:
-        """Width of the re-ID embedding (``pooler_output``): CLS and every [PART], (1 + P)·D."""
-        return (1 + self.num_parts) * self.hidden_size
+        """Width of the re-ID embedding (``pooler_output``): CLS and every [PART], (1 + P)·D; D for CLS alone."""
+        return (1 + self.num_parts if self.embedding_tokens == 'all' else 1) * self.hidden_size
 
     @classmethod
     def from_timm_model(cls, model, **kwargs) -> 'AAformerConfig':
@@ -147,7 +151,7 @@ class AAformerConfig(TimmBackedConfig):
             shared_assignment=attn.shared_assignment,
             part_init=model.part_init, part_init_std=model.part_init_std,
             part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
-            **cls.regularisation_fields(model))
+            embedding_tokens=model.embedding_tokens, **cls.regularisation_fields(model))
         if model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1] or model.pos_drop.p:
             raise ValueError('AAformerConfig describes square patches and no position dropout')
         return cls(**{**fields, **kwargs})
@@ -169,5 +173,6 @@ class AAformerConfig(TimmBackedConfig):
             part_init_std=self.part_init_std,
             part_pos_embed=self.part_pos_embed,
             embedding=self.embedding,
+            embedding_tokens=self.embedding_tokens,
             **self.regularisation_kwargs(),
         )

@@ -19,8 +19,9 @@ class AAformerModelOutput(ModelOutput):
     r"""
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + P + N, hidden_size)`):
         All tokens [CLS, PART_1..P, patches] after the final norm.
-    pooler_output (`torch.FloatTensor` of shape `(batch_size, (1 + P) * hidden_size)`):
-        The re-ID embedding: CLS and [PART]s concatenated, after (or before, per `config.embedding`) the BNNeck.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, config.embedding_size)`):
+        The re-ID embedding: CLS and [PART]s concatenated ((1 + P) * hidden_size; CLS alone with
+        `config.embedding_tokens="cls"`), after (or before, per `config.embedding`) the BNNeck.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
         Embeddings plus the output of every layer, each `(batch_size, 1 + P + N, hidden_size)`.
     attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
@@ -44,7 +45,7 @@ class AAformerReIDOutput(ModelOutput):
         Identity loss of Eq. 6 (label-smoothed cross-entropy averaged over the CLS and [PART] classifiers).
     logits (`torch.FloatTensor` of shape `(batch_size, 1 + P, num_labels)`):
         Per-token identity logits.
-    embeddings (`torch.FloatTensor` of shape `(batch_size, (1 + P) * hidden_size)`):
+    embeddings (`torch.FloatTensor` of shape `(batch_size, config.embedding_size)`):
         The re-ID embedding (as `AAformerModel`'s `pooler_output`).
     features (`torch.FloatTensor` of shape `(batch_size, 1 + P, hidden_size)`):
         CLS and [PART] features before the BNNeck (what the triplet loss of Eq. 7 uses).

@@ -36,6 +36,7 @@ __all__ = ['AAformer', 'AAformerTokens', 'ReIDHeadOutput']  # model_registry wil
 _logger = logging.getLogger(__name__)
 
 EmbeddingSource = Literal['after_bnneck', 'before_bnneck']
+EmbeddingTokens = Literal['all', 'cls']
 PartInit = Literal['trunc_normal', 'cls']
 
 
@@ -107,7 +108,8 @@ class AAformer(nn.Module):
     """ Auto-Aligned Transformer (AAformer) for person re-identification.
 
     Token sequence: [CLS, PART_1..P, patches]. ``forward_features`` returns all tokens after the final norm,
-    ``forward_head(pre_logits=True)`` the re-ID embedding (CLS and [PART]s concatenated, (1 + P) * D wide), and
+    ``forward_head(pre_logits=True)`` the re-ID embedding (CLS and [PART]s concatenated, (1 + P) * D wide; the CLS
+    token alone with ``embedding_tokens='cls'``), and
     ``forward`` per-token identity logits (B, 1 + P, num_classes), or the embedding when ``num_classes=0``.
     """
 
@@ -136,6 +138,7 @@ class AAformer(nn.Module):
             part_init_std: float = 0.02,
             part_pos_embed: bool = False,
             embedding: EmbeddingSource = 'after_bnneck',
+            embedding_tokens: EmbeddingTokens = 'all',
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
@@ -192,6 +195,12 @@ class AAformer(nn.Module):
                 gradients, doubling its effective learning rate under SGD. Not stated by the paper.
             embedding: Which feature ``forward_head(pre_logits=True)`` returns: 'after_bnneck' (default, BoT's test
                 feature; the paper follows BoT) or 'before_bnneck'. Not stated by the paper.
+            embedding_tokens: Which tokens make the re-ID embedding: 'all' (default, the paper: CLS and [PART]s
+                concatenated, (1 + P) * D wide) or 'cls' (BEYOND THE PAPER, off by default: the CLS token alone, D
+                wide). Training is the same either way - every token keeps its losses, so the [PART]s still shape
+                the CLS token - only the test feature leaves the [PART]s out. Issue #11: on the misaligned
+                synthetic preset at D = 128 the CLS token alone of the paper's AAformer beat the ViT-baseline while
+                the concatenation fell below it (BENCHMARKS.md); at D = 64 the concatenation was better.
             drop_rate: Dropout before the classifiers.
             pos_drop_rate: Dropout after adding position embeddings.
             proj_drop_rate: Dropout after the attention projection and in the MLP.
@@ -208,6 +217,8 @@ class AAformer(nn.Module):
             raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
         if embedding not in ('after_bnneck', 'before_bnneck'):
             raise ValueError(f"embedding must be 'after_bnneck' or 'before_bnneck', got {embedding!r}")
+        if embedding_tokens not in ('all', 'cls'):
+            raise ValueError(f"embedding_tokens must be 'all' or 'cls', got {embedding_tokens!r}")
         if part_init not in ('trunc_normal', 'cls'):
             raise ValueError(f"part_init must be 'trunc_normal' or 'cls', got {part_init!r}")
         if num_classes < 0:
@@ -223,13 +234,15 @@ class AAformer(nn.Module):
         self.num_prefix_tokens = 1 + self.num_parts
         self.num_embedding_tokens = 1 + self.num_parts
         self.num_features = self.embed_dim = embed_dim
-        self.head_hidden_size = self.num_embedding_tokens * embed_dim
+        # the re-ID embedding's width (what forward_head(pre_logits=True) returns)
+        self.head_hidden_size = (self.num_embedding_tokens if embedding_tokens == 'all' else 1) * embed_dim
         if not part_init_std > 0:
             raise ValueError(f'part_init_std must be > 0, got {part_init_std}')
         self.part_init = part_init
         self.part_init_std = part_init_std
         self.assignment = assignment
         self.embedding = embedding
+        self.embedding_tokens = embedding_tokens
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(
@@ -264,7 +277,7 @@ class AAformer(nn.Module):
         self.norm = norm_layer(embed_dim, **dd)
 
         # re-ID head (BoT): BNNeck per token, then one identity classifier per token
-        self.bnneck = BNNeck(self.head_hidden_size, **dd)
+        self.bnneck = BNNeck(self.num_embedding_tokens * embed_dim, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = self._make_classifier(num_classes, **dd)
 
@@ -452,8 +465,11 @@ class AAformer(nn.Module):
         return ReIDHeadOutput(tokens, bn_tokens, logits)
 
     def embed(self, head: ReIDHeadOutput) -> torch.Tensor:
-        """The re-ID embedding ((1 + P) * D) from the head output, on the side of the BNNeck ``embedding`` names."""
+        """The re-ID embedding ((1 + P) * D, or D with ``embedding_tokens='cls'``) from the head output, on the side
+        of the BNNeck ``embedding`` names."""
         feats = head.bn_features if self.embedding == 'after_bnneck' else head.features
+        if self.embedding_tokens == 'cls':
+            feats = feats[:, :1]
         return feats.flatten(1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
