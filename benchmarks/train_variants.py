@@ -121,11 +121,11 @@ def main() -> None:
                         help='only the per-token retrieval of models an earlier run left in --out (those of '
                              '--variants, --seeds and --tag), with the mean over seeds')
     args = parser.parse_args()
-    if (args.model_args or args.data_root) and not args.tag:
-        parser.error('--model_args and --data_root need a --tag naming those runs')
-    if args.breakdown_only:
+    if args.breakdown_only:  # --data_root: the set to evaluate on (e.g. a held-out one), default OUT/data
         print_breakdown(args)
         return
+    if (args.model_args or args.data_root) and not args.tag:
+        parser.error('--model_args and --data_root need a --tag naming those runs')
     data_root = args.data_root or args.out / 'data'
     if args.data_root and not data_root.is_dir():
         parser.error(f'--data_root {data_root}: no such folder')

@@ -29,7 +29,8 @@ def test_light_modules_import_no_heavy_library(statement):
 REGISTERED = '''
 import timm, torch
 from transformers import AutoConfig, AutoModel
-assert timm.list_models('aaformer*') == ['aaformer_base', 'aaformer_small', 'aaformer_tiny']
+assert timm.list_models('aaformer*') == ['aaformer_base', 'aaformer_base_cls_embedding', 'aaformer_small',
+                                         'aaformer_tiny']
 config = AutoConfig.for_model('aaformer', num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                               intermediate_size=64)
 model = AutoModel.from_config(config)
