@@ -114,6 +114,9 @@ def main() -> None:
                         help='JSON constructor arguments for every trained variant (not the pretraining), e.g. '
                              '\'{"part_init_std": 0.3}\'; give a --tag with it')
     parser.add_argument('--tag', help='names these runs (folders VARIANT_TAG, rows "VARIANT [TAG]")')
+    parser.add_argument('--mixed_precision', choices=['no', 'bf16'], default='no',
+                        help='bf16 autocast for the trained variants (not the pretraining; CPUs with AVX512-BF16 run '
+                             'it as fast as fp32); give a --tag with it')
     parser.add_argument('--data_root', type=Path,
                         help='the re-ID set to train and test on instead of OUT/data, e.g. the copy with PREDICTED '
                              'parsing maps benchmarks/train_parser.py writes; give a --tag with it')
@@ -124,8 +127,8 @@ def main() -> None:
     if args.breakdown_only:  # --data_root: the set to evaluate on (e.g. a held-out one), default OUT/data
         print_breakdown(args)
         return
-    if (args.model_args or args.data_root) and not args.tag:
-        parser.error('--model_args and --data_root need a --tag naming those runs')
+    if (args.model_args or args.data_root or args.mixed_precision != 'no') and not args.tag:
+        parser.error('--model_args, --data_root and --mixed_precision need a --tag naming those runs')
     data_root = args.data_root or args.out / 'data'
     if args.data_root and not data_root.is_dir():
         parser.error(f'--data_root {data_root}: no such folder')
@@ -157,7 +160,8 @@ def main() -> None:
                 run_dir = args.out / regime / (key + (f'_{args.tag}' if args.tag else '') +
                                                (f'_seed{seed}' if seed else ''))
                 model_args = dict(common['model_args'], **args.model_args)
-                metrics = train(TrainConfig(**dict(common, seed=seed, model_args=model_args), **extra,
+                metrics = train(TrainConfig(**dict(common, seed=seed, model_args=model_args,
+                                                   mixed_precision=args.mixed_precision), **extra,
                                             baseline=baseline, dataset='market1501', data_root=str(data_root),
                                             output_dir=str(run_dir)))
                 results[f'{regime} / {name}' + (f' [{args.tag}]' if args.tag else '') +
