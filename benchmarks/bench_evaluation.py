@@ -33,17 +33,35 @@ def problem(num_queries: int, num_gallery: int, dim: int, seed: int = 0):
     return qf, gf, q_pids, g_pids, rng.integers(0, 15, num_queries), rng.integers(0, 15, num_gallery)
 
 
+def start_gpu(device: str) -> dict:
+    """On a CUDA device, its context started (outside the timed region) and its name; {} on the CPU."""
+    if not device.startswith('cuda'):
+        return {}
+    import torch
+    torch.zeros(1, device=device)
+    return {'device_name': torch.cuda.get_device_name(device)}
+
+
+def gpu_report(result: dict, device: str) -> dict:
+    """``result`` plus the peak GPU memory of this process when it ran on a CUDA device."""
+    if device.startswith('cuda'):
+        import torch
+        result['peak_gpu_gb'] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return result
+
+
+def gpu_text(result: dict) -> str:
+    return f'   peak GPU {result["peak_gpu_gb"]:.2f} GB ({result["device_name"]})' if 'peak_gpu_gb' in result else ''
+
+
 def run_one(which: str, num_queries: int, num_gallery: int, dim: int, dtype: str = 'float32',
             device: str = 'cpu') -> dict:
     sys.path.insert(0, str(ROOT))
     data = problem(num_queries, num_gallery, dim)
-    gpu = {}
+    gpu = start_gpu(device)
     if which == 'fast':  # imports outside the timed region
         import torch
         from aaformer_hf.evaluation import evaluate
-        if device.startswith('cuda'):
-            torch.zeros(1, device=device)  # CUDA context outside the timed region
-            gpu = {'device_name': torch.cuda.get_device_name(device)}
         # numpy features in, as from an embeddings file: the time includes the copy to the device
         run = lambda: evaluate(*data, dtype=getattr(torch, dtype), device=device)  # noqa: E731
     else:
@@ -52,11 +70,9 @@ def run_one(which: str, num_queries: int, num_gallery: int, dim: int, dtype: str
     start = time.perf_counter()
     out = run()
     seconds = time.perf_counter() - start
-    if gpu:
-        gpu['peak_gpu_gb'] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-    return {'seconds': seconds, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, **gpu,
-            'mAP': out['mAP'], 'mINP': out['mINP'], 'cmc': [float(c) for c in out['cmc'][:10]],
-            'valid': out['num_valid_queries']}
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return gpu_report({'seconds': seconds, 'peak_rss_gb': peak_rss_gb, **gpu, 'mAP': out['mAP'], 'mINP': out['mINP'],
+                       'cmc': [float(c) for c in out['cmc'][:10]], 'valid': out['num_valid_queries']}, device)
 
 
 def problem_parser(doc: str, queries: int, gallery: int) -> argparse.ArgumentParser:
@@ -92,9 +108,7 @@ def main():
     print(f'{args.queries} queries x {args.gallery} gallery x {args.dim}-d (features {data_gb:.2f} GB)')
     for name, r in results.items():
         line = (f'{name:<20} {r["seconds"]:8.1f} s   peak RSS {r["peak_rss_gb"]:6.2f} GB   mAP {r["mAP"]:.8f}   '
-                f'mINP {r["mINP"]:.8f}   R1 {r["cmc"][0]:.6f}')
-        if 'peak_gpu_gb' in r:
-            line += f'   peak GPU {r["peak_gpu_gb"]:.2f} GB ({r["device_name"]})'
+                f'mINP {r["mINP"]:.8f}   R1 {r["cmc"][0]:.6f}') + gpu_text(r)
         if ref is not None:
             diff = max(abs(r['mAP'] - ref['mAP']), abs(r['mINP'] - ref['mINP']),
                        max(abs(a - b) for a, b in zip(r['cmc'], ref['cmc'])))

@@ -17,35 +17,30 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_evaluation import problem, problem_parser  # noqa: E402
+from benchmarks.bench_evaluation import gpu_report, gpu_text, problem, problem_parser, start_gpu  # noqa: E402
 
 
 def run_one(which: str, args) -> dict:
     qf, gf, q_pids, g_pids, q_cams, g_cams = problem(args.queries, args.gallery, args.dim)
+    device = args.device if which == 'fast' else 'cpu'
+    gpu = start_gpu(device)
     if which == 'fast':
         import torch
         from aaformer_hf.evaluation import evaluate, re_rank
-        gpu = {}
-        if args.device.startswith('cuda'):
-            torch.zeros(1, device=args.device)  # CUDA context outside the timed region
-            gpu = {'device_name': torch.cuda.get_device_name(args.device)}
         start = time.perf_counter()
-        distmat = re_rank(torch.from_numpy(qf), torch.from_numpy(gf), device=args.device)
-        if gpu:
-            distmat = distmat.cpu()  # the time includes bringing the (Q, G) result back
-            gpu['peak_gpu_gb'] = torch.cuda.max_memory_allocated(args.device) / 2 ** 30
+        # the time includes bringing the (Q, G) result back from a GPU
+        distmat = re_rank(torch.from_numpy(qf), torch.from_numpy(gf), device=device).cpu()
     else:
         from aaformer_hf.evaluation import evaluate
         from benchmarks.reid_rerank_reference import re_rank_reference
-        gpu = {}
         start = time.perf_counter()
         distmat = re_rank_reference(qf, gf)
     seconds = time.perf_counter() - start
     out = evaluate(None, None, q_pids, g_pids, q_cams, g_cams, distmat=distmat)
     if args.save:
         np.save(f'{args.save}_{which}.npy', np.asarray(distmat[:50], dtype=np.float64))
-    return {'seconds': seconds, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-            'mAP': out['mAP'], 'R1': float(out['cmc'][0]), **gpu}
+    return gpu_report({'seconds': seconds, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                       'mAP': out['mAP'], 'R1': float(out['cmc'][0]), **gpu}, device)
 
 
 def main():
@@ -67,9 +62,8 @@ def main():
     print(f'{args.queries} queries x {args.gallery} gallery x {args.dim}-d; one (Q+G)^2 float32 matrix = '
           f'{n * n * 4 / 2 ** 30:.2f} GB')
     for name, r in results.items():
-        gpu = f'   peak GPU {r["peak_gpu_gb"]:.2f} GB ({r["device_name"]})' if 'peak_gpu_gb' in r else ''
         print(f'{name:<10} {r["seconds"]:8.1f} s   peak RSS {r["peak_rss_gb"]:6.2f} GB   mAP {r["mAP"]:.6f}   '
-              f'R1 {r["R1"]:.6f}{gpu}')
+              f'R1 {r["R1"]:.6f}{gpu_text(r)}')
     if 'reference' in results:
         diff = np.abs(np.load(f'{save}_fast.npy') - np.load(f'{save}_reference.npy')).max()
         speed = results['reference']['seconds'] / results['fast']['seconds']

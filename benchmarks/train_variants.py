@@ -157,8 +157,7 @@ def main() -> None:
                 key = baseline or 'aaformer'
                 if key not in wanted:
                     continue
-                run_dir = args.out / regime / (key + (f'_{args.tag}' if args.tag else '') +
-                                               (f'_seed{seed}' if seed else ''))
+                run_dir = run_folder(args.out, regime, key, args.tag, seed)
                 model_args = dict(common['model_args'], **args.model_args)
                 metrics = train(TrainConfig(**dict(common, seed=seed, model_args=model_args,
                                                    mixed_precision=args.mixed_precision), **extra,
@@ -178,6 +177,11 @@ def main() -> None:
     print_seed_summary(results)
 
 
+def run_folder(out: Path, regime: str, variant: str, tag, seed: int) -> Path:
+    """Where one training run lives: OUT/REGIME/VARIANT[_TAG][_seedN] (seed 0 has no suffix)."""
+    return out / regime / (variant + (f'_{tag}' if tag else '') + (f'_seed{seed}' if seed else ''))
+
+
 def print_breakdown(args) -> None:
     """mAP of all tokens, CLS alone and [PART]s alone for each trained model of --variants / --seeds / --tag, then
     the mean (min-max) over seeds. A ViT-baseline's embedding is its CLS token."""
@@ -189,10 +193,11 @@ def print_breakdown(args) -> None:
     for regime in args.regimes.split(','):
         for name, baseline in VARIANTS.items():
             key = baseline or 'aaformer'
+            if key not in wanted:
+                continue
             for seed in seeds:
-                model_dir = args.out / regime / (key + (f'_{args.tag}' if args.tag else '') +
-                                                 (f'_seed{seed}' if seed else '')) / 'model'
-                if key not in wanted or not model_dir.exists():
+                model_dir = run_folder(args.out, regime, key, args.tag, seed) / 'model'
+                if not model_dir.exists():
                     continue
                 m = token_breakdown(model_dir, data_root)
                 m.setdefault('[PART]s', float('nan'))

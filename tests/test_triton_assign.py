@@ -8,21 +8,11 @@ with TRITON_INTERPRET=1 (test_kernel_in_triton_interpreter)."""
 import pytest
 import torch
 
-from aaformer_hf.layers import MultiHeadAutoAlignment, part_rows, triton_assign
+from aaformer_hf.layers import MultiHeadAutoAlignment, triton_assign
 
-from .triton_interpreter import INTERPRETED, rerun_interpreted
+from .triton_interpreter import INTERPRETED, device, rerun_interpreted  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(triton_assign.triton is None, reason='triton is not installed (CPU-only torch build)')
-
-
-@pytest.fixture
-def device(monkeypatch):
-    if torch.cuda.is_available():
-        return 'cuda'
-    if not INTERPRETED:
-        pytest.skip('no GPU: run on the CPU by test_kernel_in_triton_interpreter, in a subprocess')
-    monkeypatch.setattr(part_rows, 'triton_available', lambda tensor: True)  # CPU tensors, interpreted kernel
-    return 'cpu'
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or INTERPRETED, reason='the kernel runs compiled on this GPU')

@@ -14,19 +14,9 @@ from aaformer_hf.layers import part_rows as part_rows_module
 from aaformer_hf.layers.part_rows import PartGroupLayout, assign_patches, part_rows_backward, part_rows_reference
 
 from .test_part_rows import CASES, _layer, _run
-from .triton_interpreter import INTERPRETED, rerun_interpreted
+from .triton_interpreter import INTERPRETED, device, rerun_interpreted  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(triton_part_rows.triton is None, reason='triton is not installed (CPU-only torch)')
-
-
-@pytest.fixture
-def device(monkeypatch):
-    if torch.cuda.is_available():
-        return 'cuda'
-    if not INTERPRETED:
-        pytest.skip('no GPU: run on the CPU by test_kernel_in_triton_interpreter, in a subprocess')
-    monkeypatch.setattr(part_rows_module, 'triton_available', lambda tensor: True)  # CPU tensors, interpreted kernels
-    return 'cpu'
 
 
 @pytest.fixture

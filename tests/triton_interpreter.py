@@ -6,7 +6,24 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+
+
+@pytest.fixture
+def device(monkeypatch):
+    """Where the kernels run: 'cuda' on a GPU; in the interpreter 'cpu', with the device check of
+    ``aaformer_hf.layers.part_rows`` letting CPU tensors through; otherwise the test is skipped (the module's
+    interpreter runner runs it)."""
+    if torch.cuda.is_available():
+        return 'cuda'
+    if not INTERPRETED:
+        pytest.skip('no GPU: run on the CPU by test_kernel_in_triton_interpreter, in a subprocess')
+    from aaformer_hf.layers import part_rows
+    monkeypatch.setattr(part_rows, 'triton_available', lambda tensor: True)  # CPU tensors, interpreted kernels
+    return 'cpu'
 
 
 def rerun_interpreted(test_file: str, runner_test: str, parent_only: tuple = ()) -> None:

@@ -28,13 +28,22 @@ def triton_available(tensor: torch.Tensor) -> bool:
 
 if triton is not None:
     @triton.jit
-    def sinkhorn_round(q, k, columns, valid_p, group, group_size, num_patches, inv_eps,
+    def load_rows(ptr, s_row, s_d, rows, valid_rows, offs_d, valid_d):
+        """Rows ``rows`` (BLOCK_R,) of one (image, head) of a tensor in any strides (``ptr`` at that slice), in
+        float32 (BLOCK_R, BLOCK_D), zeros where masked."""
+        return tl.load(ptr + rows[:, None] * s_row + offs_d[None, :] * s_d,
+                       mask=valid_rows[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
+
+    @triton.jit
+    def sinkhorn_round(q, k, columns, valid_p, group_ptr, group_size_ptr, num_patches, inv_eps,
                        NUM_GROUPS: tl.constexpr, NUM_ITERS: tl.constexpr, BLOCK_P: tl.constexpr,
                        BLOCK_C: tl.constexpr):
         """The assignment of one (image, head) as int8 (BLOCK_P, BLOCK_C): [PART] queries q (BLOCK_P, BLOCK_D) and keys
         k (BLOCK_C, BLOCK_D) in float32, ``columns`` (BLOCK_C,) bool: which keys are patches (0 on every other
-        column); ``valid_p`` the real part rows, ``group`` / ``group_size`` each row's group and its size. Also the
-        [PART]-rows kernel's first step (triton_part_rows.py), over all keys of the sequence."""
+        column); ``valid_p`` the real part rows; ``group_ptr`` / ``group_size_ptr`` (P,) each part's group and its
+        size. Also the [PART]-rows kernel's first step (triton_part_rows.py), over all keys of the sequence."""
+        group = tl.load(group_ptr + tl.arange(0, BLOCK_P), mask=valid_p, other=-1)
+        group_size = tl.load(group_size_ptr + tl.arange(0, BLOCK_P), mask=valid_p, other=1).to(tl.float32)
         # cosine similarity / ε: normalise the queries (ε folded in), divide the product by the key norms
         q_norm = tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), 1e-12)
         k_norm = tl.maximum(tl.sqrt(tl.sum(k * k, axis=1)), 1e-12)
@@ -86,13 +95,9 @@ if triton is not None:
         valid_p = offs_p < P
         valid_n = offs_n < N
         valid_d = offs_d < D
-        q = tl.load(q_ptr + b * sq_b + h * sq_h + offs_p[:, None] * sq_p + offs_d[None, :] * sq_d,
-                    mask=valid_p[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d,
-                    mask=valid_n[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
-        group = tl.load(group_ptr + offs_p, mask=valid_p, other=-1)
-        group_size = tl.load(group_size_ptr + offs_p, mask=valid_p, other=1).to(tl.float32)
-        assigned = sinkhorn_round(q, k, valid_n, valid_p, group, group_size, N, inv_eps,
+        q = load_rows(q_ptr + b * sq_b + h * sq_h, sq_p, sq_d, offs_p, valid_p, offs_d, valid_d)
+        k = load_rows(k_ptr + b * sk_b + h * sk_h, sk_n, sk_d, offs_n, valid_n, offs_d, valid_d)
+        assigned = sinkhorn_round(q, k, valid_n, valid_p, group_ptr, group_size_ptr, N, inv_eps,
                                   NUM_GROUPS, NUM_ITERS, BLOCK_P, BLOCK_N)
         tl.store(out_ptr + b * so_b + h * so_h + offs_p[:, None] * so_p + offs_n[None, :] * so_n,
                  assigned, mask=valid_p[:, None] & valid_n[None, :])

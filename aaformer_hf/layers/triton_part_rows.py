@@ -26,7 +26,7 @@ from .triton_assign import triton, wrap_triton
 if triton is not None:
     import triton.language as tl
 
-    from .triton_assign import sinkhorn_round
+    from .triton_assign import load_rows, sinkhorn_round
 
 __all__ = ['part_rows_forward_triton', 'part_rows_backward_triton']
 
@@ -49,13 +49,18 @@ if triton is not None:
         valid_p = offs_p < P
         valid_l = offs_l < L
         valid_d = offs_d < D
-        q = tl.load(q_ptr + b * sq_b + h * sq_h + (1 + offs_p)[:, None] * sq_l + offs_d[None, :] * sq_d,
-                    mask=valid_p[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + b * sk_b + h * sk_h + offs_l[:, None] * sk_l + offs_d[None, :] * sk_d,
-                    mask=valid_l[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + b * sv_b + h * sv_h + offs_l[:, None] * sv_l + offs_d[None, :] * sv_d,
-                    mask=valid_l[:, None] & valid_d[None, :], other=0.0).to(tl.float32)
+        q = load_rows(q_ptr + b * sq_b + h * sq_h, sq_l, sq_d, 1 + offs_p, valid_p, offs_d, valid_d)
+        k = load_rows(k_ptr + b * sk_b + h * sk_h, sk_l, sk_d, offs_l, valid_l, offs_d, valid_d)
+        v = load_rows(v_ptr + b * sv_b + h * sv_h, sv_l, sv_d, offs_l, valid_l, offs_d, valid_d)
         return b, h, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d, q, k, v
+
+    @triton.jit
+    def _assignment_tile(a_ptr, b, h, sa_b, sa_h, sa_p, sa_n, offs_p, offs_l, valid_p, valid_l, P):
+        """Pointers and mask of one (image, head)'s (B, H, P, N) assignment laid over the sequence positions:
+        (BLOCK_P, BLOCK_L), patch n at position 1 + P + n; and which positions are patches."""
+        is_patch = (offs_l >= 1 + P) & valid_l
+        ptrs = a_ptr + b * sa_b + h * sa_h + offs_p[:, None] * sa_p + (offs_l - 1 - P)[None, :] * sa_n
+        return ptrs, valid_p[:, None] & is_patch[None, :], is_patch
 
     @triton.jit
     def _masked_probs(q, k, assigned, offs_p, offs_l, valid_p, valid_l, scale, SELF_KEY_ALWAYS: tl.constexpr):
@@ -102,14 +107,10 @@ if triton is not None:
         b, h, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d, q, k, v = _load_qkv(
             q_ptr, k_ptr, v_ptr, H, P, L, D, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
             sv_b, sv_h, sv_l, sv_d, BLOCK_P, BLOCK_L, BLOCK_D)
-        # patch keys sit at sequence positions 1 + P + n
-        is_patch = (offs_l >= 1 + P) & valid_l
-        a_ptrs = a_ptr + b * sa_b + h * sa_h + offs_p[:, None] * sa_p + (offs_l - 1 - P)[None, :] * sa_n
-        a_mask = valid_p[:, None] & is_patch[None, :]
+        a_ptrs, a_mask, is_patch = _assignment_tile(a_ptr, b, h, sa_b, sa_h, sa_p, sa_n, offs_p, offs_l, valid_p,
+                                                    valid_l, P)
         if ASSIGN:
-            group = tl.load(group_ptr + offs_p, mask=valid_p, other=-1)
-            group_size = tl.load(group_size_ptr + offs_p, mask=valid_p, other=1).to(tl.float32)
-            flags = sinkhorn_round(q, k, is_patch, valid_p, group, group_size, N, inv_eps,
+            flags = sinkhorn_round(q, k, is_patch, valid_p, group_ptr, group_size_ptr, N, inv_eps,
                                    NUM_GROUPS, NUM_ITERS, BLOCK_P, BLOCK_L)
             tl.store(a_ptrs, flags, mask=a_mask)
             assigned = flags != 0
@@ -135,9 +136,8 @@ if triton is not None:
         b, h, offs_p, offs_l, offs_d, valid_p, valid_l, valid_d, q, k, v = _load_qkv(
             q_ptr, k_ptr, v_ptr, H, P, L, D, sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d,
             sv_b, sv_h, sv_l, sv_d, BLOCK_P, BLOCK_L, BLOCK_D)
-        is_patch = (offs_l >= 1 + P) & valid_l
-        assigned = tl.load(a_ptr + b * sa_b + h * sa_h + offs_p[:, None] * sa_p + (offs_l - 1 - P)[None, :] * sa_n,
-                           mask=valid_p[:, None] & is_patch[None, :], other=0) != 0
+        a_ptrs, a_mask, _ = _assignment_tile(a_ptr, b, h, sa_b, sa_h, sa_p, sa_n, offs_p, offs_l, valid_p, valid_l, P)
+        assigned = tl.load(a_ptrs, mask=a_mask, other=0) != 0
         probs = _masked_probs(q, k, assigned, offs_p, offs_l, valid_p, valid_l, scale, SELF_KEY_ALWAYS)
         rows = valid_p[:, None] & valid_d[None, :]
         g_head = g_ptr + b * sg_b + h * sg_h
