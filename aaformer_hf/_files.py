@@ -1,22 +1,117 @@
-"""Writing files so that a reader never sees half of one."""
+"""Writing files: one overwrite rule for every command, checked before any work; files that a reader never sees half
+written, created with the user's umask; a lock that a second writer meets at once. Errors name the user's path,
+never a temporary one."""
 import contextlib
+import json
 import os
+import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
-__all__ = ['atomic_path']
+__all__ = ['atomic_path', 'check_output', 'hold_lock', 'read_lock', 'LockedError']
+
+
+def check_output(path: Union[str, Path], overwrite: bool, flag: str = '--overwrite') -> Path:
+    """Before any work: ``path`` can be written. An existing file is replaced only with ``overwrite`` (the error
+    names ``flag``, the option that says so); its folder must exist; a folder in its place is an error."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f'{path}: is a folder; give a file name')
+    if path.exists() and not overwrite:
+        raise FileExistsError(f'{path}: already exists (pass {flag} to replace it)')
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f'{path}: its folder {parent} does not exist')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f'{path}: its folder {parent} is not writable')
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path], suffix: str = '') -> Iterator[Path]:
     """A temporary path beside ``path`` to write to: it replaces ``path`` when the block completes and is removed
-    when it fails, so ``path`` is always the old file or the whole new one. ``suffix``: for writers that need one."""
+    when it fails, so ``path`` is always the old file or the whole new one. The new file gets the permissions a
+    plain ``open`` would give (the umask's), not the private ones of a temporary file. An OSError while writing (a
+    full disk) names ``path``. ``suffix``: for writers that need one."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f'{path}: its folder {path.parent} does not exist')
     handle, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
     os.close(handle)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as error:
+            if str(path) in str(error):
+                raise
+            raise OSError(f'{path}: not written ({error.strerror or error})') from error
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock; the message names it and the lock file."""
+
+
+def _holder(lock: Path) -> Optional[Dict[str, Any]]:
+    """The lock's owner while its process lives (or lives on another host, which cannot be checked); None when the
+    owner is gone."""
+    try:
+        owner = json.loads(lock.read_text())
+        host, pid = owner['host'], int(owner['pid'])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return {'description': 'an unreadable lock file'}
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return {**owner, 'description': f'pid {pid} on {host}'}
+
+
+def read_lock(lock: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """What a live holder wrote into ``lock`` (its ``info``), or None when nobody holds it."""
+    return _holder(Path(lock))
+
+
+@contextlib.contextmanager
+def hold_lock(lock: Union[str, Path], what: str, info: Optional[Dict[str, Any]] = None) -> Iterator[Path]:
+    """Hold ``lock`` (a file: host, pid and ``info``) for the block. A live holder stops this one at once
+    (``LockedError`` naming the holder, ``what`` is locked, and the file); a lock left by a process that is gone (a
+    killed run) is taken over."""
+    lock = Path(lock)
+    owner = {'host': socket.gethostname(), 'pid': os.getpid(), **(info or {})}
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None:
+                raise LockedError(f'{what} is in use by another process ({holder["description"]}; lock file '
+                                  f'{lock}); wait for it, or delete the lock file if that process is gone') from None
+            lock.unlink(missing_ok=True)  # its owner is gone
+            continue
+        with os.fdopen(descriptor, 'w') as handle:
+            handle.write(json.dumps(owner))
+        break
+    else:
+        raise LockedError(f'{what}: could not take the lock file {lock}')
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(lock.read_text()).get('pid') == os.getpid():
+                lock.unlink()

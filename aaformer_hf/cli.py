@@ -245,9 +245,9 @@ def _search(args) -> int:
 
 def _visualize(args) -> int:
     import torch
-    from PIL import Image
 
     from .data import build_transforms
+    from .data.images import read_rgb
     from .embeddings import collect_images, load_inference_model
     from .visualize import attention_figure, parts_figure
 
@@ -262,7 +262,7 @@ def _visualize(args) -> int:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f'image(s) not found: {", ".join(missing[:3])}')
-        images = [Image.open(p).convert('RGB') for p in paths[:args.limit]]
+        images = [read_rgb(p) for p in paths[:args.limit]]
         pixels = torch.stack([transform(image) for image in images])
         draw = parts_figure if args.kind == 'parts' else attention_figure
         figure = draw(model, images, pixels, args.layer)

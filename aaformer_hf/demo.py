@@ -17,6 +17,7 @@ import timm
 import torch
 from PIL import Image, ImageDraw
 
+from .data.images import read_rgb
 from .hf import AAformerImageProcessor, AAformerModel
 from .visualize import PALETTE
 
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
     if args.image is not None:
         if not args.image.is_file():
             raise SystemExit(f'error: image file not found: {args.image}')
-        image, source = Image.open(args.image).convert('RGB'), str(args.image)
+        image, source = read_rgb(args.image), str(args.image)
     else:
         image, source = synthetic_person(args.seed), 'SYNTHETIC person image (generated, not a real photo)'
     if args.model_dir is not None:

@@ -6,28 +6,35 @@ file with the paths (and the identities and cameras when the file names or the d
 Large jobs run in shards of ``shard_size`` crops written as ``OUT.parts/part_NNNNNN.safetensors``: a job that stops
 resumes from the shards already written, and under ``accelerate launch`` each process takes every n-th shard; the
 main process then joins them in input order into ``OUT`` and removes the parts. Files appear only when complete.
+A job holds ``OUT.lock`` while it runs (a second job on the same output stops at once), and shards are keyed on what
+the embeddings depend on (the weights' bytes, preprocessing, flip, images), so a resumed job never mixes models.
+Image files are stored under their resolved (absolute) paths; a ``datasets`` split's rows as ``SOURCE[SPLIT]#ROW``.
 """
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ._files import atomic_path
+from ._files import LockedError, atomic_path, check_output, hold_lock, read_lock
+from .data.images import as_rgb, read_rgb
 
 __all__ = ['load_inference_model', 'embed', 'collect_images', 'names_to_labels', 'extract_to_file',
-           'load_embeddings', 'process_state', 'FORMAT']
+           'job_fingerprint', 'load_embeddings', 'process_state', 'FORMAT']
 
 FORMAT = 'aaformer-hf-embeddings/1'
+_logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # re-ID file-name conventions that carry identity and camera: Market-1501/MSMT17-style and DukeMTMC-style stems
 _NAME_PATTERNS = (re.compile(r'^(-?\d+)_c(\d+)s\d+_\d+_\d+$'), re.compile(r'^(-?\d+)_c(\d+)_f\d+$'))
@@ -46,6 +53,8 @@ def load_inference_model(spec: str, pretrained: bool = False, device: str = 'cpu
     elif path.is_dir():
         if not (path / 'config.json').is_file():
             raise FileNotFoundError(f'{path}: not a model folder (no config.json); save it with save_pretrained')
+        from .hub import check_folder_preprocessing
+        check_folder_preprocessing(path)
         name, load = f'local-dir:{path}', True
     elif path.exists() or spec.startswith(('.', '/', '~')):
         raise FileNotFoundError(f'{spec}: not a model folder (a timm name, a saved folder or a Hub id is expected)')
@@ -116,13 +125,9 @@ class _Images(Dataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        try:
-            if self.rows is not None:
-                return self.transform(self.rows[self.start + index]['image'].convert('RGB'))
-            with Image.open(self.names[index]) as image:
-                return self.transform(image.convert('RGB'))
-        except OSError as error:
-            raise OSError(f'{self.names[index]}: unreadable image ({error})') from error
+        if self.rows is not None:
+            return self.transform(as_rgb(self.rows[self.start + index]['image'], self.names[index]))
+        return self.transform(read_rgb(self.names[index]))
 
 
 def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, batch_size: int = 64,
@@ -130,17 +135,24 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
                     process_index: Optional[int] = None, num_processes: Optional[int] = None,
                     device: Optional[torch.device] = None, join: bool = True,
                     labels: Optional[Tuple[Sequence[int], Sequence[int]]] = None,
-                    images=None) -> Optional[Path]:
+                    images=None, log_every: int = 100) -> Optional[Path]:
     """Embed ``paths`` with ``model`` into ``out`` (see the module docstring). ``process_index``/``num_processes``
     default to accelerate's state (one process without ``accelerate launch``); ``join=False`` leaves the shards
     (for a caller that joins once every process is done); ``labels``: (pids, camids) of the images (e.g. from a
     dataset), else read from the file names when they all carry them; ``images``: a ``datasets`` split with an
     ``image`` column to embed instead of opening files (``load_image_split``), ``paths`` then naming its rows.
-    Returns ``out`` on the process that wrote it."""
-    from .data import build_transforms
-    from .evaluation import flip_features
+    ``overwrite``: replace ``out`` and discard shards another job left in ``OUT.parts``. ``log_every``: when no
+    progress bar is drawn (not a terminal), a log line every that many batches. Returns ``out`` on the process that
+    wrote it.
 
-    out, paths = Path(out), [str(p) if images is not None else Path(p) for p in paths]
+    ``OUT.lock`` is held for the job (by the main process under ``accelerate launch``): a second job writing to the
+    same ``out`` stops at once, naming the holder. Shards are keyed on the job's content - the model's weights and
+    preprocessing, ``flip``, the images (and a ``datasets`` split's fingerprint) - never on names, so a retrained
+    model, a new random init or other options never resume from old shards."""
+    from .data import build_transforms
+
+    out = Path(out)
+    paths = [str(p) for p in paths] if images is not None else [Path(p).resolve() for p in paths]
     if images is not None:
         if len(images) != len(paths):
             raise ValueError(f'{len(paths)} names for {len(images)} dataset rows')
@@ -148,26 +160,79 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
     state = process_state() if process_index is None or num_processes is None else None
     rank = state.process_index if state else process_index
     world = state.num_processes if state else num_processes
-    if out.exists() and not overwrite:
-        raise FileExistsError(f'{out}: already exists (pass --overwrite to replace it)')
+    if rank == 0 or not state:
+        check_output(out, overwrite)
     if labels is not None and not len(labels[0]) == len(labels[1]) == len(paths):
         raise ValueError(f'labels for {len(labels[0])} / {len(labels[1])} images, but {len(paths)} images')
+    transform = build_transforms(model.pretrained_cfg, train=False)
+    job = job_fingerprint(model, flip, getattr(images, '_fingerprint', ''))
+    lock = Path(f'{out}.lock')
+    holding = hold_lock(lock, f'{out} (extract)', {'job': job}) if (rank == 0 or not state) else nullcontext()
+    with holding:
+        if state:
+            state.wait_for_everyone()  # the main process holds the lock before any process writes
+            held = read_lock(lock)
+            if held is None or held.get('job') != job:
+                raise LockedError(f'{out}: the lock {lock} belongs to another job; give this job another output')
+        device = device or (state.device if state else torch.device('cpu'))
+        written = _embed_shards(model, transform, paths, out, job, shard_size, rank, world, batch_size, num_workers,
+                                flip, images, device, overwrite, log_every)
+        if state:
+            state.wait_for_everyone()
+        if not join or rank != 0:
+            return None
+        return _join(written, paths, out, model_name, flip, labels)
+
+
+def job_fingerprint(model, flip: bool, content: str = '') -> str:
+    """What an embedding of this job depends on: the model's weights (every tensor's bytes), its class and
+    preprocessing, the test-time flip, and ``content`` (a ``datasets`` split's fingerprint)."""
+    digest = hashlib.sha256()
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    preprocessing = {k: cfg.get(k) for k in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode')}
+    digest.update(json.dumps(dict(cls=type(model).__qualname__, preprocessing=preprocessing, flip=bool(flip),
+                                  content=content), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f'{name}:{tensor.dtype}:{tuple(tensor.shape)}'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
+    return digest.hexdigest()
+
+
+def _embed_shards(model, transform, paths, out: Path, job: str, shard_size: int, rank: int, world: int,
+                  batch_size: int, num_workers: int, flip: bool, images, device, overwrite: bool,
+                  log_every: int) -> int:
+    """This process's shards into ``OUT.parts`` (reusing those this job wrote before); returns the shard count."""
+    from .evaluation import flip_features
+
     parts = Path(f'{out}.parts')
     shards = [paths[i:i + shard_size] for i in range(0, len(paths), shard_size)]
-    transform = build_transforms(model.pretrained_cfg, train=False)
-    device = device or (state.device if state else torch.device('cpu'))
-    parts.mkdir(parents=True, exist_ok=True)
-    mine = range(rank, len(shards), world)
-    bar = tqdm(total=sum(len(shards[i]) for i in mine), desc='embedding', unit='img',
-               disable=None if rank == 0 else True)
+    parts.mkdir(exist_ok=True)
+    mine = list(range(rank, len(shards), world))
+    keys = {index: _shard_key(shards[index], job) for index in mine}
+    reused = []
     for index in mine:
         part = _part(parts, index)
-        key = _shard_key(shards[index], model_name, flip, getattr(images, '_fingerprint', ''))
-        if part.is_file():
-            if _read_metadata(part).get('key') != key:
-                raise FileExistsError(f'{parts}: holds shards of another job (other images, model or flip); delete '
-                                      'it or choose another output')
-            bar.update(len(shards[index]))
+        if not part.is_file():
+            continue
+        if _read_metadata(part).get('key') == keys[index]:
+            reused.append(index)
+        elif overwrite:
+            _logger.warning('%s: discarding a shard of another job (--overwrite)', part)
+            part.unlink()
+        else:
+            raise FileExistsError(f'{parts}: holds shards of another job (other images, model weights, '
+                                  'preprocessing or --flip); pass --overwrite to discard them, or choose another '
+                                  'output')
+    if reused:
+        _logger.info('%s: resuming; %d of %d shards already written in %s are reused', out, len(reused), len(mine),
+                     parts)
+    total = sum(len(shards[i]) for i in mine)
+    bar = tqdm(total=total, desc='embedding', unit='img', disable=None if rank == 0 else True)
+    progress = _ProgressLog(out, total, log_every if rank == 0 and bar.disable else 0)
+    for index in mine:
+        if index in reused:
+            bar.update(len(shards[index])), progress.advance(len(shards[index]), batches=0)
             continue
         loader = DataLoader(_Images(shards[index], transform, images, index * shard_size), batch_size=batch_size,
                             num_workers=num_workers)
@@ -177,14 +242,25 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
                 pixels = pixels.to(device)
                 feats.append((flip_features(lambda x: embed(model, x), pixels) if flip
                               else embed(model, pixels)).float().cpu())
-                bar.update(len(pixels))
-        _save({'embeddings': torch.cat(feats)}, {'key': key}, part)
+                bar.update(len(pixels)), progress.advance(len(pixels))
+        _save({'embeddings': torch.cat(feats)}, {'key': keys[index]}, _part(parts, index))
     bar.close()
-    if state:
-        state.wait_for_everyone()
-    if not join or rank != 0:
-        return None
-    return _join(parts, len(shards), paths, out, model_name, flip, labels)
+    return len(shards)
+
+
+class _ProgressLog:
+    """A log line every ``every`` batches, for runs whose progress bar is not drawn (output not a terminal)."""
+
+    def __init__(self, out: Path, total: int, every: int) -> None:
+        self.out, self.total, self.every, self.done, self.batches = out, total, every, 0, 0
+        self.start = time.monotonic()
+
+    def advance(self, images: int, batches: int = 1) -> None:
+        self.done += images
+        self.batches += batches
+        if self.every and batches and self.batches % self.every == 0:
+            rate = self.done / max(time.monotonic() - self.start, 1e-9)
+            _logger.info('%s: %d / %d images embedded (%.0f images/s)', self.out, self.done, self.total, rate)
 
 
 def process_state():
@@ -217,7 +293,8 @@ def load_embeddings(path: Path) -> Dict[str, Any]:
     return out
 
 
-def _join(parts: Path, count: int, paths: List[Path], out: Path, model_name: str, flip: bool, labels) -> Path:
+def _join(count: int, paths: List, out: Path, model_name: str, flip: bool, labels) -> Path:
+    parts = Path(f'{out}.parts')
     feats = []
     for index in range(count):
         with safe_open(_part(parts, index), 'pt') as handle:
@@ -233,9 +310,9 @@ def _join(parts: Path, count: int, paths: List[Path], out: Path, model_name: str
     return out
 
 
-def _shard_key(paths: Sequence[Path], model_name: str, flip: bool, content: str = '') -> str:
-    """What a shard holds; ``content``: a ``datasets`` fingerprint, so rows of another revision never resume."""
-    digest = hashlib.sha256(f'{model_name}\n{flip}\n{content}\n'.encode())
+def _shard_key(paths: Sequence, job: str) -> str:
+    """What a shard holds: this job (``job_fingerprint``) on these images."""
+    digest = hashlib.sha256(f'{job}\n'.encode())
     for path in paths:
         digest.update(f'{path}\n'.encode())
     return digest.hexdigest()

@@ -22,7 +22,8 @@ from typing import Any, Dict, Optional, Union
 
 import torch.nn as nn
 
-__all__ = ['push_to_hub', 'prepare_folder', 'card_for_folder', 'check_push_supported', 'push_model_folder']
+__all__ = ['push_to_hub', 'prepare_folder', 'card_for_folder', 'check_push_supported', 'push_model_folder',
+           'check_folder_preprocessing']
 
 WEIGHTS_NAME = 'model.safetensors'
 _PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt')
@@ -86,17 +87,15 @@ def prepare_folder(model_or_folder: Union[nn.Module, str, Path], out: Union[str,
         timm_config = timm_folder_config(source)
         if timm_config is not None:
             return _prepare_timm_folder(source, out, timm_config, repo_id, metrics)
-        config = folder_config(source)
+        config = folder_config(source)  # also checks that its two preprocessing files agree
         config.save_pretrained(out)  # regenerates timm's keys from the fields (a stale copy is never carried over)
         shutil.copy2(source / WEIGHTS_NAME, out / WEIGHTS_NAME)
-        for name in ('preprocessor_config.json', 'README.md'):
-            if (source / name).is_file():
-                shutil.copy2(source / name, out / name)
+        if (source / 'README.md').is_file():
+            shutil.copy2(source / 'README.md', out / 'README.md')
         if metrics is None:
             metrics, selection = _run_metrics(source)
-    if not (out / 'preprocessor_config.json').is_file():
-        _family(config).image_processor_class.from_timm_pretrained_cfg(
-            config.timm_hub_keys()['pretrained_cfg']).save_pretrained(out)
+    # written from the config, as timm's pretrained_cfg is: one truth in both files
+    _family(config).image_processor_class.from_config(config).save_pretrained(out)
     if not (out / 'README.md').is_file():
         from .cards import model_card, write_card
         write_card(model_card(config, repo_id or (source.name if source else 'org/name'), metrics=metrics,
@@ -183,7 +182,56 @@ def folder_config(folder: Path):
     except (ValueError, KeyError, json.JSONDecodeError) as error:
         raise ValueError(f'{folder / "config.json"}: not a model config aaformer-hf can read ({error})') from error
     _family(config)
+    check_folder_preprocessing(folder, config.preprocessing_cfg())
     return config
+
+
+_RESAMPLE_NAMES = {2: 'bilinear', 3: 'bicubic'}  # PILImageResampling values the processors save
+
+
+def check_folder_preprocessing(folder: Path, expected: Optional[Dict[str, Any]] = None) -> None:
+    """A model folder's ``preprocessor_config.json`` and config.json (its ``pretrained_cfg``, or ``expected``: a
+    config's ``preprocessing_cfg()``) must describe the same pixels: transformers reads one or the other depending
+    on its version, timm reads config.json. A disagreement is an error naming both files and the values."""
+    folder = Path(folder)
+    processor_path, config_path = folder / 'preprocessor_config.json', folder / 'config.json'
+    if not processor_path.is_file():
+        return
+    if expected is None:
+        expected = _read_json(config_path).get('pretrained_cfg') if config_path.is_file() else None
+        if not isinstance(expected, dict):
+            return
+    processor = _read_json(processor_path)
+    size = processor.get('size') or {}
+    found = dict(input_size=(size.get('height'), size.get('width')), mean=processor.get('image_mean'),
+                 std=processor.get('image_std'), interpolation=_RESAMPLE_NAMES.get(processor.get('resample')))
+    wanted = dict(input_size=tuple(expected['input_size'][-2:]), mean=expected.get('mean'), std=expected.get('std'),
+                  interpolation=expected.get('interpolation'))
+    differ = [f'{key} {found[key]} vs {wanted[key]}' for key in wanted if not _same(found[key], wanted[key])]
+    if differ:
+        raise ValueError(
+            f'{processor_path} and {config_path} describe different preprocessing ({"; ".join(differ)}); '
+            'transformers reads one or the other depending on its version. Set image_mean / image_std / '
+            'interpolation in config.json to the values meant and write the processor from them '
+            '(ImageProcessor.from_config(config).save_pretrained(folder)), or delete preprocessor_config.json')
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(
+            x == y if not isinstance(x, float) and not isinstance(y, float) else abs(x - y) <= 1e-6
+            for x, y in zip(a, b))
+    return a == b
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f'{path}: unreadable JSON ({error})') from error
+    if not isinstance(value, dict):
+        raise ValueError(f'{path}: expected a JSON object')
+    return value
 
 
 def _refuse_pickles(folder: Path) -> None:

@@ -216,7 +216,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
     recipe = family.make_recipe(config, model, len(id2label))
     processor_class = MODEL_FAMILIES[model.config.model_type].image_processor_class
-    processor = processor_class.from_timm_pretrained_cfg(pretrained_cfg) if recipe.input_cfg is None else None
+    processor = processor_class.from_config(model.config) if recipe.input_cfg is None else None
     input_cfg = recipe.input_cfg or pretrained_cfg  # stage 1 (RunContext) reads the teacher's own
     if recipe.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
         data['train'] = add_parsing_column(data['train'], config.data_root, missing=config.parsing_missing)

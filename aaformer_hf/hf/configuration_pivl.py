@@ -40,6 +40,13 @@ class PiVLConfig(TimmBackedConfig):
         classifier_dropout (`float`, defaults to 0.0): Dropout before the identity classifiers.
         label_smoothing (`float`, defaults to 0.1): Label smoothing of the identity loss.
         initializer_range (`float`, defaults to 0.02): Std of the truncated normal init of linear layers.
+        image_mean (`float` or `tuple[float, ...]`, *optional*): Mean the pixels are normalised with (one number
+            for every channel, or one per channel, as transformers' image processors take it); `None` takes
+            the family's backbone statistics from its timm pretrained cfg (OpenAI CLIP's).
+        image_std (`float` or `tuple[float, ...]`, *optional*): Std, likewise (OpenAI CLIP's).
+        interpolation (`str`, *optional*): `"bilinear"` or `"bicubic"` resizing to `image_size`; `None` as the
+            timm pretrained cfg (bicubic). These three fields are the model's one preprocessing truth: timm's
+            `pretrained_cfg` in config.json, `preprocessor_config.json` and the model card are written from them.
     """
 
     model_type = 'pivl'
@@ -64,6 +71,9 @@ class PiVLConfig(TimmBackedConfig):
     classifier_dropout: float | int = 0.0
     label_smoothing: float | int = 0.1
     initializer_range: float = 0.02
+    image_mean: float | int | list[float | int] | tuple[float | int, ...] | None = None
+    image_std: float | int | list[float | int] | tuple[float | int, ...] | None = None
+    interpolation: str | None = None
 
     def __post_init__(self, **kwargs):
         if self.embedding not in ('before_bnneck', 'after_bnneck'):
@@ -97,7 +107,8 @@ class PiVLConfig(TimmBackedConfig):
             embedding=model.embedding,
             patch_stride=None if model.patch_stride == model.patch_embed.patch_size[0] else model.patch_stride,
             num_cameras=model.num_cameras, camera_embed_scale=model.camera_embed_scale,
-            **cls.regularisation_fields(model))
+            **cls.regularisation_fields(model),
+            **cls.preprocessing_fields(model))
         return cls(**{**fields, **kwargs})
 
     def timm_kwargs(self) -> Dict[str, Any]:

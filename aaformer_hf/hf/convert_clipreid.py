@@ -9,8 +9,9 @@ BatchNorm necks (``bottleneck``, ``bottleneck_proj``), two bias-free classifiers
 ``classifier_proj``) and, with SIE, a camera embedding ``cv_embed``; its prompt learner and text encoder are
 training-only and are left out (the converter says how many tensors it leaves). The checkpoint does not record the
 input size or the patch stride: the size is an argument (CLIP-ReID's 256x128 by default), the stride is read off the
-position grid (16, or 12 for "OLP"), nor its normalisation: CLIP-ReID's configs use mean = std = 0.5, which the saved
-image processor states. Files are read with ``torch.load(weights_only=True)``; nothing is unpickled.
+position grid (16, or 12 for "OLP"), nor its preprocessing: CLIP-ReID's configs use mean = std = 0.5 and its test
+transform resizes bilinearly (``T.Resize``), which the saved config states (and with it timm's ``pretrained_cfg``,
+the image processor and the card). Files are read with ``torch.load(weights_only=True)``; nothing is unpickled.
 """
 import argparse
 import logging
@@ -31,6 +32,7 @@ __all__ = ['convert_clipreid_state_dict', 'convert_clipreid_checkpoint', 'main']
 _logger = logging.getLogger(__name__)
 
 CLIPREID_MEAN = CLIPREID_STD = (0.5, 0.5, 0.5)  # INPUT.PIXEL_MEAN / PIXEL_STD in CLIP-ReID's person configs
+CLIPREID_INTERPOLATION = 'bilinear'  # its test transform's T.Resize default
 _TRAINING_ONLY = ('prompt_learner.', 'text_encoder.')
 _NECKS = {'bottleneck.': 'bnneck.', 'bottleneck_proj.': 'bnneck_proj.'}
 _CLASSIFIERS = {'classifier.weight': 'head.cls.weight', 'classifier_proj.weight': 'head.proj.weight'}
@@ -50,10 +52,14 @@ def convert_clipreid_state_dict(
         image_size: Sequence[int] = (256, 128),
         camera_embed_scale: float = 1.0,
         embedding: str = 'before_bnneck',
+        image_mean: Sequence[float] = CLIPREID_MEAN,
+        image_std: Sequence[float] = CLIPREID_STD,
+        interpolation: str = CLIPREID_INTERPOLATION,
 ) -> Tuple[Dict[str, torch.Tensor], PiVLConfig]:
     """CLIP-ReID weights -> (π-VL weights in timm's layout, the ``PiVLConfig`` describing them).
 
-    ``camera_embed_scale`` is CLIP-ReID's ``SIE_COE`` (not stored in checkpoints; used only if it has ``cv_embed``).
+    ``camera_embed_scale`` is CLIP-ReID's ``SIE_COE`` (not stored in checkpoints; used only if it has ``cv_embed``);
+    ``image_mean`` / ``image_std`` / ``interpolation``: the preprocessing it was trained with (CLIP-ReID's).
     Keys the converter does not know are an error naming them; the training-only prompt learner and text encoder are
     left out and logged.
     """
@@ -96,7 +102,8 @@ def convert_clipreid_state_dict(
         projection_dim=visual['visual.proj'].shape[1], hidden_act='quick_gelu', embedding=embedding,
         patch_stride=None if stride == patch else stride,
         num_cameras=out['camera_embed'].shape[0] if 'camera_embed' in out else 0,
-        camera_embed_scale=camera_embed_scale,
+        camera_embed_scale=camera_embed_scale, image_mean=tuple(image_mean), image_std=tuple(image_std),
+        interpolation=interpolation,
         num_labels=out['head.cls.weight'].shape[0] if 'head.cls.weight' in out else 2)
     tower = _convert_openai_clip(visual, model=None)  # timm's OpenAI-CLIP key mapping; the projection is `head`
     tower['proj.weight'] = tower.pop('head.weight')
@@ -112,6 +119,7 @@ def convert_clipreid_checkpoint(
         embedding: str = 'before_bnneck',
         image_mean: Sequence[float] = CLIPREID_MEAN,
         image_std: Sequence[float] = CLIPREID_STD,
+        interpolation: str = CLIPREID_INTERPOLATION,
         overwrite: bool = False,
 ) -> PiVLModel | PiVLForReID:
     """Read a CLIP-ReID ``.pth`` (weights only), convert it and ``save_pretrained`` it (with its image processor)
@@ -126,12 +134,12 @@ def convert_clipreid_checkpoint(
     except Exception as error:  # unpickling refused or a damaged file: name it
         raise ValueError(f'{checkpoint}: not a plain state dict torch.load(weights_only=True) can read ({error})') \
             from error
-    weights, config = convert_clipreid_state_dict(state_dict, image_size, camera_embed_scale, embedding)
+    weights, config = convert_clipreid_state_dict(state_dict, image_size, camera_embed_scale, embedding,
+                                                   image_mean, image_std, interpolation)
     model = (PiVLForReID if 'head.cls.weight' in weights else PiVLModel)(config)
     model.timm_model.load_state_dict(weights, strict=True)  # every tensor placed, none left over
     model.eval().save_pretrained(output_dir)
-    PiVLImageProcessor(size={'height': config.image_size[0], 'width': config.image_size[1]},
-                       image_mean=list(image_mean), image_std=list(image_std)).save_pretrained(output_dir)
+    PiVLImageProcessor.from_config(config).save_pretrained(output_dir)
     return model
 
 

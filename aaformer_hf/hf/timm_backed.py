@@ -46,6 +46,10 @@ _BASE_CONFIG_KEYWORDS = frozenset({
 # config.json keys timm reads (its Hub format). Written from the config's fields on every save, never read back: a
 # checkpoint re-saved with another num_labels or width must not keep a stale copy that timm would then build from.
 TIMM_HUB_KEYS = ('architecture', 'num_classes', 'num_features', 'model_args', 'pretrained_cfg')
+# the config fields that say how pixels are made (one truth for timm's pretrained_cfg, preprocessor_config.json and
+# the card), always written to config.json: a default that changes between releases must not change a saved model
+PREPROCESSING_FIELDS = ('image_mean', 'image_std', 'interpolation')
+INTERPOLATIONS = ('bilinear', 'bicubic')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,14 +99,42 @@ class TimmBackedConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         for key in TIMM_HUB_KEYS:  # derived (see to_dict), so a loaded copy is dropped rather than kept stale
             kwargs.pop(key, None)
+        self._resolve_preprocessing()
         super().__post_init__(**kwargs)
+
+    def _resolve_preprocessing(self) -> None:
+        """Fill unset preprocessing fields from the family's timm registry cfg (the backbone's statistics) and check
+        them: every reader of the folder (timm, transformers' processor, the card) takes them from here."""
+        from timm.models import get_pretrained_cfg
+
+        registry = get_pretrained_cfg(self.timm_architecture)
+        defaults = dict(image_mean=registry.mean, image_std=registry.std, interpolation=registry.interpolation)
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        name = type(self).__name__
+        for field in ('image_mean', 'image_std'):
+            values = getattr(self, field)
+            if isinstance(values, (int, float)):  # one number for every channel
+                values = (values,) * self.num_channels
+            if len(values) != self.num_channels or not all(isinstance(v, (int, float)) for v in values):
+                raise ValueError(f'{name}.{field} must hold one number per channel ({self.num_channels}), got '
+                                 f'{values!r}')
+            setattr(self, field, tuple(float(v) for v in values))
+        if not all(s > 0 for s in self.image_std):
+            raise ValueError(f'{name}.image_std must be > 0, got {self.image_std}')
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f'{name}.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}')
 
     def to_dict(self) -> Dict[str, Any]:
         return {**super().to_dict(), **self.timm_hub_keys()}
 
     def to_diff_dict(self) -> Dict[str, Any]:
-        # transformers drops values equal to a default config's; timm needs all of its keys in every file
-        return {**super().to_diff_dict(), **self.timm_hub_keys()}
+        # transformers drops values equal to a default config's; timm needs all of its keys in every file, and the
+        # preprocessing is written out so that a changed family default never changes a saved model's pixels
+        preprocessing = {name: list(getattr(self, name)) if name != 'interpolation' else getattr(self, name)
+                         for name in PREPROCESSING_FIELDS}
+        return {**super().to_diff_dict(), **preprocessing, **self.timm_hub_keys()}
 
     def timm_hub_keys(self) -> Dict[str, Any]:
         """The keys timm's ``hf-hub:`` / ``local-dir:`` loading reads, derived from the fields: the family's
@@ -118,10 +150,27 @@ class TimmBackedConfig(PreTrainedConfig):
         pretrained_cfg = {k: v for k, v in filter_pretrained_cfg(registry, remove_source=True).items()
                           if k not in ('architecture', 'tag')}
         pretrained_cfg.update(
-            input_size=(self.num_channels, *self.image_size), num_classes=num_classes,
+            num_classes=num_classes, **self.preprocessing_cfg(),
             notes=('trained by aaformer-hf; the model card says on what data',))
         return dict(architecture=self.timm_architecture, num_classes=num_classes,
                     model_args=json.loads(json.dumps(self.timm_kwargs())), pretrained_cfg=pretrained_cfg)
+
+    def preprocessing_cfg(self) -> Dict[str, Any]:
+        """How an image becomes the model's input, in timm's pretrained-cfg keys: resized to exactly ``image_size``
+        (``crop_mode`` 'squash' with ``crop_pct`` 1: timm's eval transform stretches the crop to size, as re-ID test
+        transforms do, instead of keeping the aspect ratio and cropping), scaled to [0, 1], normalised with ``image_mean`` /
+        ``image_std``. The one truth every reader takes: timm's ``pretrained_cfg`` in config.json,
+        ``preprocessor_config.json`` (``image_processor_class.from_config``) and the model card."""
+        return dict(input_size=(self.num_channels, *self.image_size), mean=tuple(self.image_mean),
+                    std=tuple(self.image_std), interpolation=self.interpolation, crop_pct=1.0, crop_mode='squash')
+
+    @staticmethod
+    def preprocessing_fields(model: nn.Module) -> Dict[str, Any]:
+        """The preprocessing fields of a built timm model, from its ``pretrained_cfg`` (what it was created or loaded
+        with: the registry's, an overlay's, or a saved folder's)."""
+        cfg = model.pretrained_cfg
+        return dict(image_mean=tuple(cfg['mean']), image_std=tuple(cfg['std']),
+                    interpolation=cfg.get('interpolation') or 'bilinear')
 
     def timm_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for the family's timm model class (everything but ``num_classes``)."""

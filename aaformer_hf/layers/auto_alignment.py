@@ -26,6 +26,9 @@ AssignmentScore = Literal['cosine', 'dot']
 PartSelfKey = Literal['if_empty', 'always']
 
 
+# torch < 2.7 has no is_exporting: there any dynamo trace counts as one (the plain path, same outputs, always exports)
+_is_exporting = getattr(torch.compiler, 'is_exporting', torch.compiler.is_compiling)
+
 class MultiHeadAutoAlignment(nn.Module):
     """Self-attention over [CLS, PART_1..P, patches] where [PART] rows attend only to their assigned patches.
 
@@ -262,7 +265,7 @@ class MultiHeadAutoAlignment(nn.Module):
         only with its Triton kernels on (without them inductor fuses the plain path)."""
         if not self.part_rows_op or drop > 0:
             return False
-        if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or _is_exporting() or torch.onnx.is_in_onnx_export():
             return False
         return not (x.is_cuda and torch.compiler.is_compiling() and not triton_kernels_on(x))
 

@@ -291,6 +291,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
         'input_size': (3, 256, 128),
         'pool_size': None,
         'crop_pct': 1.0,
+        'crop_mode': 'squash',  # re-ID crops are resized whole to 256x128 (no aspect-keeping crop)
         'interpolation': 'bicubic',
         'fixed_input_size': True,
         'mean': OPENAI_CLIP_MEAN,
