@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ._files import atomic_path
+from .files import atomic_path
 
 __all__ = ['model_card', 'student_card', 'planned_cards', 'write_card', 'DATASETS', 'REPORTED', 'main']
 
@@ -121,15 +121,17 @@ def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, d
     if config.model_type not in _FAMILIES:
         raise ValueError(f'no model card text for model_type {config.model_type!r} (known: {sorted(_FAMILIES)})')
     family = _FAMILIES[config.model_type]
-    metrics = metrics or {}
-    dataset = metrics.get('dataset') or dataset
+    metrics = _flat_metrics(metrics or {})
+    dataset = _dataset_of(metrics) or dataset
     dataset_name = DATASETS.get(dataset, dataset or 'unknown data')
     measured, eval_results = _measured(metrics, dataset, dataset_name)
     name = f'{family.name} ({config.model_type}) on {dataset_name}'
+    # a measured model states what it started from; a planned one the recipe's initialisation
+    base_model = family.base_model if status is not None else _base_model(metrics)
     card_data = ModelCardData(
         model_name=name, library_name='aaformer-hf', license='apache-2.0', pipeline_tag='image-feature-extraction',
         tags=['timm', 'transformers', 'person-reid', 're-identification', config.model_type],
-        base_model=family.base_model, eval_results=eval_results)
+        base_model=base_model, eval_results=eval_results)
     return _render(
         card_data, repo_id, status, pretrained_cfg=config.timm_hub_keys()['pretrained_cfg'],
         summary=f'{family.summary} Paper: {family.paper} ([arXiv {family.arxiv}](https://arxiv.org/abs/'
@@ -151,7 +153,8 @@ def student_card(timm_config: Dict[str, Any], repo_id: str, metrics: Optional[Di
     if not architecture or 'pretrained_cfg' not in timm_config:
         raise ValueError('not a timm model config (no architecture / pretrained_cfg)')
     family = _FAMILIES['pivl']
-    dataset = metrics.get('dataset')
+    metrics = _flat_metrics(metrics)
+    dataset = _dataset_of(metrics)
     dataset_name = DATASETS.get(dataset, dataset or 'unknown data')
     measured, eval_results = _measured(metrics, dataset, dataset_name)
     teacher = _teacher_text(metrics)
@@ -166,6 +169,39 @@ def student_card(timm_config: Dict[str, Any], repo_id: str, metrics: Optional[Di
         usage=_TIMM_USAGE.format(repo_id=repo_id, embedding_size=timm_config.get('num_features', 'D')),
         training=_training_text(metrics, dataset_name, selection),
         measured=_measured_text(measured, metrics, dataset, dataset_name), reported='', citation=family.citation)
+
+
+def _flat_metrics(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """A metrics dict as training writes it; ``aaformer-hf evaluate --json`` nests its plain metrics under 'plain'."""
+    if isinstance(metrics.get('plain'), dict) and 'mAP' not in metrics:
+        return {**metrics, **metrics['plain']}
+    return metrics
+
+
+def _dataset_of(metrics: Dict[str, Any]) -> Optional[str]:
+    """The dataset the metrics were measured on; a set the synthetic generator wrote is 'synthetic' whichever loader
+    read it (its root says so), never the benchmark whose layout it copies."""
+    from .data.synthetic import is_synthetic
+
+    root = metrics.get('data_root') or metrics.get('root')
+    if root and Path(root).is_dir() and is_synthetic(Path(root)):
+        return 'synthetic'
+    return metrics.get('dataset')
+
+
+def _base_model(metrics: Dict[str, Any]) -> Optional[str]:
+    """The Hub checkpoint the weights started from, when the run recorded one (``init`` in metrics.json)."""
+    init = metrics.get('init') or {}
+    return init.get('hub_id') if init.get('kind') == 'hub' else None
+
+
+def _init_text(metrics: Dict[str, Any]) -> Optional[str]:
+    init = metrics.get('init')
+    if not isinstance(init, dict):
+        return None
+    return {'hub': f'initialised from `{init.get("hub_id")}` (timm)',
+            'file': f'initialised from a local checkpoint file (`{init.get("file")}`)',
+            'random': 'trained from a random initialisation (no pretrained weights)'}.get(init.get('kind'))
 
 
 def _teacher_text(metrics: Dict[str, Any]) -> str:
@@ -235,6 +271,8 @@ def _training_text(metrics: Dict[str, Any], dataset_name: str, selection: Option
                                                           'baseline', 'epochs', 'processes') if metrics.get(key))
     if recipe:
         lines.append(f'- recipe: {recipe} (`accelerate launch examples/train.py`, aaformer-hf)')
+    init = _init_text(metrics)
+    lines.append(f'- weights {init}' if init else '- initialisation: not recorded with these metrics')
     if selection:
         lines.append(f'- weights: {selection}')
     return '\n'.join(lines)
@@ -276,6 +314,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     parser.add_argument('--metrics', type=Path, help='metrics.json (default: FOLDER/../metrics.json when present)')
     parser.add_argument('--planned', type=Path, help='write the planned checkpoints\' cards to this folder instead')
     parser.add_argument('--org', default='aaformer-hf', help='the Hub organisation the planned cards name')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing README.md')
     args = parser.parse_args(argv)
     if args.planned is not None:
         for path in planned_cards(args.planned, org=args.org):
@@ -283,8 +322,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         return 0
     if args.folder is None:
         parser.error('give a model FOLDER or --planned DIR')
+    from .files import check_output
     from .hub import card_for_folder
     try:
+        if not args.folder.is_dir():
+            raise FileNotFoundError(f'{args.folder}: model folder not found')
+        check_output(args.folder / 'README.md', args.overwrite)  # a card someone wrote is not replaced unasked
         path = write_card(card_for_folder(args.folder, args.repo_id, args.metrics), args.folder / 'README.md')
     except (OSError, ValueError) as error:
         parser.exit(2, f'{parser.prog}: error: {error}\n')

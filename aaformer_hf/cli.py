@@ -14,6 +14,7 @@ Every command takes --help. Exit codes: 0 done, 2 bad input (the message names t
 """
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -81,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--rerank', action='store_true', help='also report k-reciprocal re-ranked metrics')
     evaluate.add_argument('--rerank_k1', type=int, default=20, help='re-ranking k1 (default 20, the usual)')
     evaluate.add_argument('--rerank_k2', type=int, default=6, help='re-ranking k2 (default 6)')
+    evaluate.add_argument('--no_normalize', dest='normalize', action='store_false',
+                          help='rank the raw features; by default they are L2-normalised first, as training '
+                               'evaluates (examples/train.py --eval_normalize, whose metrics.json this reproduces)')
     evaluate.add_argument('--json', type=Path, help='also write the metrics to this JSON file')
+    evaluate.add_argument('--overwrite', action='store_true', help='replace an existing --json file')
 
     onnx = commands.add_parser('export-onnx', help='ONNX of the embedding, checked in onnxruntime',
                                epilog='example:\n  aaformer-hf export-onnx outputs/synthetic/model -o reid.onnx',
@@ -91,7 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument('--pretrained', action='store_true', help='for a timm name: its pretrained weights')
     onnx.add_argument('--opset', type=int, default=18, help='ONNX opset (>= 17; default 18)')
     onnx.add_argument('--tolerance', type=float, default=1e-4,
-                      help='largest absolute difference from PyTorch accepted (default 1e-4)')
+                      help='largest absolute embedding difference from PyTorch accepted (default 1e-4); for an '
+                           'AAformer, PyTorch runs with the graph\'s own patch assignments, so near-ties that round '
+                           'the other way in onnxruntime do not count here')
+    onnx.add_argument('--assignment_tolerance', type=float, default=1e-3,
+                      help='AAformer: largest share of patch-to-part assignment decisions allowed to differ from '
+                           'PyTorch\'s (default 0.001; near-ties flip a few in a million)')
     onnx.add_argument('--overwrite', action='store_true', help='replace an existing output file')
 
     find = commands.add_parser('search', help='nearest gallery embeddings of query embeddings -> JSON',
@@ -99,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument('gallery', type=Path, help='a .safetensors file written by extract')
     find.add_argument('query', type=Path, help='a .safetensors file written by extract')
     find.add_argument('-o', '--output', type=Path, required=True, help='the .json file to write')
-    find.add_argument('--top', type=int, default=10)
+    find.add_argument('--top', type=int, default=10, help='gallery matches per query (>= 1; default 10)')
     find.add_argument('--metric', choices=('cosine', 'euclidean'), default='cosine')
     find.add_argument('--backend', choices=('torch', 'faiss'), default='torch',
                       help='torch: exact; faiss: its index (extra aaformer-hf[search])')
@@ -123,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     visualize.add_argument('--root', help='ranks: the dataset folder')
     visualize.add_argument('--top', type=int, default=10, help='ranks: gallery images per query')
     visualize.add_argument('--batch_size', type=int, default=64)
+    visualize.add_argument('--overwrite', action='store_true', help='replace an existing output file')
 
     for name, (_, help_text) in _DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -146,21 +157,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return result if isinstance(result, int) else 0
     parser = _parser()
     args = parser.parse_args(argv)
+    # progress lines (when no bar is drawn: not a terminal) and resume notes; the libraries' chatter stays quiet
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    logging.getLogger('aaformer_hf').setLevel(logging.INFO)
     try:
         return {'extract': _extract, 'evaluate': _evaluate, 'export-onnx': _export_onnx,
                 'visualize': _visualize, 'search': _search}[args.command](args)
-    except (OSError, ValueError, ImportError) as error:
-        parser.exit(2, f'aaformer-hf {args.command}: error: {error}\n')
+    except (OSError, ValueError, ImportError, RuntimeError) as error:
+        parser.exit(2, f'aaformer-hf {args.command}: error: {_message(error)}\n')
+
+
+def _message(error: BaseException) -> str:
+    """An error's message without Python's ``[Errno N]`` prefix: the file it names is what the user needs."""
+    if isinstance(error, OSError) and error.strerror and error.filename is None and len(error.args) == 2:
+        return str(error.strerror)
+    return str(error)
+
+
+def _check_device(device: str) -> None:
+    """A device flag that names a GPU which is not there fails now, not inside the first tensor copy."""
+    import torch
+    if device in ('auto', 'cpu'):
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: not a device ('auto', 'cpu', 'cuda' or e.g. 'cuda:1')") from error
+    if parsed.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'--device {device}: no CUDA GPU is available here (use --device cpu or auto)')
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f'--device {device}: only {torch.cuda.device_count()} GPU(s) here')
 
 
 def _extract(args) -> int:
+    from .files import check_output
     from .embeddings import collect_images, extract_to_file, load_inference_model, process_state
 
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError('--shard_size and --batch_size must be >= 1')
     state = process_state()
-    if args.output.exists() and not args.overwrite:  # before loading anything
-        raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
+    if state.is_main_process:
+        check_output(args.output, args.overwrite)  # before loading anything
     if (args.images is None) == (args.dataset is None):
         raise ValueError('give IMAGES (a folder or file list) or --dataset NAME --root DIR, not both')
     labels, rows = None, None
@@ -204,32 +242,47 @@ def _hub_split(args):
 
 
 def _export_onnx(args) -> int:
+    from .files import check_output
     from .embeddings import load_inference_model
     from .export import export_onnx
 
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
+    check_output(args.output, args.overwrite)
+    if args.tolerance <= 0 or not 0 <= args.assignment_tolerance <= 1:
+        raise ValueError('--tolerance must be > 0 and --assignment_tolerance within [0, 1]')
     differences = export_onnx(load_inference_model(args.model, args.pretrained), args.output, args.opset,
-                              args.tolerance)
-    mismatch = differences.pop('assignments', None)
+                              args.tolerance, assignment_tolerance=args.assignment_tolerance)
+    mismatch, unfed = differences.pop('assignments', None), differences.pop('unfed', None)
     checked = ', '.join(f'batch {b}: {d:.1e}' for b, d in differences.items())
-    assigned = '' if mismatch is None else f'; patch-to-part assignments differing: {mismatch:.3%}'
+    assigned = '' if mismatch is None else (
+        f' (with the graph\'s own patch assignments); assignment decisions differing: {mismatch:.4%} (largest '
+        f'embedding difference they caused: {unfed:.1e}); outputs embeddings and assignments')
     print(f'{args.output}: {args.model}, opset {args.opset}, dynamic batch; onnxruntime vs PyTorch max |diff| '
           f'{checked}{assigned}')
     return 0
 
 
 def _search(args) -> int:
-    from ._files import atomic_path
+    from .files import atomic_path, check_output
     from .embeddings import load_embeddings
     from .search import search
 
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f'{args.output}: already exists (pass --overwrite to replace it)')
+    check_output(args.output, args.overwrite)
+    if args.top < 1:
+        raise ValueError(f'--top {args.top}: give at least 1 match per query')
+    if args.nprobe < 1:
+        raise ValueError(f'--nprobe {args.nprobe}: must be >= 1')
+    _check_device(args.device)
     gallery, query = load_embeddings(args.gallery), load_embeddings(args.query)
     if gallery['model'] != query['model']:
         raise ValueError(f'{args.query} holds embeddings of {query["model"]}, {args.gallery} of {gallery["model"]}: '
                          'distances between two models mean nothing')
+    for name, saved in ((args.gallery, gallery), (args.query, query)):
+        rows = saved['embeddings']
+        zero = (rows.abs().amax(dim=1) == 0).nonzero().flatten().tolist() if rows.numel() else []
+        if zero:
+            raise ValueError(f'{name}: {len(zero)} all-zero embedding(s) (first: {saved["paths"][zero[0]]}): they have '
+                             'no direction, so every distance to them is the same; re-extract them with a working '
+                             'model')
     distances, indices = search(query['embeddings'], gallery['embeddings'], args.top, args.metric, args.backend,
                                 args.index, args.nprobe, device=args.device)
     results = [dict(query=q, matches=[dict(path=gallery['paths'][g], distance=round(float(d), 6))
@@ -246,18 +299,28 @@ def _search(args) -> int:
 def _visualize(args) -> int:
     import torch
 
+    from .files import atomic_path, check_output
     from .data import build_transforms
     from .data.images import read_rgb
     from .embeddings import collect_images, load_inference_model
     from .visualize import attention_figure, parts_figure
 
+    check_output(args.output, args.overwrite)
+    if args.limit < 1 or args.top < 1 or args.batch_size < 1:
+        raise ValueError('--limit, --top and --batch_size must be >= 1')
+    if args.kind != 'ranks' and not args.images:
+        raise ValueError(f'visualize {args.kind}: give image files or folders')
+    if args.kind == 'ranks' and (not args.dataset or not args.root):
+        raise ValueError('visualize ranks: needs --dataset and --root')
     model = load_inference_model(args.model, args.pretrained)
+    depth = len(getattr(model, 'blocks', ()))
+    if args.kind != 'ranks' and not -depth <= args.layer < depth:
+        raise ValueError(f'--layer {args.layer}: {args.model} has {depth} layers (0..{depth - 1}, or -1..-{depth} '
+                         'from the last)')
     transform = build_transforms(model.pretrained_cfg, train=False)
     if args.kind == 'ranks':
         figure = _ranks(args, model, transform)
     else:
-        if not args.images:
-            raise ValueError(f'visualize {args.kind}: give image files or folders')
         paths = [p for source in args.images for p in (collect_images(source) if source.is_dir() else [source])]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
@@ -266,7 +329,6 @@ def _visualize(args) -> int:
         pixels = torch.stack([transform(image) for image in images])
         draw = parts_figure if args.kind == 'parts' else attention_figure
         figure = draw(model, images, pixels, args.layer)
-    from ._files import atomic_path
     with atomic_path(args.output, suffix='.png') as tmp:
         figure.save(tmp, format='PNG')
     print(f'{args.output}: {args.kind} of {args.model} ({figure.width}x{figure.height})')
@@ -281,8 +343,6 @@ def _ranks(args, model, transform):
     from .evaluation import pairwise_distance
     from .visualize import ranks_figure
 
-    if not args.dataset or not args.root:
-        raise ValueError('visualize ranks: needs --dataset and --root')
     data = load_reid_dataset(args.dataset, args.root)
     query = data['query'].select(range(min(args.limit, len(data['query']))))
     features = {}
@@ -310,10 +370,14 @@ class _LazyImages:
 def _evaluate(args) -> int:
     import torch
 
+    from .files import atomic_path, check_output
     from .data import build_transforms, eval_loader, load_reid_dataset
+    from .data.synthetic import is_synthetic
     from .embeddings import embed, load_inference_model
     from .evaluation import evaluate, flip_features, re_rank, summarise
 
+    if args.json is not None:
+        check_output(args.json, args.overwrite)  # before any work
     data = load_reid_dataset(args.dataset, args.root)
     model = load_inference_model(args.model, args.pretrained)
     transform = build_transforms(model.pretrained_cfg, train=False)
@@ -328,22 +392,25 @@ def _evaluate(args) -> int:
 
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = features('query'), features('gallery')
     labels = (q_pids, g_pids, q_cams, g_cams)
-    results = {'plain': summarise(evaluate(qf, gf, *labels, metric=args.metric))}
+    results = {'plain': summarise(evaluate(qf, gf, *labels, metric=args.metric, normalize=args.normalize))}
     if args.rerank:
-        if args.metric == 'cosine':
+        if args.normalize or args.metric == 'cosine':  # as training re-ranks
             qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
         results['re-ranked'] = summarise(evaluate(None, None, *labels, distmat=re_rank(qf, gf, k1=args.rerank_k1,
                                                                                   k2=args.rerank_k2)))
-    print(f'{args.model} on {args.dataset} ({args.root}), {results["plain"]["num_valid_queries"]} valid queries')
+    print(f'{args.model} on {args.dataset} ({args.root}), {results["plain"]["num_valid_queries"]} valid queries '
+          f'({args.metric} distance, features {"L2-normalised" if args.normalize else "raw"}'
+          f'{", flip test" if args.flip else ""})')
     print('| | R1 | R5 | R10 | mAP | mINP |\n|---|---:|---:|---:|---:|---:|')
     for name, metrics in results.items():
         print(f'| {name} | ' + ' | '.join(f'{100 * metrics[k]:.1f}' for k in ('rank1', 'rank5', 'rank10', 'mAP',
                                                                                 'mINP')) + ' |')
     if args.json is not None:
-        from ._files import atomic_path
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(dict(model=args.model, dataset=args.dataset, metric=args.metric,
-                                           flip=args.flip, **results), indent=2))
+            # generated images are reported as such, whichever loader read them (as training does)
+            dataset = 'synthetic' if Path(args.root).is_dir() and is_synthetic(Path(args.root)) else args.dataset
+            tmp.write_text(json.dumps(dict(model=args.model, dataset=dataset, root=str(args.root), metric=args.metric,
+                                           normalize=args.normalize, flip=args.flip, **results), indent=2))
     return 0
 
 

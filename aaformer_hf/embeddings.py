@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ._files import LockedError, atomic_path, check_output, hold_lock, read_lock
+from .files import LockedError, atomic_path, check_output, hold_lock, read_lock
 from .data.images import as_rgb, read_rgb
 
 __all__ = ['load_inference_model', 'embed', 'collect_images', 'names_to_labels', 'extract_to_file',
@@ -53,7 +53,8 @@ def load_inference_model(spec: str, pretrained: bool = False, device: str = 'cpu
     elif path.is_dir():
         if not (path / 'config.json').is_file():
             raise FileNotFoundError(f'{path}: not a model folder (no config.json); save it with save_pretrained')
-        from .hub import check_folder_preprocessing
+        from .hub import check_folder_preprocessing, read_json
+        read_json(path / 'config.json')  # a truncated or hand-broken file, named before timm reads it
         check_folder_preprocessing(path)
         name, load = f'local-dir:{path}', True
     elif path.exists() or spec.startswith(('.', '/', '~')):
@@ -68,6 +69,8 @@ def load_inference_model(spec: str, pretrained: bool = False, device: str = 'cpu
         model = timm.create_model(name, pretrained=load)
     except OSError as error:  # huggingface_hub's: offline without the files cached, or no such repo
         raise OSError(f'{spec}: cannot load the model ({error})') from error
+    except json.JSONDecodeError as error:  # a Hub repo's config.json, damaged in the cache
+        raise ValueError(f'{spec}: its config.json is unreadable ({error})') from error
     if getattr(model, 'num_cameras', 0):
         raise ValueError(f'{spec}: a model with a camera embedding (SIE) needs each image\'s camera id; '
                          'extract embeddings with a model trained without it')
@@ -285,11 +288,22 @@ def load_embeddings(path: Path) -> Dict[str, Any]:
     metadata = _read_metadata(path)
     if metadata.get('format') != FORMAT:
         raise ValueError(f'{path}: not an aaformer-hf embeddings file (format {metadata.get("format")!r})')
-    out: Dict[str, Any] = {'paths': json.loads(metadata['paths']), 'model': metadata.get('model'),
-                           'flip': metadata.get('flip') == 'true'}
+    try:
+        paths = json.loads(metadata['paths'])
+    except (KeyError, ValueError) as error:
+        raise ValueError(f'{path}: its paths metadata is missing or unreadable ({error})') from error
+    out: Dict[str, Any] = {'paths': paths, 'model': metadata.get('model'), 'flip': metadata.get('flip') == 'true'}
     with safe_open(path, 'pt') as handle:
         for name in handle.keys():
             out[name] = handle.get_tensor(name)
+    rows = out.get('embeddings')
+    if rows is None or rows.ndim != 2:
+        raise ValueError(f'{path}: no (N, D) embeddings tensor')
+    counts = {'paths': len(paths), **{k: len(out[k]) for k in ('pids', 'camids') if k in out}}
+    wrong = {k: n for k, n in counts.items() if n != len(rows)}
+    if wrong:
+        raise ValueError(f'{path}: {len(rows)} embeddings but ' + ', '.join(f'{n} {k}' for k, n in wrong.items())
+                         + '; the file was not written by one extract run (re-extract it)')
     return out
 
 
@@ -328,7 +342,10 @@ def _read_metadata(path: Path) -> Dict[str, str]:
 
 def _save(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str], path: Path) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as error:  # its I/O errors (a full disk) are not OSErrors: make them one
+            raise OSError(str(error)) from error
 
 
 def _part(parts: Path, index: int) -> Path:

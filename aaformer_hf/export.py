@@ -2,18 +2,27 @@
 """ONNX export of a re-ID model's embedding (images -> the pooled re-ID feature), the Sinkhorn alignment included,
 with a dynamic batch size, checked against PyTorch in onnxruntime before the file is kept.
 
+An AAformer that assigns patches itself also outputs its patch-to-[PART] assignments (``assignments``: (layers,
+batch, heads, parts, patches) bool, what ``visualize parts`` draws). They make the check robust to near-ties: the
+Sinkhorn assignment rounds scores that are nearly equal for two parts, and two runtimes that sum in another order
+may round such a patch the other way - a trained model has a few of those in a million decisions. So the graph's
+embeddings are compared with PyTorch's computed *with the graph's own assignments* (any other difference is the
+runtime's arithmetic, held to ``tolerance``), and the share of assignment decisions that differ from PyTorch's own is
+reported and held to ``assignment_tolerance``.
+
 Needs the ``onnx`` extra (``pip install "aaformer-hf[onnx]"``: onnx, onnxscript, onnxruntime).
 """
+import contextlib
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator, List, Sequence
 
 import torch
 import torch.nn as nn
 
-from ._files import atomic_path
+from .files import atomic_path
 from .embeddings import embed
 
-__all__ = ['ReIDEmbedder', 'AssignmentProbe', 'export_onnx']
+__all__ = ['ReIDEmbedder', 'ReIDEmbedderWithAssignments', 'export_onnx', 'assignments_fed']
 
 
 class ReIDEmbedder(nn.Module):
@@ -27,34 +36,51 @@ class ReIDEmbedder(nn.Module):
         return embed(self.model, pixel_values)
 
 
-class AssignmentProbe(nn.Module):
-    """An AAformer reduced to its patch-to-part assignments, (layers, B, H, P, N) as uint8: exported beside the
-    embedding only to check that the deployed graph assigns every patch as PyTorch does."""
+class ReIDEmbedderWithAssignments(ReIDEmbedder):
+    """An AAformer's re-ID embedding and its patch-to-part assignments of every layer, (layers, B, H, P, N) bool."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self.model.forward_tokens(pixel_values, output_assignments=True).assignments).to(torch.uint8)
+    def forward(self, pixel_values: torch.Tensor):
+        tokens = self.model.forward_tokens(pixel_values, output_assignments=True)
+        return (self.model.forward_head(tokens.last_hidden_state, pre_logits=True),
+                torch.stack(tokens.assignments))
 
 
-def _export(module: nn.Module, path: Path, opset: int, height: int, width: int, output: str) -> None:
+@contextlib.contextmanager
+def assignments_fed(model: nn.Module, assignments: Sequence[torch.Tensor]) -> Iterator[nn.Module]:
+    """Within the block, every [PART] layer of ``model`` (an AAformer) takes its (B, H, P, N) assignment from
+    ``assignments`` (one per layer, in order) instead of computing it: the rest of the forward is unchanged."""
+    layers = [block.attn for block in model.blocks if getattr(block.attn, 'num_parts', 0)]
+    if len(layers) != len(assignments):
+        raise ValueError(f'{len(assignments)} assignments for {len(layers)} [PART] layers')
+    saved = [layer.part_rows_op for layer in layers]
+    try:
+        for layer, assigned in zip(layers, assignments):
+            layer.assign = lambda q_parts, k_patches, assigned=assigned: assigned.to(q_parts.device)
+            layer.part_rows_op = False  # the operator path assigns inside itself
+        yield model
+    finally:
+        for layer, op in zip(layers, saved):
+            del layer.assign
+            layer.part_rows_op = op
+
+
+def _export(module: nn.Module, path: Path, opset: int, height: int, width: int, outputs: List[str]) -> None:
     torch.onnx.export(module, (torch.randn(2, 3, height, width),), str(path), dynamo=True, opset_version=opset,
-                      input_names=['pixel_values'], output_names=[output],
+                      input_names=['pixel_values'], output_names=outputs,
                       dynamic_shapes=({0: torch.export.Dim('batch')},), external_data=False, verbose=False)
 
 
 def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float = 1e-4, check_batches=(1, 3),
                 assignment_tolerance: float = 1e-3) -> Dict[str, float]:
     """Export ``model`` (a timm model in eval mode) to ``path``; run the file in onnxruntime at each batch size of
-    ``check_batches`` on random inputs and keep it only if every output is within ``tolerance`` (absolute) of
-    PyTorch's. An AAformer that assigns patches itself (``assigns_patches``) is also exported as its assignments (a
-    second, temporary graph) and the file is kept only if at most ``assignment_tolerance`` of the (layer, image,
-    head, part, patch) decisions differ from PyTorch's (near-ties may flip under other float orderings).
+    ``check_batches`` on random inputs and keep it only if its embeddings are within ``tolerance`` (absolute) of
+    PyTorch's - for a model that assigns patches itself, PyTorch's with the graph's own assignments fed in (see the
+    module docstring) - and at most ``assignment_tolerance`` of its (layer, image, head, part, patch) assignment
+    decisions differ from PyTorch's own.
 
-    Returns the largest embedding difference per batch size and, when checked, ``'assignments'``: the share of
-    decisions that differ."""
+    Returns the largest embedding difference per batch size and, for a model that assigns patches, ``'assignments'``
+    (the share of decisions that differ) and ``'unfed'`` (the largest difference from PyTorch's embedding with its
+    own assignments: what near-ties cost at worst on these inputs)."""
     try:
         import onnxruntime
     except ImportError as error:
@@ -63,43 +89,47 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
     if opset < 17:
         raise ValueError(f'opset {opset}: 17 or newer is needed (LayerNormalization)')
     path = Path(path)
-    embedder = ReIDEmbedder(model).eval()
+    model = model.eval()
+    with_assignments = bool(getattr(model, 'assigns_patches', False))
+    exported = (ReIDEmbedderWithAssignments if with_assignments else ReIDEmbedder)(model).eval()
+    outputs = ['embeddings', 'assignments'] if with_assignments else ['embeddings']
     _, height, width = model.pretrained_cfg['input_size']
     with atomic_path(path, suffix='.onnx') as tmp:
-        _export(embedder, tmp, opset, height, width, 'embeddings')
+        _export(exported, tmp, opset, height, width, outputs)
         session = onnxruntime.InferenceSession(str(tmp), providers=['CPUExecutionProvider'])
-        differences: Dict = {}
         generator = torch.Generator().manual_seed(0)
-        inputs = [torch.randn(batch, 3, height, width, generator=generator) for batch in check_batches]
-        for x in inputs:
+        differences: Dict = {}
+        differing = decisions = 0
+        unfed = 0.0
+        for batch in check_batches:
+            x = torch.randn(batch, 3, height, width, generator=generator)
+            got = session.run(None, {'pixel_values': x.numpy()})
             with torch.no_grad():
-                expected = embedder(x).float().numpy()
-            (got,) = session.run(None, {'pixel_values': x.numpy()})
-            differences[len(x)] = float(abs(got - expected).max())
-        if max(differences.values()) > tolerance:
-            raise ValueError(f'{path}: the exported graph differs from PyTorch by up to '
-                             f'{max(differences.values()):.2e} (> {tolerance}); not written')
-        if getattr(model, 'assigns_patches', False):
-            differences['assignments'] = _assignment_mismatch(model, tmp, opset, height, width, inputs, onnxruntime)
+                if with_assignments:
+                    graph_assignments = torch.from_numpy(got[1]).bool()
+                    own = exported(x)
+                    with assignments_fed(model, list(graph_assignments)):
+                        expected = embed(model, x)
+                    differing += int((graph_assignments != own[1]).sum())
+                    decisions += graph_assignments.numel()
+                    unfed = max(unfed, float((torch.from_numpy(got[0]) - own[0].float()).abs().max()))
+                else:
+                    expected = embed(model, x)
+            differences[batch] = float((torch.from_numpy(got[0]) - expected.float()).abs().max())
+        worst = max(differences.values())
+        if worst > tolerance:
+            fed = ' with the graph\'s own patch assignments fed to PyTorch' if with_assignments else ''
+            raise ValueError(
+                f'{path}: not written: the exported graph\'s embeddings differ from PyTorch\'s by up to {worst:.2e}'
+                f'{fed} (> --tolerance {tolerance}): onnxruntime computes some operator differently, not a near-tie '
+                'of the assignment. Try another --opset, or raise --tolerance if that difference is acceptable')
+        if with_assignments:
+            differences['assignments'] = differing / decisions
+            differences['unfed'] = unfed
             if differences['assignments'] > assignment_tolerance:
-                raise ValueError(f'{path}: the exported graph assigns {differences["assignments"]:.2%} of patches to '
-                                 f'other parts than PyTorch (> {assignment_tolerance:.2%}); not written')
+                raise ValueError(
+                    f'{path}: not written: {differences["assignments"]:.3%} of the patch-to-part assignment decisions '
+                    f'differ from PyTorch\'s (> --assignment_tolerance {assignment_tolerance:.3%}); near-ties flip a '
+                    'few in a million, so this many means the graph assigns otherwise. Raise --assignment_tolerance '
+                    'only if that is acceptable for this deployment')
     return differences
-
-
-def _assignment_mismatch(model, tmp: Path, opset, height, width, inputs, onnxruntime) -> float:
-    probe = AssignmentProbe(model).eval()
-    probe_path = tmp.with_name(tmp.name + '.assignments.onnx')
-    try:
-        _export(probe, probe_path, opset, height, width, 'assignments')
-        session = onnxruntime.InferenceSession(str(probe_path), providers=['CPUExecutionProvider'])
-        differing = total = 0
-        for x in inputs:
-            with torch.no_grad():
-                expected = probe(x).numpy()
-            (got,) = session.run(None, {'pixel_values': x.numpy()})
-            differing += int((got != expected).sum())
-            total += expected.size
-        return differing / total
-    finally:
-        probe_path.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Union
 import torch.nn as nn
 
 __all__ = ['push_to_hub', 'prepare_folder', 'card_for_folder', 'check_push_supported', 'push_model_folder',
-           'check_folder_preprocessing']
+           'check_folder_preprocessing', 'check_folder_loads', 'read_json']
 
 WEIGHTS_NAME = 'model.safetensors'
 _PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt')
@@ -55,12 +55,29 @@ def push_to_hub(model_or_folder: Union[nn.Module, str, Path], repo_id: str, *, r
     check_push_supported(repo_id)
     with tempfile.TemporaryDirectory(prefix='aaformer-hf-push-') as stage:
         folder = prepare_folder(model_or_folder, Path(stage) / 'repo', repo_id=repo_id, metrics=metrics)
+        check_folder_loads(folder, name=model_or_folder if not isinstance(model_or_folder, nn.Module) else None)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
                                  commit_message=commit_message or 'Upload a re-ID model with aaformer-hf')
+
+
+def check_folder_loads(folder: Path, name=None) -> None:
+    """Before anything is uploaded: the staged folder loads as timm loads a Hub repo (every weight read, checked
+    against the config's architecture). A truncated ``model.safetensors`` or weights of another shape stop the push,
+    naming the source (``name``) and the file."""
+    import timm
+
+    import aaformer_hf.models  # noqa: F401  (registers the families' timm entrypoints)
+
+    source = Path(name) if name is not None else Path(folder)
+    try:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    except Exception as error:  # safetensors', timm's and torch's errors alike: nothing is uploaded
+        detail = ' '.join(str(error).replace(str(folder), str(source)).split())
+        raise ValueError(f'{source / WEIGHTS_NAME}: not uploaded: the weights do not load ({detail})') from error
 
 
 def push_model_folder(folder: Path, repo_id: Optional[str], private: Optional[bool] = None):
@@ -198,10 +215,10 @@ def check_folder_preprocessing(folder: Path, expected: Optional[Dict[str, Any]] 
     if not processor_path.is_file():
         return
     if expected is None:
-        expected = _read_json(config_path).get('pretrained_cfg') if config_path.is_file() else None
+        expected = read_json(config_path).get('pretrained_cfg') if config_path.is_file() else None
         if not isinstance(expected, dict):
             return
-    processor = _read_json(processor_path)
+    processor = read_json(processor_path)
     size = processor.get('size') or {}
     found = dict(input_size=(size.get('height'), size.get('width')), mean=processor.get('image_mean'),
                  std=processor.get('image_std'), interpolation=_RESAMPLE_NAMES.get(processor.get('resample')))
@@ -224,7 +241,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
+def read_json(path: Path) -> Dict[str, Any]:
     try:
         value = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -9,6 +9,7 @@
 
 Distances follow the evaluator's: 'cosine' = 1 - cos, 'euclidean' = squared L2.
 """
+import re
 from typing import Tuple
 
 import numpy as np
@@ -76,13 +77,27 @@ def _faiss_search(query, gallery, top, metric, index: str, nprobe: int, use_gpus
     except ImportError as error:
         raise ImportError('backend faiss needs faiss: pip install "aaformer-hf[search]" (faiss-cpu)') from error
     measure = faiss.METRIC_INNER_PRODUCT if metric == 'cosine' else faiss.METRIC_L2
-    built = faiss.index_factory(gallery.shape[1], index, measure)
+    try:
+        built = faiss.index_factory(gallery.shape[1], index, measure)
+    except RuntimeError as error:
+        raise ValueError(f'index {index!r}: not an index faiss can build for {gallery.shape[1]}-d embeddings '
+                         f'({_faiss_reason(error)}); see faiss\'s index_factory strings, e.g. Flat or IVF1024,Flat'
+                         ) from error
+    lists = faiss.extract_index_ivf(built).nlist if 'IVF' in index else 0
+    if lists and len(gallery) < lists:
+        raise ValueError(f'index {index!r}: {lists} inverted lists need at least {lists} gallery embeddings to train '
+                         f'(faiss advises 39 per list), the gallery has {len(gallery)}; use fewer lists, e.g. '
+                         f'IVF{max(1, len(gallery) // 39)},Flat, or the exact Flat')
     on_gpus = use_gpus and hasattr(faiss, 'get_num_gpus') and faiss.get_num_gpus() > 0  # a faiss-gpu build
     if on_gpus:
         built = faiss.index_cpu_to_all_gpus(built)
     g = np.ascontiguousarray(gallery.numpy())
     if not built.is_trained:
-        built.train(g)
+        try:
+            built.train(g)
+        except RuntimeError as error:
+            raise ValueError(f'index {index!r}: faiss could not train it on {len(gallery)} gallery embeddings '
+                             f'({_faiss_reason(error)}); try Flat or fewer lists') from error
     built.add(g)
     if on_gpus and 'IVF' in index:
         faiss.GpuParameterSpace().set_index_parameter(built, 'nprobe', nprobe)
@@ -92,6 +107,11 @@ def _faiss_search(query, gallery, top, metric, index: str, nprobe: int, use_gpus
     scores = torch.from_numpy(scores)
     distances = 1 - scores if metric == 'cosine' else scores
     return distances, torch.from_numpy(found).long()
+
+
+def _faiss_reason(error: Exception) -> str:
+    """faiss's C++ message without its source location ("Error in <signature> at <file>:<line>: ")."""
+    return re.sub(r'^Error in .*? at \S+:\d+: ', '', str(error).strip()) or 'rejected'
 
 
 def recall_at(found: torch.Tensor, exact: torch.Tensor) -> float:

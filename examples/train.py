@@ -258,7 +258,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     if resume is not None:
         accelerator.load_state(str(resume))
         state = read_state(resume)
-        accelerator.print(f'resumed from {resume}: epoch {state["epoch"]}, step {state["step_in_epoch"]}')
+        accelerator.print(f'resumed from {resume}: {resumed_at(state)}')
 
     def save_checkpoint(name: str) -> None:
         final, partial = output_dir / 'checkpoints' / name, output_dir / 'checkpoints' / f'.incomplete-{name}'
@@ -321,6 +321,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
                 state['step_in_epoch'] = (micro + 1) // accumulation
                 progress.update(1)
                 progress.set_postfix(loss=f'{losses["loss"].item():.3f}', epoch=epoch)
+                if progress.disable and config.log_every and state['step_in_epoch'] % config.log_every == 0 \
+                        and accelerator.is_main_process:  # no bar drawn (not a terminal): a line now and then
+                    logger.info('epoch %d: step %d / %d, loss %.3f', epoch + 1, state['step_in_epoch'],
+                                steps_per_epoch, losses['loss'].item())
                 if config.with_tracking:
                     accelerator.log({'train/' + k: v.item() for k, v in losses.items()}
                                     | {'train/lr': scheduler.get_last_lr()[0]}, step=state['global_step'])
@@ -351,6 +355,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
                                                                     alignment_head=config.alignment_head)),
                    # generated images are reported as such, whichever loader read them
                    dataset='synthetic' if config.data_root and is_synthetic(config.data_root) else config.dataset,
+                   data_root=str(config.data_root), init=model_init(config, pretrained_cfg),
                    processes=accelerator.num_processes, model_dir=str(output_dir / 'model'))
     summary.update({k: v for k, v in state.items() if k.startswith('stage1_')})
     if accelerator.is_main_process:
@@ -387,6 +392,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if PartialState().is_main_process:
         print(format_summary(summary))
     return summary
+
+
+def model_init(config: TrainConfig, pretrained_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """What the trained weights started from, for metrics.json and the model card: a Hub checkpoint through timm's
+    pretrained machinery, a local file, or a random initialisation."""
+    if config.pretrained_file:
+        return {'kind': 'file', 'file': Path(config.pretrained_file).name}
+    if config.pretrained and pretrained_cfg.get('hf_hub_id'):
+        return {'kind': 'hub', 'hub_id': pretrained_cfg['hf_hub_id']}
+    return {'kind': 'random'}
+
+
+def resumed_at(state: Dict[str, Any]) -> str:
+    """Where a checkpoint's state resumes, in the stage it was saved in (CLIP-ReID / π-VL have two)."""
+    if state.get('stage') == 1:
+        return (f'stage 1, epoch {state.get("stage1_epoch", 0)}, step {state.get("stage1_step_in_epoch", 0)} '
+                f'({state.get("stage1_step", 0)} stage-1 steps done)')
+    stage = 'stage 2, ' if state.get('stage') == 2 else ''
+    return f'{stage}epoch {state["epoch"]}, step {state["step_in_epoch"]} ({state["global_step"]} steps done)'
 
 
 def format_summary(summary: dict) -> str:

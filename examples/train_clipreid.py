@@ -189,6 +189,10 @@ class TwoStageRecipe(Recipe):
                 state['stage1_step_in_epoch'] = step + 1
                 progress.update(1)
                 progress.set_postfix(loss=f'{losses["loss"].item():.3f}', epoch=epoch)
+                if progress.disable and config.log_every and (step + 1) % config.log_every == 0 \
+                        and accelerator.is_main_process:  # no bar drawn (not a terminal): a line now and then
+                    logger.info('stage 1, epoch %d: step %d / %d, loss %.3f', epoch + 1, step + 1, steps,
+                                losses['loss'].item())
                 if config.with_tracking:
                     accelerator.log({'stage1/' + k: v.item() for k, v in losses.items()}
                                     | {'stage1/lr': lr}, step=state['stage1_step'])

@@ -152,6 +152,7 @@ class TrainConfig:
     eval_metric: str = 'euclidean'  # 'euclidean' | 'cosine'
     eval_normalize: bool = True  # L2-normalise features first (BoT / TransReID; the paper is silent)
     flip_test: bool = False
+    log_every: int = 50  # without a terminal (no progress bar): a log line every N optimiser steps (0: none)
     # also report metrics after k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) of the same features, as rerank_*;
     # the plain metrics still pick the best model. Re-ranking costs far more than the evaluation itself.
     rerank: bool = False
@@ -214,6 +215,8 @@ class TrainConfig:
             raise ValueError(f"checkpointing_steps must be 'epoch' or a positive integer, got {steps!r}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f'num_workers must be >= 0 or None (automatic), got {self.num_workers}')
+        if self.log_every < 0:
+            raise ValueError(f'log_every must be >= 0 (0: no progress lines), got {self.log_every}')
         if self.data_root is None:
             raise ValueError('data_root is required (the dataset folder)')
         if self.lr_schedule not in ('cosine', 'step'):
@@ -335,7 +338,10 @@ def _read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: config file not found')
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:  # names the line and column, not the file
+        raise ValueError(f'{path}: not valid YAML ({" ".join(str(error).split())})') from None
     if not isinstance(loaded, dict):
         raise ValueError(f'{path}: expected a mapping of config keys, got {type(loaded).__name__}')
     known = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -2,11 +2,11 @@
 checkpoints in it. Everything here is checked before any data or model is loaded."""
 import json
 import logging
-import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from aaformer_hf.files import LockedError, hold_lock
 
 __all__ = ['STATE_FILE', 'LOCK_FILE', 'RUN_OUTPUTS', 'OutputDirError', 'claim_output_dir', 'complete_checkpoints',
            'read_state', 'resume_folder']
@@ -59,12 +59,28 @@ def resume_folder(resume_from_checkpoint: Optional[str], output_dir: Path) -> Op
         if not found:
             raise FileNotFoundError(f'{Path(output_dir) / "checkpoints"}: no complete checkpoint to resume from '
                                     '(--resume_from_checkpoint latest)')
-        return found[-1]
+        return check_checkpoint_files(found[-1])
     folder = Path(resume_from_checkpoint)
     if not (folder / STATE_FILE).is_file():
         raise FileNotFoundError(f'{folder}: not a complete checkpoint (no {STATE_FILE})')
     read_state(folder)
-    return folder
+    return check_checkpoint_files(folder)
+
+
+def check_checkpoint_files(folder: Path) -> Path:
+    """Before resuming: every safetensors file of the checkpoint opens and reads (a truncated ``model.safetensors``
+    would otherwise fail inside accelerate's loading without naming itself)."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).rglob('*.safetensors')):
+        try:
+            with safe_open(str(path), 'pt') as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+        except Exception as error:  # safetensors' own error type, OSError, ...
+            raise OutputDirError(f'{path}: damaged checkpoint file ({error}); resume from another checkpoint '
+                                 '(--resume_from_checkpoint FOLDER) or start afresh') from error
+    return Path(folder)
 
 
 class claim_output_dir:
@@ -103,42 +119,13 @@ class claim_output_dir:
             self._release()
 
     def _lock(self) -> None:
-        lock = self.folder / LOCK_FILE
-        owner = {'host': socket.gethostname(), 'pid': os.getpid()}
-        for _ in range(2):
-            try:
-                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder(lock)
-                if holder is not None:
-                    raise OutputDirError(
-                        f'output_dir {self.folder} is in use by another run ({holder}; lock file {lock}). Use another '
-                        'output_dir, or delete the lock file if that run is gone') from None
-                logger.warning('taking over %s: the run that held it (%s) is gone', lock, lock.read_text().strip())
-                lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(descriptor, 'w') as handle:
-                handle.write(json.dumps(owner))
-            return
-        raise OutputDirError(f'output_dir {self.folder}: could not take the lock file {lock}')
-
-    @staticmethod
-    def _holder(lock: Path) -> Optional[str]:
-        """A description of the live run holding ``lock``, or None when its process is gone."""
+        self.lock = hold_lock(self.folder / LOCK_FILE, f'output_dir {self.folder}', by='another run',
+                              hint='Use another output_dir, or delete the lock file if that run is gone')
         try:
-            owner = json.loads(lock.read_text())
-            host, pid = owner['host'], int(owner['pid'])
-        except (OSError, ValueError, KeyError, TypeError):
-            return "unreadable lock file"
-        if host != socket.gethostname():
-            return f'pid {pid} on host {host}'  # cannot tell whether it still runs
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # alive, another user's
-            pass
-        return f'pid {pid}'
+            self.lock.__enter__()
+        except LockedError as error:
+            self.lock = None
+            raise OutputDirError(str(error)) from None
 
     def _check_older_run(self) -> None:
         if self.resuming:
@@ -157,11 +144,8 @@ class claim_output_dir:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def _release(self) -> None:
-        lock = self.folder / LOCK_FILE
-        try:
-            if json.loads(lock.read_text()).get('pid') == os.getpid():
-                lock.unlink()
-        except (OSError, ValueError):
-            pass
+        if getattr(self, 'lock', None) is not None:
+            self.lock.__exit__(None, None, None)
+            self.lock = None
         if self.created and self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()

@@ -214,17 +214,22 @@ def test_export_onnx_matches_pytorch_at_any_batch(tmp_path, family, capsys):
     assert main(['export-onnx', str(folder), '-o', str(out)]) == 0
     printed = capsys.readouterr().out
     assert 'opset 18' in printed
-    # an AAformer's deployed graph also assigns every patch as PyTorch does (checked through a second graph)
-    assert ('patch-to-part assignments differing: 0.000%' in printed) == (family == 'aaformer')
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['model', 'reid.onnx']  # the probe graph is gone
+    # an AAformer's deployed graph also outputs its assignments, which assign every patch as PyTorch does
+    assert ('assignment decisions differing: 0.0000%' in printed) == (family == 'aaformer')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['model', 'reid.onnx']  # no temporary file left
     session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    assert [o.name for o in session.get_outputs()] == (['embeddings', 'assignments'] if family == 'aaformer'
+                                                       else ['embeddings'])
     reference = load_inference_model(str(folder))
     for batch in (2, 5):  # sizes the export never saw
         x = torch.randn(batch, 3, 256, 128)
-        (got,) = session.run(None, {'pixel_values': x.numpy()})
+        got = session.run(None, {'pixel_values': x.numpy()})
         with torch.no_grad():
-            torch.testing.assert_close(torch.from_numpy(got), reference.forward_head(
+            torch.testing.assert_close(torch.from_numpy(got[0]), reference.forward_head(
                 reference.forward_features(x), pre_logits=True), rtol=1e-4, atol=1e-4)
+            if family == 'aaformer':  # (layers, batch, heads, parts, patches), as visualize parts reads them
+                expected = torch.stack(reference.forward_tokens(x, output_assignments=True).assignments)
+                assert torch.equal(torch.from_numpy(got[1]), expected)
     with pytest.raises(SystemExit) as exit_info:
         main(['export-onnx', str(folder), '-o', str(out)])
     assert exit_info.value.code == 2 and 'reid.onnx: already exists' in capsys.readouterr().err

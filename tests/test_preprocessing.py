@@ -18,7 +18,6 @@ from aaformer_hf.cards import model_card
 from aaformer_hf.data import build_transforms
 from aaformer_hf.embeddings import load_inference_model
 from aaformer_hf.hf.convert_clipreid import convert_clipreid_checkpoint
-from aaformer_hf.hf.timm_backed import wrap_timm_model
 from aaformer_hf.hub import folder_config, prepare_folder, push_to_hub
 
 from .test_convert_clipreid import clipreid_state_dict

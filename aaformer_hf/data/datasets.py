@@ -274,8 +274,10 @@ def _verify_images(dsd: datasets.DatasetDict, skip: bool, workers: int = 8) -> d
         bad = [(p, r) for p, r in zip(paths, reasons) if r is not None]
         if bad and not skip:
             listing = '; '.join(f'{p} ({r})' for p, r in bad[:5])
-            raise ReIDDatasetError(f'{len(bad)} unreadable or truncated image(s) in {split}: {listing}'
-                                   f'{" ..." if len(bad) > 5 else ""} (pass skip_bad_images=True to drop them)')
+            raise ReIDDatasetError(
+                f'{len(bad)} unreadable or truncated image(s) in {split}: {listing}{" ..." if len(bad) > 5 else ""} '
+                '(to drop them: examples/train.py --dataset_options \'{"skip_bad_images": true}\'; in Python '
+                'skip_bad_images=True)')
         if bad:
             logger.warning('skipped %d unreadable or truncated image(s) in %s: %s', len(bad), split,
                            ', '.join(p for p, _ in bad))

@@ -94,8 +94,8 @@ def add_parsing_column(split: datasets.Dataset, root, missing: Literal['error', 
     if absent and missing == 'error':
         raise ReIDDatasetError(
             f'{len(absent)} of {len(paths)} images have no parsing map (expected at {_listed(absent)}); write them '
-            'with a human parser (LIP labels in SCHP\'s order), or train those images without the part losses '
-            "(missing='keep')")
+            'with a human parser (LIP labels in SCHP\'s order: aaformer-hf parse), or train those images without '
+            "the part losses (examples/train.py --parsing_missing keep; in Python missing='keep')")
     column: List[Optional[str]] = [None if r == 'missing' else str(p) for p, r in zip(paths, reasons)]
     return split.add_column('parsing', column, feature=datasets.Value('string'))
 

@@ -65,6 +65,11 @@ def convert_clipreid_state_dict(
     """
     state_dict = unwrap_state_dict(state_dict)
     state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}  # DataParallel / DDP saves
+    broken = [k for k, v in state_dict.items()
+              if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ValueError(f'{len(broken)} tensor(s) hold NaN or Inf ({", ".join(broken[:4])}'
+                         f'{", ..." if len(broken) > 4 else ""}): a diverged or damaged checkpoint')
     if 'image_encoder.proj' not in state_dict:
         resnet = any(k.startswith('image_encoder.layer1.') for k in state_dict)
         raise ValueError('not a CLIP-ReID ViT checkpoint: no image_encoder.proj'
@@ -127,17 +132,27 @@ def convert_clipreid_checkpoint(
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'{checkpoint}: CLIP-ReID checkpoint not found')
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f'{output_dir}: exists and is not a folder')
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f'{output_dir}: not empty; choose another folder or pass overwrite=True')
+        raise FileExistsError(f'{output_dir}: not empty; choose another folder or pass --overwrite (overwrite=True)')
+    if not output_dir.parent.is_dir():
+        raise FileNotFoundError(f'{output_dir}: its folder {output_dir.parent} does not exist')
     try:
         state_dict = torch.load(checkpoint, map_location='cpu', weights_only=True)
     except Exception as error:  # unpickling refused or a damaged file: name it
         raise ValueError(f'{checkpoint}: not a plain state dict torch.load(weights_only=True) can read ({error})') \
             from error
-    weights, config = convert_clipreid_state_dict(state_dict, image_size, camera_embed_scale, embedding,
-                                                   image_mean, image_std, interpolation)
-    model = (PiVLForReID if 'head.cls.weight' in weights else PiVLModel)(config)
-    model.timm_model.load_state_dict(weights, strict=True)  # every tensor placed, none left over
+    try:
+        weights, config = convert_clipreid_state_dict(state_dict, image_size, camera_embed_scale, embedding,
+                                                       image_mean, image_std, interpolation)
+        model = (PiVLForReID if 'head.cls.weight' in weights else PiVLModel)(config)
+        model.timm_model.load_state_dict(weights, strict=True)  # every tensor placed, none left over
+    except (KeyError, RuntimeError) as error:  # a key missing, a tensor of another shape
+        detail = f'missing tensor {error}' if isinstance(error, KeyError) else ' '.join(str(error).split())
+        raise ValueError(f'{checkpoint}: not a complete CLIP-ReID ViT checkpoint ({detail})') from error
+    except ValueError as error:
+        raise ValueError(f'{checkpoint}: {error}') from error
     model.eval().save_pretrained(output_dir)
     PiVLImageProcessor.from_config(config).save_pretrained(output_dir)
     return model

@@ -1,8 +1,9 @@
-"""Writing files: one overwrite rule for every command, checked before any work; files that a reader never sees half
-written, created with the user's umask; a lock that a second writer meets at once. Errors name the user's path,
-never a temporary one."""
+"""Writing files, for the commands and the training example alike: one overwrite rule, checked before any work; files
+that a reader never sees half written, created with the user's umask; a lock that a second writer meets at once.
+Errors name the user's path, never a temporary one."""
 import contextlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -72,14 +73,15 @@ def _holder(lock: Path) -> Optional[Dict[str, Any]]:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return {'description': 'an unreadable lock file'}
-    if host == socket.gethostname():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # alive, another user's
-            pass
-    return {**owner, 'description': f'pid {pid} on {host}'}
+    if host != socket.gethostname():
+        return {**owner, 'description': f'pid {pid} on host {host}'}  # cannot tell whether it still runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return {**owner, 'description': f'pid {pid}'}
 
 
 def read_lock(lock: Union[str, Path]) -> Optional[Dict[str, Any]]:
@@ -88,10 +90,11 @@ def read_lock(lock: Union[str, Path]) -> Optional[Dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def hold_lock(lock: Union[str, Path], what: str, info: Optional[Dict[str, Any]] = None) -> Iterator[Path]:
+def hold_lock(lock: Union[str, Path], what: str, info: Optional[Dict[str, Any]] = None, by: str = 'another process',
+              hint: str = 'wait for it, or delete the lock file if that process is gone') -> Iterator[Path]:
     """Hold ``lock`` (a file: host, pid and ``info``) for the block. A live holder stops this one at once
-    (``LockedError`` naming the holder, ``what`` is locked, and the file); a lock left by a process that is gone (a
-    killed run) is taken over."""
+    (``LockedError``: "``what`` is in use by ``by`` (its pid; the lock file); ``hint``"); a lock left by a process
+    that is gone (a killed run) is taken over, with a warning."""
     lock = Path(lock)
     owner = {'host': socket.gethostname(), 'pid': os.getpid(), **(info or {})}
     for _ in range(2):
@@ -100,9 +103,12 @@ def hold_lock(lock: Union[str, Path], what: str, info: Optional[Dict[str, Any]] 
         except FileExistsError:
             holder = _holder(lock)
             if holder is not None:
-                raise LockedError(f'{what} is in use by another process ({holder["description"]}; lock file '
-                                  f'{lock}); wait for it, or delete the lock file if that process is gone') from None
-            lock.unlink(missing_ok=True)  # its owner is gone
+                raise LockedError(f'{what} is in use by {by} ({holder["description"]}; lock file {lock}); {hint}'
+                                  ) from None
+            with contextlib.suppress(OSError):
+                logging.getLogger(__name__).warning('taking over %s: the process that held it (%s) is gone', lock,
+                                                    lock.read_text().strip())
+            lock.unlink(missing_ok=True)
             continue
         with os.fdopen(descriptor, 'w') as handle:
             handle.write(json.dumps(owner))
