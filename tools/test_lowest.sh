@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=.venv-lowest
-rm -rf "$VENV" dist
+rm -rf "$VENV" dist build
 python3 -m venv "$VENV"
 PY=$ROOT/$VENV/bin/python
 "$PY" -m pip install -q --upgrade pip
@@ -57,4 +57,5 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$ROOT/$VENV/bin/pytest" -q \
   tests/test_timm_api.py tests/test_timm_conformance.py tests/test_hf_common.py tests/test_hub.py \
   tests/test_roundtrip.py tests/test_preprocessing.py tests/test_export.py tests/test_convert_clipreid.py \
-  tests/test_bad_weights_and_config.py tests/test_cli.py tests/test_lazy_import.py tests/test_search.py "$@"
+  tests/test_bad_weights_and_config.py tests/test_cli.py tests/test_cli_hardening.py tests/test_lazy_import.py \
+  tests/test_search.py "$@"

@@ -12,8 +12,8 @@ from PIL import Image
 
 __all__ = ['WIDE_MODES', 'read_rgb', 'as_rgb', 'image_problem', 'UnreadableImageError']
 
-# PIL modes whose conversion to RGB clips rather than scales
-WIDE_MODES = {'I;16': '16-bit', 'I;16L': '16-bit', 'I;16B': '16-bit', 'I;16N': '16-bit', 'I': '32-bit integer',
+# PIL modes whose conversion to RGB clips rather than scales (Pillow before 11 opens a 16-bit PNG as mode I)
+WIDE_MODES = {'I;16': '16-bit', 'I;16L': '16-bit', 'I;16B': '16-bit', 'I;16N': '16-bit', 'I': '16/32-bit integer',
               'F': '32-bit float'}
 
 
