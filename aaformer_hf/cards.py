@@ -10,13 +10,15 @@ import argparse
 import dataclasses
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .files import atomic_path
+from .folders import folder_config, read_metrics, run_metrics, timm_folder_config
 
-__all__ = ['model_card', 'student_card', 'planned_cards', 'write_card', 'DATASETS', 'REPORTED', 'main']
+__all__ = ['model_card', 'student_card', 'card_for_folder', 'student_card_for_folder', 'planned_cards', 'write_card',
+           'DATASETS', 'REPORTED', 'main']
 
 TASK = dict(task_type='image-feature-extraction', task_name='Person Re-Identification')
 # the dataset names training records (aaformer_hf.data's loaders) -> how cards name them
@@ -234,6 +236,29 @@ def _render(card_data: ModelCardData, repo_id: str, status: Optional[str], pretr
         mean=_numbers(pretrained_cfg['mean']), std=_numbers(pretrained_cfg['std']), **text)
 
 
+def card_for_folder(folder: Union[str, Path], repo_id: Optional[str] = None, metrics_file: Optional[Path] = None):
+    """The generated card of a saved model folder (``python -m aaformer_hf.cards FOLDER``)."""
+    folder = Path(folder)
+    timm_config = timm_folder_config(folder)
+    config = folder_config(folder) if timm_config is None else None
+    if metrics_file is not None:
+        metrics, selection = read_metrics(Path(metrics_file)), None
+    else:
+        metrics, selection = run_metrics(folder)
+    if timm_config is not None:
+        return student_card_for_folder(folder, timm_config, repo_id or folder.resolve().name, metrics, selection)
+    return model_card(config, repo_id or folder.resolve().name, metrics=metrics, selection=selection)
+
+
+def student_card_for_folder(folder: Path, timm_config: Dict[str, Any], repo_id: str, metrics, selection):
+    """The card of a plain timm folder, which must be a student examples/train.py trained (its metrics say so)."""
+    if not (metrics or {}).get('student_model'):
+        raise ValueError(f'{folder}: a plain timm model, but not one examples/train.py trained as a student (no '
+                         'metrics.json naming a student_model beside it); add a README.md model card to the folder '
+                         'or give the run\'s metrics')
+    return student_card(timm_config, repo_id, metrics=metrics, selection=selection)
+
+
 def write_card(card: ModelCard, path: Path) -> Path:
     """Write ``card`` to ``path`` so that a reader never sees half a card."""
     with atomic_path(path) as tmp:
@@ -323,7 +348,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     if args.folder is None:
         parser.error('give a model FOLDER or --planned DIR')
     from .files import check_output
-    from .hub import card_for_folder
     try:
         if not args.folder.is_dir():
             raise FileNotFoundError(f'{args.folder}: model folder not found')

@@ -53,7 +53,7 @@ def load_inference_model(spec: str, pretrained: bool = False, device: str = 'cpu
     elif path.is_dir():
         if not (path / 'config.json').is_file():
             raise FileNotFoundError(f'{path}: not a model folder (no config.json); save it with save_pretrained')
-        from .hub import check_folder_preprocessing, read_json
+        from .folders import check_folder_preprocessing, read_json
         read_json(path / 'config.json')  # a truncated or hand-broken file, named before timm reads it
         check_folder_preprocessing(path)
         name, load = f'local-dir:{path}', True

@@ -14,7 +14,6 @@ A plain timm backbone (π-VL's Table 5 student, ``examples/train.py --student_mo
 which timm and transformers' timm wrapper load without this package. Weights travel as safetensors only: a folder
 holding pickle files is refused.
 """
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,13 +21,14 @@ from typing import Any, Dict, Optional, Union
 
 import torch.nn as nn
 
+from .cards import card_for_folder, model_card, student_card_for_folder, write_card
+from .folders import (  # noqa: F401  (folder_config, read_json and check_folder_preprocessing: their old home)
+    WEIGHTS_NAME, check_folder_preprocessing, family_of_config, folder_config, read_json, refuse_pickles, run_metrics,
+    timm_folder_config,
+)
+
 __all__ = ['push_to_hub', 'prepare_folder', 'card_for_folder', 'check_push_supported', 'push_model_folder',
            'check_folder_preprocessing', 'check_folder_loads', 'read_json']
-
-WEIGHTS_NAME = 'model.safetensors'
-_PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt')
-_BEST_SELECTION = ('the epoch with the best mAP on the evaluation set (epoch {epoch}); the re-ID benchmarks have no '
-                   'separate validation split, so this choice looked at the test identities')
 
 
 def check_push_supported(repo_id: Optional[str]) -> None:
@@ -110,55 +110,20 @@ def prepare_folder(model_or_folder: Union[nn.Module, str, Path], out: Union[str,
         if (source / 'README.md').is_file():
             shutil.copy2(source / 'README.md', out / 'README.md')
         if metrics is None:
-            metrics, selection = _run_metrics(source)
+            metrics, selection = run_metrics(source)
     # written from the config, as timm's pretrained_cfg is: one truth in both files
-    _family(config).image_processor_class.from_config(config).save_pretrained(out)
+    family_of_config(config).image_processor_class.from_config(config).save_pretrained(out)
     if not (out / 'README.md').is_file():
-        from .cards import model_card, write_card
         write_card(model_card(config, repo_id or (source.name if source else 'org/name'), metrics=metrics,
                               selection=selection), out / 'README.md')
     return out
-
-
-def card_for_folder(folder: Union[str, Path], repo_id: Optional[str] = None, metrics_file: Optional[Path] = None):
-    """The generated card of a saved model folder (``python -m aaformer_hf.cards FOLDER``)."""
-    from .cards import model_card
-
-    folder = Path(folder)
-    timm_config = timm_folder_config(folder)
-    config = folder_config(folder) if timm_config is None else None
-    if metrics_file is not None:
-        metrics, selection = _read_metrics(Path(metrics_file)), None
-    else:
-        metrics, selection = _run_metrics(folder)
-    if timm_config is not None:
-        return _student_card(folder, timm_config, repo_id or folder.resolve().name, metrics, selection)
-    return model_card(config, repo_id or folder.resolve().name, metrics=metrics, selection=selection)
-
-
-def timm_folder_config(folder: Path) -> Optional[Dict[str, Any]]:
-    """The timm ``config.json`` of a folder that holds a plain timm model (π-VL's Table 5 student, saved in timm's
-    own format: ``architecture`` and ``pretrained_cfg``, no transformers ``model_type``); None for a family's folder."""
-    path = Path(folder) / 'config.json'
-    if not path.is_file():
-        return None  # folder_config names what is missing
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f'{path}: unreadable config ({error})') from error
-    if not isinstance(config, dict) or 'model_type' in config or 'architecture' not in config:
-        return None
-    if not isinstance(config.get('pretrained_cfg'), dict):
-        raise ValueError(f'{path}: a timm config without pretrained_cfg (timm would read the whole file as one); '
-                         'save the model with timm.models.save_for_hf')
-    return config
 
 
 def _prepare_timm_folder(source: Path, out: Path, timm_config: Dict[str, Any], repo_id: Optional[str],
                          metrics: Optional[Dict[str, Any]]) -> Path:
     """A plain timm model folder staged as it is (timm's format, which transformers' timm wrapper reads too; its
     preprocessing lives in config.json's pretrained_cfg) with a card."""
-    _refuse_pickles(source)
+    refuse_pickles(source)
     if not (source / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f'{source / WEIGHTS_NAME}: missing; timm folders are pushed as safetensors only')
     for name in ('config.json', WEIGHTS_NAME, 'README.md'):
@@ -167,103 +132,10 @@ def _prepare_timm_folder(source: Path, out: Path, timm_config: Dict[str, Any], r
     if not (out / 'README.md').is_file():
         selection = None
         if metrics is None:
-            metrics, selection = _run_metrics(source)
-        from .cards import write_card
-        write_card(_student_card(source, timm_config, repo_id or source.name, metrics, selection), out / 'README.md')
+            metrics, selection = run_metrics(source)
+        write_card(student_card_for_folder(source, timm_config, repo_id or source.name, metrics, selection),
+                   out / 'README.md')
     return out
-
-
-def _student_card(folder: Path, timm_config: Dict[str, Any], repo_id: str, metrics, selection):
-    from .cards import student_card
-
-    if not (metrics or {}).get('student_model'):
-        raise ValueError(f'{folder}: a plain timm model, but not one examples/train.py trained as a student (no '
-                         'metrics.json naming a student_model beside it); add a README.md model card to the folder '
-                         'or give the run\'s metrics')
-    return student_card(timm_config, repo_id, metrics=metrics, selection=selection)
-
-
-def folder_config(folder: Path):
-    """The transformers config of a saved model folder of a registered family; errors name the folder and file."""
-    from transformers import AutoConfig
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f'{folder}: model folder not found')
-    _refuse_pickles(folder)
-    for name in ('config.json', WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f'{folder / name}: missing; save the model with save_pretrained first')
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except (ValueError, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f'{folder / "config.json"}: not a model config aaformer-hf can read ({error})') from error
-    _family(config)
-    check_folder_preprocessing(folder, config.preprocessing_cfg())
-    return config
-
-
-_RESAMPLE_NAMES = {2: 'bilinear', 3: 'bicubic'}  # PILImageResampling values the processors save
-
-
-def check_folder_preprocessing(folder: Path, expected: Optional[Dict[str, Any]] = None) -> None:
-    """A model folder's ``preprocessor_config.json`` and config.json (its ``pretrained_cfg``, or ``expected``: a
-    config's ``preprocessing_cfg()``) must describe the same pixels: transformers reads one or the other depending
-    on its version, timm reads config.json. A disagreement is an error naming both files and the values."""
-    folder = Path(folder)
-    processor_path, config_path = folder / 'preprocessor_config.json', folder / 'config.json'
-    if not processor_path.is_file():
-        return
-    if expected is None:
-        expected = read_json(config_path).get('pretrained_cfg') if config_path.is_file() else None
-        if not isinstance(expected, dict):
-            return
-    processor = read_json(processor_path)
-    size = processor.get('size') or {}
-    found = dict(input_size=(size.get('height'), size.get('width')), mean=processor.get('image_mean'),
-                 std=processor.get('image_std'), interpolation=_RESAMPLE_NAMES.get(processor.get('resample')))
-    wanted = dict(input_size=tuple(expected['input_size'][-2:]), mean=expected.get('mean'), std=expected.get('std'),
-                  interpolation=expected.get('interpolation'))
-    differ = [f'{key} {found[key]} vs {wanted[key]}' for key in wanted if not _same(found[key], wanted[key])]
-    if differ:
-        raise ValueError(
-            f'{processor_path} and {config_path} describe different preprocessing ({"; ".join(differ)}); '
-            'transformers reads one or the other depending on its version. Set image_mean / image_std / '
-            'interpolation in config.json to the values meant and write the processor from them '
-            '(ImageProcessor.from_config(config).save_pretrained(folder)), or delete preprocessor_config.json')
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(
-            x == y if not isinstance(x, float) and not isinstance(y, float) else abs(x - y) <= 1e-6
-            for x, y in zip(a, b))
-    return a == b
-
-
-def read_json(path: Path) -> Dict[str, Any]:
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f'{path}: unreadable JSON ({error})') from error
-    if not isinstance(value, dict):
-        raise ValueError(f'{path}: expected a JSON object')
-    return value
-
-
-def _refuse_pickles(folder: Path) -> None:
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-    if pickles:
-        raise ValueError(f'{folder}: holds pickle files ({", ".join(pickles)}); aaformer-hf distributes safetensors '
-                         'only - remove them (the weights must be in model.safetensors)')
-
-
-def _family(config):
-    from .hf.timm_backed import FAMILIES
-
-    if config.model_type not in FAMILIES:
-        raise ValueError(f'model_type {config.model_type!r} is not an aaformer-hf family ({", ".join(FAMILIES)})')
-    return FAMILIES[config.model_type]
 
 
 def _transformers_model(model: nn.Module):
@@ -273,24 +145,3 @@ def _transformers_model(model: nn.Module):
     return model if isinstance(model, TimmBackedPreTrainedModel) else wrap_timm_model(model)
 
 
-def _run_metrics(folder: Path):
-    """What training measured for this folder: ``../metrics.json`` (the final evaluation, or for ``best_model`` the
-    best one) and how the weights were selected; (None, None) when the folder has no run around it."""
-    path = folder / '..' / 'metrics.json'
-    if not path.is_file():
-        return None, None
-    metrics = _read_metrics(path)
-    if folder.resolve().name == 'best_model' and metrics.get('best'):
-        best = metrics['best']
-        return {**metrics, **best}, _BEST_SELECTION.format(epoch=best.get('epoch', '?'))
-    return metrics, f'after the last epoch ({metrics.get("epochs", "?")})'
-
-
-def _read_metrics(path: Path) -> Dict[str, Any]:
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f'{path}: unreadable metrics file ({error})') from error
-    if not isinstance(metrics, dict):
-        raise ValueError(f'{path}: expected a JSON object of metrics')
-    return metrics

@@ -1,5 +1,6 @@
 """transformers' common model and config tests (ModelTesterMixin, ConfigTester from the installed transformers'
 sdist) on a tiny AAformer and a tiny π-VL model, plus the tests ViT's own test file adds for vision models."""
+import copy
 import unittest
 
 import torch
@@ -94,9 +95,51 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
         self.all_model_classes = (self.reid_class,)  # the base model has no loss
         super().test_training()
 
+    def test_gradient_checkpointing_enable_disable(self):
+        """transformers' version also asserts GradientCheckpointingLayer modules, of which a timm-backed model has
+        none (as transformers' own TimmWrapperModel): its checkpointing is the timm module's. The rest is checked
+        here, and that the switch reaches the timm module and really recomputes the blocks in the backward."""
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(copy.deepcopy(config))
+            self.assertFalse(model.is_activation_checkpointing)
+            model.activation_checkpointing_enable()
+            self.assertTrue(model.is_activation_checkpointing and model.timm_model.grad_checkpointing)
+            model.train()
+            calls, block = [], model.timm_model.blocks[0]
+            forward = block.forward
+            block.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+            out = model(**self._prepare_for_class(inputs_dict, model_class))
+            out.to_tuple()[0].float().sum().backward()
+            del block.forward
+            self.assertEqual(len(calls), 2, 'the first block ran once forward and once more in the backward')
+            model.activation_checkpointing_disable()
+            self.assertFalse(model.is_activation_checkpointing or model.timm_model.grad_checkpointing)
+            with self.assertRaisesRegex(ValueError, 'every_n_layers=2 is not supported'):
+                model.activation_checkpointing_enable(every_n_layers=2)
+
     def check_training_gradient_checkpointing(self, gradient_checkpointing_kwargs=None):
-        self.all_model_classes = (self.reid_class,)
-        super().check_training_gradient_checkpointing(gradient_checkpointing_kwargs)
+        """transformers' version hooks a GradientCheckpointingLayer, of which a timm-backed model has none: the same
+        checks on the timm block - the first block runs again in the backward, and the gradients equal those of the
+        run without checkpointing (transformers compares only which are non-zero)."""
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        config.return_dict = True
+        inputs = self._prepare_for_class(inputs_dict, self.reid_class, return_labels=True)
+        torch.manual_seed(42)
+        model = self.reid_class(config).train()
+        model(**inputs).loss.backward()
+        expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        calls, block = [], model.timm_model.blocks[0]
+        forward = block.forward
+        block.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+        model(**inputs).loss.backward()
+        del block.forward
+        self.assertEqual(len(calls), 2, 'the first block ran once forward and once more in the backward')
+        for name, param in model.named_parameters():
+            if name in expected:
+                torch.testing.assert_close(param.grad, expected[name], msg=name)
 
     def test_model_get_set_embeddings(self):
         # vision model: the input embedding is the patch projection, not an nn.Embedding (as in ViT's tests)

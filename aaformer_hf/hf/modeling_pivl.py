@@ -60,8 +60,6 @@ class PiVLPreTrainedModel(TimmBackedPreTrainedModel):
     config_class = PiVLConfig
     timm_model_class = PiVLViT
     _no_split_modules = ['Block']
-    # timm's ViT blocks are not transformers' GradientCheckpointingLayer; timm's set_grad_checkpointing works
-    supports_gradient_checkpointing = False
 
     @torch.no_grad()
     def _init_weights(self, module) -> None:

@@ -224,9 +224,9 @@ class TimmBackedConfig(PreTrainedConfig):
 
 
 class TimmBackedPreTrainedModel(PreTrainedModel):
-    """Shared plumbing: the timm module lives in ``self.timm_model``. Its transformer blocks are
-    ``GradientCheckpointingLayer``s, so transformers' activation checkpointing works as for in-library models.
-    Subclasses set ``config_class`` and ``timm_model_class``."""
+    """Shared plumbing: the timm module lives in ``self.timm_model``. transformers' activation checkpointing
+    switches the timm module's own (``set_grad_checkpointing``), as transformers' ``TimmWrapperModel`` does, so the
+    timm models need nothing of transformers. Subclasses set ``config_class`` and ``timm_model_class``."""
 
     timm_model_class: ClassVar[Type[nn.Module]]
     base_model_prefix = TIMM_MODULE_PREFIX
@@ -280,6 +280,22 @@ class TimmBackedPreTrainedModel(PreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.timm_model.patch_embed
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None,
+                                    every_n_layers: int = 1) -> None:
+        """transformers' ``activation_checkpointing_enable`` / ``_disable`` land here: timm checkpoints every block
+        with its own (non-reentrant) ``checkpoint``, so ``activation_checkpointing_kwargs`` and ``offload`` are not
+        applied, and checkpointing only some layers is refused rather than ignored."""
+        if enable and every_n_layers != 1:
+            raise ValueError(f'{type(self).__name__}: every_n_layers={every_n_layers} is not supported; timm '
+                             'checkpoints every block')
+        self.timm_model.set_grad_checkpointing(enable)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the timm module checkpoints its blocks (what transformers' ``is_activation_checkpointing`` reads
+        from a module's ``gradient_checkpointing``)."""
+        return bool(getattr(self.timm_model, 'grad_checkpointing', False))
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         """Accept timm-layout keys also outside ``from_pretrained`` (e.g. a trainer resuming from a checkpoint)."""

@@ -24,7 +24,6 @@ from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import init_weights_vit_timm
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ._loading import classifier_fits, create_with_cfg, finish_loading, resampled_pos_embed, unwrap_state_dict
 from ..layers import (
@@ -54,12 +53,9 @@ class ReIDHeadOutput(NamedTuple):
     logits: Optional[torch.Tensor]  # (B, T, C) per-token identity logits, None without classifiers
 
 
-class AAformerBlock(GradientCheckpointingLayer):
-    """Pre-norm transformer layer with Multi-head Auto-Alignment in place of self-attention (§III-A).
-
-    A ``GradientCheckpointingLayer`` (a plain ``nn.Module`` unless transformers switches checkpointing on), so the
-    transformers wrappers support activation checkpointing; timm's ``set_grad_checkpointing`` works independently.
-    """
+class AAformerBlock(nn.Module):
+    """Pre-norm transformer layer with Multi-head Auto-Alignment in place of self-attention (§III-A). Activation
+    checkpointing is the model's (timm's ``set_grad_checkpointing``), which the transformers wrappers switch too."""
 
     def __init__(
             self,
