@@ -1,4 +1,4 @@
-"""aaformer-hf: AAformer (and later π-VL) person re-ID models for timm and transformers.
+"""aaformer-hf: AAformer and π-VL person re-ID models for timm and transformers.
 
 Importing the package registers the timm models (``timm.create_model('aaformer_base')``) and the transformers Auto
 classes (``AutoModel.from_pretrained(...)``, no ``trust_remote_code`` needed). It does so without importing timm or

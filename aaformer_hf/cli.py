@@ -4,13 +4,16 @@
     aaformer-hf extract MODEL IMAGES -o emb.safetensors     embeddings of person crops (a folder or a file list)
     aaformer-hf evaluate MODEL --dataset market1501 --root R   CMC / mAP / mINP on a re-ID benchmark
     aaformer-hf export-onnx MODEL -o reid.onnx              ONNX of the embedding, checked in onnxruntime
+    aaformer-hf search GALLERY QUERY -o matches.json        nearest gallery embeddings of each query embedding
+    aaformer-hf visualize parts|attention|ranks MODEL ...   PNGs of [PART] assignments, attention or rank lists
     aaformer-hf card FOLDER --repo_id org/name              write a model card from the run's metrics.json
     aaformer-hf convert CKPT OUT                            CLIP-ReID checkpoint -> π-VL model folder
     aaformer-hf parse ...                                   human-parsing maps for a dataset
     aaformer-hf synth --root R                              a synthetic re-ID set
 
 MODEL is a timm name (random weights unless --pretrained), a saved model folder or a Hub id (org/name[@revision]).
-Every command takes --help. Exit codes: 0 done, 2 bad input (the message names the file or option).
+Every command takes --help. Exit codes: 0 done, 2 bad input (the message names the file or option). Every file a
+command writes is checked before any work and replaced only with --overwrite.
 """
 import argparse
 import json

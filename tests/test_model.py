@@ -362,7 +362,25 @@ def test_cls_embedding_is_the_first_token_of_the_paper_embedding_through_both_fr
         torch.testing.assert_close(reloaded(x).pooler_output, short, rtol=1e-6, atol=1e-6)
         reid = AAformerForReID.from_pretrained(tmp_path).eval()
         assert reid(x).embeddings.shape == (2, d)
-    with pytest.raises(ValueError, match="embedding_tokens must be 'all' or 'cls'"):
+    with pytest.raises(ValueError, match=r"embedding_tokens must be one of \('all', 'cls'\)"):
         tiny(embedding_tokens='parts')
     with pytest.raises(ValueError, match='embedding_tokens'):
         AAformerConfig(embedding_tokens='parts')
+
+
+def test_setting_names_come_from_one_literal_each():
+    """The config, the timm model and the layer accept the names the layer's and model's Literal types declare, and
+    refuse others naming those."""
+    import re
+    from typing import get_args
+    from aaformer_hf import AAformerConfig
+    from aaformer_hf.hf.configuration_aaformer import _CHOICES
+    for field, choices in _CHOICES.items():
+        allowed = get_args(choices)
+        assert allowed, field
+        for value in allowed:
+            assert getattr(AAformerConfig(**{field: value}), field) == value
+        with pytest.raises(ValueError, match=rf'AAformerConfig.{field} must be one of {re.escape(str(allowed))}'):
+            AAformerConfig(**{field: 'bogus'})
+        with pytest.raises(ValueError, match=rf'{field} must be one of'):
+            timm.create_model('aaformer_tiny', **{field: 'bogus'})

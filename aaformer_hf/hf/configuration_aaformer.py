@@ -4,17 +4,17 @@ from typing import Any, Dict
 
 from huggingface_hub.dataclasses import strict
 
+from ..layers.auto_alignment import AssignmentMode, AssignmentScore, PartSelfKey
+from ..layers.choices import check_choice
+from ..models.aaformer import EmbeddingSource, EmbeddingTokens, PartInit
 from .timm_backed import TimmBackedConfig
 
 __all__ = ['AAformerConfig']
 
+# the fields that name one of a few settings, and the Literal types (the layer's and the model's) that list them
 _CHOICES = {
-    'assignment': ('sinkhorn', 'nearest', 'stripes', 'given', 'global'),
-    'assignment_score': ('cosine', 'dot'),
-    'part_self_key': ('if_empty', 'always'),
-    'part_init': ('trunc_normal', 'cls'),
-    'embedding': ('after_bnneck', 'before_bnneck'),
-    'embedding_tokens': ('all', 'cls'),
+    'assignment': AssignmentMode, 'assignment_score': AssignmentScore, 'part_self_key': PartSelfKey,
+    'part_init': PartInit, 'embedding': EmbeddingSource, 'embedding_tokens': EmbeddingTokens,
 }
 
 
@@ -121,9 +121,8 @@ class AAformerConfig(TimmBackedConfig):
     interpolation: str | None = None
 
     def __post_init__(self, **kwargs):
-        for field, allowed in _CHOICES.items():
-            if getattr(self, field) not in allowed:
-                raise ValueError(f'AAformerConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}')
+        for field, choices in _CHOICES.items():
+            check_choice(f'AAformerConfig.{field}', getattr(self, field), choices)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f'AAformerConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads '

@@ -1,7 +1,7 @@
 # Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
 """The transformers front door for model families implemented as timm modules.
 
-A family (AAformer now, π-VL next) plugs in with a config subclass that maps its fields to the timm constructor
+A family (AAformer, π-VL) plugs in with a config subclass that maps its fields to the timm constructor
 (``timm_kwargs``), a ``PreTrainedModel`` subclass naming its timm class, and one ``register_family`` call. The
 transformers models hold the timm module as ``timm_model``; a checkpoint conversion mapping strips that prefix when
 saving and adds it when loading, so ``save_pretrained`` writes timm's key layout and one ``model.safetensors``
@@ -139,9 +139,8 @@ class TimmBackedConfig(PreTrainedConfig):
     def timm_hub_keys(self) -> Dict[str, Any]:
         """The keys timm's ``hf-hub:`` / ``local-dir:`` loading reads, derived from the fields: the family's
         entrypoint with every constructor argument, the identity classifiers when the config was saved by a re-ID
-        class, and the registry's preprocessing (mean, std, interpolation) at this config's input size."""
-        from timm.models import get_pretrained_cfg
-        from timm.models._pretrained import filter_pretrained_cfg  # timm's own filter for exported configs
+        class, the registry's metadata and the config's own preprocessing (``preprocessing_cfg``)."""
+        from timm.models import filter_pretrained_cfg, get_pretrained_cfg  # timm's own filter for exported configs
 
         # saved by a class with identity classifiers: timm builds them too; any other saved model is a feature extractor
         reid_classes = {f.reid_class.__name__ for f in FAMILIES.values() if f.reid_class is not None}

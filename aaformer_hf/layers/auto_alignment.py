@@ -8,7 +8,7 @@ Speed: CLS and patch rows go through one unmasked fused ``scaled_dot_product_att
 exactly like a plain ViT; only the few [PART] rows take a second, small masked attention. A dense boolean mask over
 all rows would push the whole layer off the fused kernels.
 """
-from typing import Literal, Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 import torch.nn as nn
@@ -16,12 +16,13 @@ import torch.nn.functional as F
 
 from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows, part_rows_reference, round_scores,
                         similarity, triton_kernels_on)
+from .choices import check_choice
 from .sinkhorn import PartGroupLayout, stripe_assignment
 
 __all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'ASSIGNMENT_MODES', 'AssignmentScore', 'PartSelfKey']
 
 AssignmentMode = Literal['sinkhorn', 'nearest', 'stripes', 'given', 'global']
-ASSIGNMENT_MODES = ('sinkhorn', 'nearest', 'stripes', 'given', 'global')
+ASSIGNMENT_MODES = get_args(AssignmentMode)
 AssignmentScore = Literal['cosine', 'dot']
 PartSelfKey = Literal['if_empty', 'always']
 
@@ -95,12 +96,9 @@ class MultiHeadAutoAlignment(nn.Module):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
-        if assignment not in ASSIGNMENT_MODES:
-            raise ValueError(f'assignment must be one of {ASSIGNMENT_MODES}, got {assignment!r}')
-        if assignment_score not in ('cosine', 'dot'):
-            raise ValueError(f"assignment_score must be 'cosine' or 'dot', got {assignment_score!r}")
-        if part_self_key not in ('if_empty', 'always'):
-            raise ValueError(f"part_self_key must be 'if_empty' or 'always', got {part_self_key!r}")
+        check_choice('assignment', assignment, AssignmentMode)
+        check_choice('assignment_score', assignment_score, AssignmentScore)
+        check_choice('part_self_key', part_self_key, PartSelfKey)
         num_patches = grid_size[0] * grid_size[1]
         if any(int(g) < 1 or int(g) > num_patches for g in part_groups):
             raise ValueError(f'part_groups {tuple(part_groups)}: every group needs between 1 and {num_patches} parts '

@@ -29,6 +29,7 @@ from ._loading import classifier_fits, create_with_cfg, finish_loading, resample
 from ..layers import (
     AssignmentMode, AssignmentScore, BNNeck, MultiHeadAutoAlignment, PartSelfKey, TokenClassifiers,
 )
+from ..layers.choices import check_choice
 
 __all__ = ['AAformer', 'AAformerTokens', 'ReIDHeadOutput']  # model_registry will add each entrypoint fn to this
 
@@ -212,12 +213,9 @@ class AAformer(nn.Module):
         super().__init__()
         if global_pool not in ('', 'token'):
             raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
-        if embedding not in ('after_bnneck', 'before_bnneck'):
-            raise ValueError(f"embedding must be 'after_bnneck' or 'before_bnneck', got {embedding!r}")
-        if embedding_tokens not in ('all', 'cls'):
-            raise ValueError(f"embedding_tokens must be 'all' or 'cls', got {embedding_tokens!r}")
-        if part_init not in ('trunc_normal', 'cls'):
-            raise ValueError(f"part_init must be 'trunc_normal' or 'cls', got {part_init!r}")
+        check_choice('embedding', embedding, EmbeddingSource)
+        check_choice('embedding_tokens', embedding_tokens, EmbeddingTokens)
+        check_choice('part_init', part_init, PartInit)
         if num_classes < 0:
             raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
         norm_layer = norm_layer or (lambda dim, **kw: nn.LayerNorm(dim, eps=1e-6, **kw))
@@ -578,9 +576,8 @@ def aaformer_base(pretrained: bool = False, **kwargs) -> AAformer:
 @register_model
 def aaformer_base_cls_embedding(pretrained: bool = False, **kwargs) -> AAformer:
     """ aaformer_base trained as the paper says, with the CLS token alone as the test feature - BEYOND the paper, whose
-    test feature is CLS and [PART]s concatenated. Issue #11's best AAformer configuration on misaligned synthetic crops
-    at D = 128: over three test sets its CLS token (mean 36.9 mAP) beat the concatenation (30.2), the ViT-baseline
-    (34.9) and MGN stripes (34.9), though not on every set (BENCHMARKS.md). """
+    test feature is CLS and [PART]s concatenated. Issue #11's best AAformer configuration on misaligned synthetic
+    crops; the measurements are in BENCHMARKS.md ("Session 11"). """
     model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, embedding_tokens='cls')
     return _create_aaformer('aaformer_base_cls_embedding', pretrained=pretrained, **dict(model_args, **kwargs))
 
