@@ -22,7 +22,6 @@ from .hf import AAformerImageProcessor, AAformerModel
 from .visualize import PALETTE
 
 
-
 def synthetic_person(seed: int = 0, size=(128, 256)) -> Image.Image:
     """A SYNTHETIC pedestrian crop (coloured head, torso, legs, shoes, bag on a cluttered background)."""
     rng = np.random.default_rng(seed)

@@ -143,5 +143,3 @@ def _transformers_model(model: nn.Module):
     from .hf.timm_backed import TimmBackedPreTrainedModel, wrap_timm_model
 
     return model if isinstance(model, TimmBackedPreTrainedModel) else wrap_timm_model(model)
-
-

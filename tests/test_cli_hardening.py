@@ -125,9 +125,9 @@ def test_extract_stores_resolved_paths_and_logs_progress_without_a_terminal(tmp_
     (crops / 'list.txt').write_text('\n'.join(p.name for p in sorted(crops.glob('*.jpg'))))
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO, logger='aaformer_hf'):
-        extract_to_file(load_inference_model(str(model)), [Path('crops') / p.name for p in
-                                                            sorted(crops.glob('*.jpg'))],
-                        Path('out.safetensors'), 'm', batch_size=1, process_index=0, num_processes=1, log_every=1)
+        relative = [Path('crops') / p.name for p in sorted(crops.glob('*.jpg'))]
+        extract_to_file(load_inference_model(str(model)), relative, Path('out.safetensors'), 'm', batch_size=1,
+                        process_index=0, num_processes=1, log_every=1)
     saved = load_embeddings(tmp_path / 'out.safetensors')
     assert saved['paths'] == [str((crops / p.name).resolve()) for p in sorted(crops.glob('*.jpg'))]
     assert 'out.safetensors: 3 / 3 images embedded' in caplog.text  # pytest's capture is not a terminal

@@ -158,7 +158,6 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
         pass
 
 
-
 class PiVLModelTester(AAformerModelTester):
     """A 2-layer, 32-wide π-VL model at 32x16 with 8x8 patches and a 16-d projection."""
 

@@ -90,7 +90,8 @@ def _check_every_reader(source: str, folder: Path, mean, std, interpolation: str
     data_config = resolve_data_config(model=timm_model)
     assert data_config['mean'] == pytest.approx(mean) and data_config['interpolation'] == interpolation
     _close('timm create_transform', create_transform(**data_config)(image), expected, std)
-    _close('aaformer-hf extract transform', build_transforms(timm_model.pretrained_cfg, train=False)(image), expected, std)
+    ours = build_transforms(timm_model.pretrained_cfg, train=False)(image)
+    _close('aaformer-hf extract transform', ours, expected, std)
     card = (folder / 'README.md').read_text() if (folder / 'README.md').is_file() else str(
         model_card(folder_config(folder), 'org/name'))
     assert '(' + ', '.join(f'{v:.4g}' for v in mean) + ')' in card, 'the card states another mean'
@@ -125,7 +126,7 @@ def test_a_converted_clipreid_folder_keeps_clipreids_preprocessing(tmp_path):
     _check_every_reader(str(folder), folder, HALF, HALF, 'bilinear')
 
 
-def test_a_hub_repo(tmp_path, hub):
+def test_a_hub_repo(tmp_path, hub):  # noqa: F811  (the fixture)
     push_to_hub(_converted_clipreid(tmp_path), 'org/clipreid')
     snapshot, = (hub.cache / 'models--org--clipreid' / 'snapshots').iterdir()
     _check_every_reader('org/clipreid', snapshot, HALF, HALF, 'bilinear')

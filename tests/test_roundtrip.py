@@ -134,3 +134,18 @@ def test_config_from_timm_model(tmp_path, pixels, kwargs):
     model.save_pretrained(tmp_path)
     loaded = AutoModelForPersonReID.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(pixels).logits, timm_model(pixels), atol=0, rtol=0)
+
+
+def test_forward_refuses_unknown_keyword_arguments():
+    """A misspelt argument is an error naming it and what forward takes, not silently dropped."""
+    from aaformer_hf import PiVLConfig, PiVLModel
+    x = torch.randn(1, 3, 256, 128)
+    model = AutoModel.from_config(AAformerConfig(**TINY)).eval()
+    with pytest.raises(TypeError, match=r'AAformerModel.forward\(\) got unexpected keyword argument\(s\) '
+                                        r'output_assignment \(it takes .*output_assignments'):
+        model(x, output_assignment=True)
+    assert model(x, output_attentions=False).pooler_output.shape == (1, 6 * TINY['hidden_size'])
+    pivl = PiVLModel(PiVLConfig(**{**TINY, 'projection_dim': 32})).eval()
+    pivl(x, output_attentions=False)  # transformers' generic switch, off: accepted
+    with pytest.raises(TypeError, match='unexpected keyword argument.* output_attentions'):
+        pivl(x, output_attentions=True)  # timm's fused attention returns no probabilities: not silently ignored

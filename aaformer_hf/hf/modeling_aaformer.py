@@ -135,6 +135,7 @@ class AAformerModel(AAformerPreTrainedModel):
         >>> model(torch.randn(1, 3, 256, 128)).pooler_output.shape
         torch.Size([1, 4608])
         ```"""
+        self._refuse_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, extras = self._encode(
             pixel_values, output_attentions, output_hidden_states, output_assignments, part_masks)
@@ -171,6 +172,7 @@ class AAformerForReID(AAformerPreTrainedModel):
             Which patches each [PART] attends to, for `assignment="given"` models only (e.g.
             `aaformer_hf.data.parsing.region_masks(parsing_maps, grid)`).
         """
+        self._refuse_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, extras = self._encode(
             pixel_values, output_attentions, output_hidden_states, output_assignments, part_masks)

@@ -115,6 +115,7 @@ class PiVLModel(PiVLPreTrainedModel):
         >>> model(torch.randn(1, 3, 256, 128)).pooler_output.shape
         torch.Size([1, 1280])
         ```"""
+        self._refuse_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states, camera_ids)
         output = PiVLModelOutput(last_hidden_state=tokens, pooler_output=self.timm_model.embed(head),
@@ -145,6 +146,7 @@ class PiVLForReID(PiVLPreTrainedModel):
         camera_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             0-based camera of each image; needed only by a model with a camera embedding (`config.num_cameras > 0`).
         """
+        self._refuse_unknown_kwargs(kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states, camera_ids)
         loss = self._identity_loss(head.logits, labels)

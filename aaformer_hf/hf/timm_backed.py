@@ -32,6 +32,8 @@ __all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonR
            'family_of_timm_model', 'wrap_timm_model']
 
 TIMM_MODULE_PREFIX = 'timm_model'
+# arguments transformers' generic code may pass any model: accepted by forward only when off (False / None)
+_GENERIC_SWITCHES = frozenset({'output_attentions', 'use_cache'})
 # keywords transformers' PreTrainedConfig takes besides its fields (handled or dropped by its __post_init__ or its
 # serialisation), and generation parameters it drops from saved configs
 _BASE_CONFIG_KEYWORDS = frozenset({
@@ -157,8 +159,8 @@ class TimmBackedConfig(PreTrainedConfig):
     def preprocessing_cfg(self) -> Dict[str, Any]:
         """How an image becomes the model's input, in timm's pretrained-cfg keys: resized to exactly ``image_size``
         (``crop_mode`` 'squash' with ``crop_pct`` 1: timm's eval transform stretches the crop to size, as re-ID test
-        transforms do, instead of keeping the aspect ratio and cropping), scaled to [0, 1], normalised with ``image_mean`` /
-        ``image_std``. The one truth every reader takes: timm's ``pretrained_cfg`` in config.json,
+        transforms do, instead of keeping the aspect ratio and cropping), scaled to [0, 1], normalised with
+        ``image_mean`` / ``image_std``. The one truth every reader takes: timm's ``pretrained_cfg`` in config.json,
         ``preprocessor_config.json`` (``image_processor_class.from_config``) and the model card."""
         return dict(input_size=(self.num_channels, *self.image_size), mean=tuple(self.image_mean),
                     std=tuple(self.image_std), interpolation=self.interpolation, crop_pct=1.0, crop_mode='squash')
@@ -279,6 +281,20 @@ class TimmBackedPreTrainedModel(PreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.timm_model.patch_embed
+
+    def _refuse_unknown_kwargs(self, kwargs: Dict[str, Any]) -> None:
+        """``forward``'s ``**kwargs``: a misspelt or unsupported argument (``output_assignment=True``) is an error
+        naming it, not silently dropped. transformers' generic switches pass when off (``output_attentions=False``
+        for a family without attention probabilities, ``use_cache=None``)."""
+        unknown = sorted(k for k, v in kwargs.items() if not (k in _GENERIC_SWITCHES and not v))
+        if unknown:
+            raise TypeError(f'{type(self).__name__}.forward() got unexpected keyword argument(s) {", ".join(unknown)}'
+                            f' (it takes {", ".join(self._forward_arguments())})')
+
+    def _forward_arguments(self):
+        import inspect
+        return [name for name, p in inspect.signature(self.forward).parameters.items()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None,
                                     every_n_layers: int = 1) -> None:

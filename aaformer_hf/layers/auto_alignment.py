@@ -30,6 +30,7 @@ PartSelfKey = Literal['if_empty', 'always']
 # torch < 2.7 has no is_exporting: there any dynamo trace counts as one (the plain path, same outputs, always exports)
 _is_exporting = getattr(torch.compiler, 'is_exporting', torch.compiler.is_compiling)
 
+
 class MultiHeadAutoAlignment(nn.Module):
     """Self-attention over [CLS, PART_1..P, patches] where [PART] rows attend only to their assigned patches.
 

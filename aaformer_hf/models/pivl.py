@@ -261,8 +261,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) ->
     CLIP checkpoints, in timm's layout (``vit_base_patch16_clip_quickgelu_224.openai``: the projection is ``head``) or
     OpenAI's (``visual.*``, converted with timm's own converter): the projection becomes ``proj``, the position grid
     (14x14 at 224) is resampled to the model's (16x8 at 256x128, 21x10 with overlapping patches) bilinearly as CLIP-ReID
-    resamples it, and the BNNecks, classifiers and camera embedding keep their fresh initialisation. π-VL checkpoints load as they are (classifiers for another
-    number of identities, or for a model without any, are left out). Encoder weights the model needs and the
+    resamples it, and the BNNecks, classifiers and camera embedding keep their fresh initialisation. π-VL checkpoints
+    load as they are (classifiers for another number of identities, or for a model without any, are left out). Encoder weights the model needs and the
     checkpoint lacks, or has in another shape, are an error naming them.
     """
     state_dict = unwrap_state_dict(state_dict)
