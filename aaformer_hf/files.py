@@ -63,9 +63,10 @@ class LockedError(RuntimeError):
     """Another live process holds the lock; the message names it and the lock file."""
 
 
-def _holder(lock: Path) -> Optional[Dict[str, Any]]:
-    """The lock's owner while its process lives (or lives on another host, which cannot be checked); None when the
-    owner is gone."""
+def read_lock(lock: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """What the holder of ``lock`` wrote into it (host, pid, its ``info``) and a ``description``, while its process
+    lives (or lives on another host, which cannot be checked); None when nobody holds it."""
+    lock = Path(lock)
     try:
         owner = json.loads(lock.read_text())
         host, pid = owner['host'], int(owner['pid'])
@@ -84,11 +85,6 @@ def _holder(lock: Path) -> Optional[Dict[str, Any]]:
     return {**owner, 'description': f'pid {pid}'}
 
 
-def read_lock(lock: Union[str, Path]) -> Optional[Dict[str, Any]]:
-    """What a live holder wrote into ``lock`` (its ``info``), or None when nobody holds it."""
-    return _holder(Path(lock))
-
-
 @contextlib.contextmanager
 def hold_lock(lock: Union[str, Path], what: str, info: Optional[Dict[str, Any]] = None, by: str = 'another process',
               hint: str = 'wait for it, or delete the lock file if that process is gone') -> Iterator[Path]:
@@ -101,7 +97,7 @@ def hold_lock(lock: Union[str, Path], what: str, info: Optional[Dict[str, Any]] 
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            holder = _holder(lock)
+            holder = read_lock(lock)
             if holder is not None:
                 raise LockedError(f'{what} is in use by {by} ({holder["description"]}; lock file {lock}); {hint}'
                                   ) from None

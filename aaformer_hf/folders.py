@@ -3,6 +3,7 @@
 config), its preprocessing files agreeing, no pickles, and the training run's metrics around it. The Hub code and the
 card code both read folders through here (neither imports the other's internals)."""
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -84,10 +85,11 @@ def check_folder_preprocessing(folder: Path, expected: Optional[Dict[str, Any]] 
 
 
 def _same(a, b) -> bool:
+    """Equal, numbers to 1e-6 (a JSON round trip of a float)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(
-            x == y if not isinstance(x, float) and not isinstance(y, float) else abs(x - y) <= 1e-6
-            for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=0, abs_tol=1e-6)
     return a == b
 
 

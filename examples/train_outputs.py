@@ -68,15 +68,15 @@ def resume_folder(resume_from_checkpoint: Optional[str], output_dir: Path) -> Op
 
 
 def check_checkpoint_files(folder: Path) -> Path:
-    """Before resuming: every safetensors file of the checkpoint opens and reads (a truncated ``model.safetensors``
-    would otherwise fail inside accelerate's loading without naming itself)."""
+    """Before resuming: every safetensors file of the checkpoint opens (safetensors checks at opening that the file
+    holds every byte its header names, so a truncated ``model.safetensors`` - which would otherwise fail inside
+    accelerate's loading without naming itself - is caught here)."""
     from safetensors import safe_open
 
     for path in sorted(Path(folder).rglob('*.safetensors')):
         try:
-            with safe_open(str(path), 'pt') as handle:
-                for key in handle.keys():
-                    handle.get_slice(key)
+            with safe_open(str(path), 'pt'):
+                pass
         except Exception as error:  # safetensors' own error type, OSError, ...
             raise OutputDirError(f'{path}: damaged checkpoint file ({error}); resume from another checkpoint '
                                  '(--resume_from_checkpoint FOLDER) or start afresh') from error
@@ -95,6 +95,7 @@ class claim_output_dir:
         self.folder, self.resuming, self.overwrite = Path(output_dir), resuming, overwrite
         self.is_main = is_main_process
         self.created = False
+        self.lock = None  # hold_lock's context while this run holds the folder
 
     def __enter__(self) -> Path:
         if not self.is_main:
@@ -144,7 +145,7 @@ class claim_output_dir:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def _release(self) -> None:
-        if getattr(self, 'lock', None) is not None:
+        if self.lock is not None:
             self.lock.__exit__(None, None, None)
             self.lock = None
         if self.created and self.folder.is_dir() and not any(self.folder.iterdir()):

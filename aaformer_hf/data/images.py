@@ -33,7 +33,7 @@ def as_rgb(image: Image.Image, name: Union[str, Path]) -> Image.Image:
     reason = _wide_mode_reason(image)
     if reason is not None:
         raise UnreadableImageError(f'{name}: {reason}')
-    return image.convert('RGB')
+    return image if image.mode == 'RGB' else image.convert('RGB')  # PIL's convert copies even an RGB image
 
 
 def read_rgb(path: Union[str, Path]) -> Image.Image:

@@ -12,7 +12,7 @@ import difflib
 import json
 import warnings
 from collections import OrderedDict
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,7 @@ from transformers.core_model_loading import WeightRenaming
 from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+from ..layers.choices import check_choice
 from ..losses import identity_loss
 
 __all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family', 'FAMILIES',
@@ -51,7 +52,7 @@ TIMM_HUB_KEYS = ('architecture', 'num_classes', 'num_features', 'model_args', 'p
 # the config fields that say how pixels are made (one truth for timm's pretrained_cfg, preprocessor_config.json and
 # the card), always written to config.json: a default that changes between releases must not change a saved model
 PREPROCESSING_FIELDS = ('image_mean', 'image_std', 'interpolation')
-INTERPOLATIONS = ('bilinear', 'bicubic')
+Interpolation = Literal['bilinear', 'bicubic']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +126,7 @@ class TimmBackedConfig(PreTrainedConfig):
             setattr(self, field, tuple(float(v) for v in values))
         if not all(s > 0 for s in self.image_std):
             raise ValueError(f'{name}.image_std must be > 0, got {self.image_std}')
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f'{name}.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}')
+        check_choice(f'{name}.interpolation', self.interpolation, Interpolation)
 
     def to_dict(self) -> Dict[str, Any]:
         return {**super().to_dict(), **self.timm_hub_keys()}
@@ -134,8 +134,7 @@ class TimmBackedConfig(PreTrainedConfig):
     def to_diff_dict(self) -> Dict[str, Any]:
         # transformers drops values equal to a default config's; timm needs all of its keys in every file, and the
         # preprocessing is written out so that a changed family default never changes a saved model's pixels
-        preprocessing = {name: list(getattr(self, name)) if name != 'interpolation' else getattr(self, name)
-                         for name in PREPROCESSING_FIELDS}
+        preprocessing = {name: getattr(self, name) for name in PREPROCESSING_FIELDS}
         return {**super().to_diff_dict(), **preprocessing, **self.timm_hub_keys()}
 
     def timm_hub_keys(self) -> Dict[str, Any]:
