@@ -1,4 +1,4 @@
-"""``python -m aaformer_hf``: the ``aaformer-hf`` command (aaformer_hf.cli)."""
-from .cli import main
+"""``python -m aaformer_hf``: the ``aaformer-hf`` command (aaformer_hf.apps.cli)."""
+from .apps.cli import main
 
 raise SystemExit(main())

@@ -61,7 +61,7 @@ def run_one(which: str, num_queries: int, num_gallery: int, dim: int, dtype: str
     gpu = start_gpu(device)
     if which == 'fast':  # imports outside the timed region
         import torch
-        from aaformer_hf.evaluation import evaluate
+        from aaformer_hf.reid.evaluation import evaluate
         # numpy features in, as from an embeddings file: the time includes the copy to the device
         run = lambda: evaluate(*data, dtype=getattr(torch, dtype), device=device)  # noqa: E731
     else:

@@ -14,9 +14,9 @@ STATEMENTS = [
     'import torch',
     'import aaformer_hf',
     'import aaformer_hf, timm; timm.create_model("aaformer_tiny")',
-    'from aaformer_hf.evaluation import evaluate',
+    'from aaformer_hf.reid.evaluation import evaluate',
     'from aaformer_hf.data import PKSampler',
-    'from aaformer_hf.losses import identity_loss',
+    'from aaformer_hf.reid.losses import identity_loss',
 ]
 HEAVY = ('transformers', 'torchvision', 'datasets', 'accelerate', 'timm')
 

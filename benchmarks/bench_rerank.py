@@ -26,12 +26,12 @@ def run_one(which: str, args) -> dict:
     gpu = start_gpu(device)
     if which == 'fast':
         import torch
-        from aaformer_hf.evaluation import evaluate, re_rank
+        from aaformer_hf.reid.evaluation import evaluate, re_rank
         start = time.perf_counter()
         # the time includes bringing the (Q, G) result back from a GPU
         distmat = re_rank(torch.from_numpy(qf), torch.from_numpy(gf), device=device).cpu()
     else:
-        from aaformer_hf.evaluation import evaluate
+        from aaformer_hf.reid.evaluation import evaluate
         from benchmarks.reid_rerank_reference import re_rank_reference
         start = time.perf_counter()
         distmat = re_rank_reference(qf, gf)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aaformer_hf.search import recall_at, search
+from aaformer_hf.reid.search import recall_at, search
 
 
 def clustered(n: int, dim: int, per_identity: int, generator: torch.Generator) -> torch.Tensor:

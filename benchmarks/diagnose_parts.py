@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.parsing import add_parsing_column, label_counts_on_grid, parsing_path, region_masks
-from aaformer_hf.evaluation import evaluate
+from aaformer_hf.reid.evaluation import evaluate
 from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
 
 

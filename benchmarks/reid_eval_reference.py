@@ -1,6 +1,6 @@
 """A straightforward numpy implementation of the Market-1501 protocol, written the way the common toolkits do it
 (full distance matrix, full argsort, full match matrix, a loop over queries). It is the reference the fast
-evaluator (aaformer_hf.evaluation.evaluate) is tested and benchmarked against; it is deliberately not clever."""
+evaluator (aaformer_hf.reid.evaluation.evaluate) is tested and benchmarked against; it is deliberately not clever."""
 import numpy as np
 
 

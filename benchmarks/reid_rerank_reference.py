@@ -1,6 +1,6 @@
 """A straightforward numpy k-reciprocal re-ranking (Zhong et al., CVPR 2017), written the way the published algorithm
 is usually written: the full (Q+G)^2 distance matrix, its full argsort, a dense V and loops over images. It is the
-reference aaformer_hf.reranking.re_rank is tested against on small problems; it is deliberately not clever (and
+reference aaformer_hf.reid.reranking.re_rank is tested against on small problems; it is deliberately not clever (and
 needs several (Q+G)^2 matrices: unusable at MSMT17 scale)."""
 import numpy as np
 

@@ -1,7 +1,7 @@
 """A small human parser for the SYNTHETIC sets, so the SPReID row of issue #11 can run on PREDICTED parsing maps
 instead of the generator's exact ones (an oracle no real parser gives).
 
-Trains a tiny SegFormer (transformers; LIP label names, so ``aaformer_hf.data.write_parsing`` needs no label map) on
+Trains a tiny SegFormer (transformers; LIP label names, so ``aaformer_hf.apps.write_parsing`` needs no label map) on
 one set's images and parsing maps (the pretraining set: identities disjoint from the re-ID set), saves it as a
 transformers folder, copies the images of another set to ``OUT/data`` and writes the maps the parser predicts there
 (``write_parsing_maps``), and reports pixel accuracy and mean IoU against that set's true maps
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.parsing import NUM_PARSING_CLASSES, add_parsing_column, parsing_path
 from aaformer_hf.data.synthetic import LIP_LABELS
-from aaformer_hf.data.write_parsing import lip_label_map, write_parsing_maps
+from aaformer_hf.apps.write_parsing import lip_label_map, write_parsing_maps
 
 
 def build_parser(height: int, width: int, hidden: int = 32):

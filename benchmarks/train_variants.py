@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import PRESETS, generate_market_layout
-from aaformer_hf.evaluation import evaluate
+from aaformer_hf.reid.evaluation import evaluate
 from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))  # the training example

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, train_loader
 from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.synthetic import generate_market_layout, is_synthetic
-from aaformer_hf.evaluation import evaluate, re_rank, summarise
+from aaformer_hf.reid.evaluation import evaluate, re_rank, summarise
 from aaformer_hf.hf.timm_backed import FAMILIES as MODEL_FAMILIES, wrap_timm_model
 from aaformer_hf.models.aaformer import AAformer
 from aaformer_hf.models.pivl import PiVLViT

@@ -1,7 +1,7 @@
 """The training objectives of examples/train.py.
 
 AAformer: the batch-hard triplet loss (Eq. 7) and its objective (Eq. 8 = identity loss, Eq. 6, + triplet loss). The
-identity loss itself lives in the package (``aaformer_hf.losses.identity_loss``): the models compute it when given
+identity loss itself lives in the package (``aaformer_hf.reid.losses.identity_loss``): the models compute it when given
 ``labels``.
 CLIP-ReID / π-VL: stage 1's supervised contrastive loss between image and prompt features (CLIP-ReID), π-VL's
 pixel-level InfoNCE between patch features and part prompts (Eq. 7), and stage 2's objective (identity + triplet +
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aaformer_hf.losses import identity_loss
+from aaformer_hf.reid.losses import identity_loss
 
 __all__ = ['batch_hard_triplet_loss', 'AAformerLoss', 'supcon_loss', 'part_infonce_loss', 'alignment_loss',
            'CLIPReIDLoss']

@@ -10,11 +10,11 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
 from aaformer_hf import AAformerConfig, AAformerModel, AAformerImageProcessor
-from aaformer_hf.cli import main
+from aaformer_hf.apps.cli import main
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
-from aaformer_hf.embeddings import extract_to_file, load_embeddings, load_inference_model
-from aaformer_hf.evaluation import evaluate
+from aaformer_hf.apps.extract import extract_to_file, load_embeddings, load_inference_model
+from aaformer_hf.reid.evaluation import evaluate
 
 from .test_hub import hub  # noqa: F401  (the fixture)
 
@@ -311,7 +311,7 @@ def stripes_dir(tmp_path_factory):
 
 
 def test_visualize_parts_and_attention_draw_what_the_stripes_are(tmp_path, stripes_dir):
-    from aaformer_hf.visualize import CELL, PALETTE
+    from aaformer_hf.apps.visualize import CELL, PALETTE
     black = tmp_path / 'black.png'
     Image.new('RGB', (128, 256)).save(black)
     out = tmp_path / 'parts.png'
@@ -350,7 +350,7 @@ def test_visualize_attention_of_the_pivl_model_is_timms_own_attention(tmp_path):
     import timm
 
     from aaformer_hf import PiVLConfig, PiVLModel
-    from aaformer_hf.visualize import CELL, vit_attention
+    from aaformer_hf.apps.visualize import CELL, vit_attention
     torch.manual_seed(0)
     folder = tmp_path / 'pivl'
     PiVLModel(PiVLConfig(**TINY, projection_dim=32)).save_pretrained(folder)

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from aaformer_hf import AAformerConfig, AAformerImageProcessor, AAformerModel
 from aaformer_hf.files import atomic_path, hold_lock
-from aaformer_hf.cli import main
+from aaformer_hf.apps.cli import main
 from aaformer_hf.data.synthetic import generate_market_layout
-from aaformer_hf.embeddings import FORMAT, extract_to_file, load_embeddings, load_inference_model
+from aaformer_hf.apps.extract import FORMAT, extract_to_file, load_embeddings, load_inference_model
 from aaformer_hf.hub import push_to_hub
 
 from .test_hub import hub  # noqa: F401  (the fixture)
@@ -178,7 +178,7 @@ def test_the_card_states_the_runs_init_and_data_and_is_not_replaced_unasked(trai
 
 
 def test_a_run_from_a_hub_checkpoint_names_it_as_base_model():
-    from aaformer_hf.cards import model_card
+    from aaformer_hf.hub.cards import model_card
     card = model_card(AAformerConfig(**TINY), 'me/x', metrics=dict(
         dataset='market1501', mAP=0.5, init={'kind': 'hub', 'hub_id': 'timm/vit_base_patch16_224.orig_in21k_ft_in1k'}))
     assert card.data.base_model == 'timm/vit_base_patch16_224.orig_in21k_ft_in1k'
@@ -235,7 +235,7 @@ def test_files_get_the_umask_and_a_full_disk_names_the_file(tmp_path, monkeypatc
 
 def test_a_full_disk_during_extract_names_the_file(tmp_path, market, capsys, monkeypatch):
     """safetensors reports a full disk as its own error type, not an OSError: still one line naming the file."""
-    import aaformer_hf.embeddings as embeddings
+    import aaformer_hf.apps.extract as embeddings
     from safetensors import SafetensorError
     model = _model(tmp_path / 'model', 0)
 

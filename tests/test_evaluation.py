@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from aaformer_hf import evaluation
-from aaformer_hf.evaluation import evaluate, flip_features
+from aaformer_hf.reid.evaluation import evaluate, flip_features
 from benchmarks.reid_eval_reference import evaluate_reference
 
 
@@ -117,7 +117,7 @@ def test_exact_ties_are_ordered_by_gallery_index_like_a_stable_sort(budget, monk
 
 @pytest.mark.parametrize('k1,k2,lam', [(20, 6, 0.3), (5, 1, 0.5), (7, 3, 0.0)])
 def test_re_rank_matches_reference(k1, k2, lam):
-    from aaformer_hf.evaluation import re_rank
+    from aaformer_hf.reid.evaluation import re_rank
     from benchmarks.reid_rerank_reference import re_rank_reference
     rng = np.random.default_rng(k1)
     ids = rng.integers(0, 12, 110)
@@ -196,7 +196,7 @@ def test_duplicate_images_tie_by_gallery_index(chunk_size, budget, monkeypatch):
 
 
 def test_summarise_reads_the_reported_ranks_off_the_cmc_curve():
-    from aaformer_hf.evaluation import summarise
+    from aaformer_hf.reid.evaluation import summarise
     result = dict(cmc=np.arange(1, 11) / 10, mAP=np.float64(0.25), mINP=0.125, num_valid_queries=np.int64(7))
     assert summarise(result) == dict(rank1=0.1, rank5=0.5, rank10=1.0, mAP=0.25, mINP=0.125, num_valid_queries=7)
     # a curve shorter than 10 (max_rank < 10): R5 and R10 are its last value
@@ -232,7 +232,7 @@ def test_evaluation_on_the_gpu_matches_the_reference_in_bounded_memory(dtype):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the device machine runs it)')
 def test_re_rank_on_the_gpu_matches_the_reference():
-    from aaformer_hf.evaluation import re_rank
+    from aaformer_hf.reid.evaluation import re_rank
     from benchmarks.reid_rerank_reference import re_rank_reference
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 40, 600)

@@ -63,7 +63,7 @@ def test_onnx_check_feeds_the_graphs_assignments_so_near_ties_do_not_refuse(tmp_
     """Two runtimes may round a near-tied patch to different parts. Simulated here on the PyTorch side: its own
     assignment flips a few decisions (its embeddings then differ from the graph's far beyond the tolerance), yet the
     file is written - PyTorch recomputed with the graph's assignments matches it - and the flips are counted."""
-    import aaformer_hf.export as export
+    import aaformer_hf.apps.export as export
     torch.manual_seed(0)
     model = timm.create_model('aaformer_tiny', depth=2).eval()
     clean = export.export_onnx(model, tmp_path / 'clean.onnx')
@@ -98,7 +98,7 @@ def test_onnx_check_feeds_the_graphs_assignments_so_near_ties_do_not_refuse(tmp_
 def test_onnx_check_refuses_a_graph_that_computes_otherwise(tmp_path, monkeypatch):
     """A runtime difference that is not an assignment tie (here the graph's embeddings scaled by 1.01) is refused,
     saying so, and nothing is written."""
-    import aaformer_hf.export as export
+    import aaformer_hf.apps.export as export
     torch.manual_seed(0)
     model = timm.create_model('aaformer_tiny', depth=1).eval()
     real_export = export._export

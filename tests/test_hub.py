@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel, PiVLConfig, PiVLForReID
-from aaformer_hf.cards import REPORTED, main as cards_main, planned_cards
+from aaformer_hf.hub.cards import REPORTED, main as cards_main, planned_cards
 from aaformer_hf.hub import check_push_supported, prepare_folder, push_to_hub
 
 TINY_AAFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -235,7 +235,7 @@ def test_bad_repo_ids_fail_before_anything_is_written():
 
 
 def test_committed_planned_cards_are_the_generated_ones(tmp_path):
-    """model_cards/ is generated (``python -m aaformer_hf.cards --planned model_cards``), never hand-edited."""
+    """model_cards/ is generated (``python -m aaformer_hf.hub.cards --planned model_cards``), never hand-edited."""
     written = planned_cards(tmp_path)
     committed = sorted(p.name for p in (REPO / 'model_cards').glob('*.md'))
     assert committed == sorted(p.name for p in written)

@@ -16,9 +16,9 @@ def run(code: str) -> str:
 
 @pytest.mark.parametrize('statement', [
     'import aaformer_hf',
-    'from aaformer_hf.evaluation import evaluate, re_rank',
+    'from aaformer_hf.reid.evaluation import evaluate, re_rank',
     'from aaformer_hf.data import PKSampler',
-    'from aaformer_hf.losses import identity_loss',
+    'from aaformer_hf.reid.losses import identity_loss',
     'import aaformer_hf.data.synthetic',
 ])
 def test_light_modules_import_no_heavy_library(statement):

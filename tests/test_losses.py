@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aaformer_hf.losses import identity_loss
+from aaformer_hf.reid.losses import identity_loss
 from train_losses import AAformerLoss, batch_hard_triplet_loss
 
 

@@ -14,9 +14,9 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from transformers import AutoImageProcessor, pipeline
 
-from aaformer_hf.cards import model_card
+from aaformer_hf.hub.cards import model_card
 from aaformer_hf.data import build_transforms
-from aaformer_hf.embeddings import load_inference_model
+from aaformer_hf.apps.extract import load_inference_model
 from aaformer_hf.hf.convert_clipreid import convert_clipreid_checkpoint
 from aaformer_hf.hub import folder_config, prepare_folder, push_to_hub
 

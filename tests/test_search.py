@@ -1,4 +1,4 @@
-"""aaformer_hf.search and ``aaformer-hf search``: exact search against a NumPy brute force, FAISS (flat and IVF)
+"""aaformer_hf.reid.search and ``aaformer-hf search``: exact search against a NumPy brute force, FAISS (flat and IVF)
 against it, chunking, and bad input."""
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from aaformer_hf.cli import main
-from aaformer_hf.embeddings import FORMAT, _save
-from aaformer_hf.search import recall_at, search
+from aaformer_hf.apps.cli import main
+from aaformer_hf.apps.extract import FORMAT, _save
+from aaformer_hf.reid.search import recall_at, search
 
 
 def _brute_force(q, g, k, metric):

@@ -1,4 +1,4 @@
-"""Parsing maps written with a transformers segmentation model (aaformer_hf.data.write_parsing), on a tiny random
+"""Parsing maps written with a transformers segmentation model (aaformer_hf.apps.write_parsing), on a tiny random
 SegFormer: every image gets a readable LIP map of its size that add_parsing_column accepts, the labels are the model's
 own argmax (computed here with plain interpolation) mapped to LIP, and unmapped labels or existing maps are refused."""
 import json
@@ -13,7 +13,7 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation, Segf
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.parsing import add_parsing_column, parsing_path
 from aaformer_hf.data.synthetic import generate_market_layout
-from aaformer_hf.data.write_parsing import lip_label_map, main, write_parsing_maps
+from aaformer_hf.apps.write_parsing import lip_label_map, main, write_parsing_maps
 
 ID2LABEL = {0: 'bg', 1: 'Hair', 2: 'torso', 3: 'legs'}
 MAPPING = {'bg': 'Background', 'Hair': 'Hair', 'torso': 'Upper-clothes', '3': 'Pants'}

@@ -12,4 +12,4 @@ export HF_HUB_OFFLINE=1
     --mixed_precision no --dynamo_backend no \
     examples/train.py --config examples/configs/synthetic.yaml --overwrite_output_dir "$@"
 query=$(ls data/synthetic_market/query/*.jpg | head -n 1)
-.venv/bin/python -m aaformer_hf.demo --model_dir outputs/synthetic/model --image "$query" --output_dir outputs/synthetic
+.venv/bin/python -m aaformer_hf.apps.demo --model_dir outputs/synthetic/model --image "$query" --output_dir outputs/synthetic

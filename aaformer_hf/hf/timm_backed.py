@@ -27,7 +27,7 @@ from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAuto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from ..layers.choices import check_choice
-from ..losses import identity_loss
+from ..reid.losses import identity_loss
 
 __all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family', 'FAMILIES',
            'family_of_timm_model', 'wrap_timm_model']

@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .files import LockedError, atomic_path, check_output, hold_lock, read_lock
-from .data.images import as_rgb, read_rgb
+from ..files import LockedError, atomic_path, check_output, hold_lock, read_lock
+from ..data.images import as_rgb, read_rgb
 
 __all__ = ['load_inference_model', 'embed', 'collect_images', 'names_to_labels', 'extract_to_file',
            'job_fingerprint', 'load_embeddings', 'process_state', 'FORMAT']
@@ -53,7 +53,7 @@ def load_inference_model(spec: str, pretrained: bool = False, device: str = 'cpu
     elif path.is_dir():
         if not (path / 'config.json').is_file():
             raise FileNotFoundError(f'{path}: not a model folder (no config.json); save it with save_pretrained')
-        from .folders import check_folder_preprocessing, read_json
+        from ..hub.folders import check_folder_preprocessing, read_json
         read_json(path / 'config.json')  # a truncated or hand-broken file, named before timm reads it
         check_folder_preprocessing(path)
         name, load = f'local-dir:{path}', True
@@ -152,7 +152,7 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
     same ``out`` stops at once, naming the holder. Shards are keyed on the job's content - the model's weights and
     preprocessing, ``flip``, the images (and a ``datasets`` split's fingerprint) - never on names, so a retrained
     model, a new random init or other options never resume from old shards."""
-    from .data import build_transforms
+    from ..data import build_transforms
 
     out = Path(out)
     paths = [str(p) for p in paths] if images is not None else [Path(p).resolve() for p in paths]
@@ -206,7 +206,7 @@ def _embed_shards(model, transform, paths, out: Path, job: str, shard_size: int,
                   batch_size: int, num_workers: int, flip: bool, images, device, overwrite: bool,
                   log_every: int) -> int:
     """This process's shards into ``OUT.parts`` (reusing those this job wrote before); returns the shard count."""
-    from .evaluation import flip_features
+    from ..reid.evaluation import flip_features
 
     parts = Path(f'{out}.parts')
     shards = [paths[i:i + shard_size] for i in range(0, len(paths), shard_size)]

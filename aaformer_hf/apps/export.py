@@ -19,8 +19,8 @@ from typing import Dict, Iterator, List, Sequence
 import torch
 import torch.nn as nn
 
-from .files import atomic_path
-from .embeddings import embed
+from ..files import atomic_path
+from .extract import embed
 
 __all__ = ['ReIDEmbedder', 'ReIDEmbedderWithAssignments', 'export_onnx', 'assignments_fed']
 

@@ -111,7 +111,7 @@ def refuse_pickles(folder: Path) -> None:
 
 
 def family_of_config(config):
-    from .hf.timm_backed import FAMILIES
+    from ..hf.timm_backed import FAMILIES
 
     if config.model_type not in FAMILIES:
         raise ValueError(f'model_type {config.model_type!r} is not an aaformer-hf family ({", ".join(FAMILIES)})')

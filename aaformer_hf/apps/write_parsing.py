@@ -6,7 +6,7 @@ with a mapping from its labels to LIP labels. A model whose labels already carry
 ' ' alike) needs none; otherwise every label of the model must be mapped (to 'Background' to drop it): nothing is
 mapped silently.
 
-    python -m aaformer_hf.data.write_parsing --dataset market1501 --root /data/Market-1501 \\
+    python -m aaformer_hf.apps.write_parsing --dataset market1501 --root /data/Market-1501 \\
         --model ./my-lip-segformer [--label_map labels.json] [--splits train] [--batch_size 16] [--overwrite]
 
 ``labels.json``: {"<model label name or id>": "<LIP label name>", ...}.
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import ReIDDatasetError, load_reid_dataset
-from .parsing import _listed, parsing_path
-from .synthetic import LIP_LABELS
+from ..data.datasets import ReIDDatasetError, load_reid_dataset
+from ..data.parsing import _listed, parsing_path
+from ..data.synthetic import LIP_LABELS
 
 __all__ = ['lip_label_map', 'write_parsing_maps', 'main']
 

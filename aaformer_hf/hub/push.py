@@ -21,14 +21,12 @@ from typing import Any, Dict, Optional, Union
 
 import torch.nn as nn
 
-from .cards import card_for_folder, model_card, student_card_for_folder, write_card
-from .folders import (  # noqa: F401  (folder_config, read_json and check_folder_preprocessing: their old home)
-    WEIGHTS_NAME, check_folder_preprocessing, family_of_config, folder_config, read_json, refuse_pickles, run_metrics,
-    timm_folder_config,
+from .cards import model_card, student_card_for_folder, write_card
+from .folders import (
+    WEIGHTS_NAME, family_of_config, folder_config, refuse_pickles, run_metrics, timm_folder_config,
 )
 
-__all__ = ['push_to_hub', 'prepare_folder', 'card_for_folder', 'check_push_supported', 'push_model_folder',
-           'check_folder_preprocessing', 'check_folder_loads', 'read_json']
+__all__ = ['push_to_hub', 'prepare_folder', 'check_push_supported', 'push_model_folder', 'check_folder_loads']
 
 
 def check_push_supported(repo_id: Optional[str]) -> None:
@@ -140,6 +138,6 @@ def _prepare_timm_folder(source: Path, out: Path, timm_config: Dict[str, Any], r
 
 def _transformers_model(model: nn.Module):
     """A family's transformers model as is; a family's timm module wrapped (same weights, no copy of the code)."""
-    from .hf.timm_backed import TimmBackedPreTrainedModel, wrap_timm_model
+    from ..hf.timm_backed import TimmBackedPreTrainedModel, wrap_timm_model
 
     return model if isinstance(model, TimmBackedPreTrainedModel) else wrap_timm_model(model)

@@ -3,8 +3,8 @@
 ``EvalResult``: the model-index holds only what was measured for the weights (from the ``metrics.json`` training
 wrote); the papers' own numbers appear in a separate table labelled as reported by the paper.
 
-``python -m aaformer_hf.cards FOLDER [--repo_id ORG/NAME] [--metrics FILE]`` writes ``FOLDER/README.md``;
-``python -m aaformer_hf.cards --planned DIR`` writes the cards of the planned checkpoints (``model_cards/``).
+``python -m aaformer_hf.hub.cards FOLDER [--repo_id ORG/NAME] [--metrics FILE]`` writes ``FOLDER/README.md``;
+``python -m aaformer_hf.hub.cards --planned DIR`` writes the cards of the planned checkpoints (``model_cards/``).
 """
 import argparse
 import dataclasses
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .files import atomic_path
+from ..files import atomic_path
 from .folders import folder_config, read_metrics, run_metrics, timm_folder_config
 
 __all__ = ['model_card', 'student_card', 'card_for_folder', 'student_card_for_folder', 'planned_cards', 'write_card',
@@ -183,7 +183,7 @@ def _flat_metrics(metrics: Dict[str, Any]) -> Dict[str, Any]:
 def _dataset_of(metrics: Dict[str, Any]) -> Optional[str]:
     """The dataset the metrics were measured on; a set the synthetic generator wrote is 'synthetic' whichever loader
     read it (its root says so), never the benchmark whose layout it copies."""
-    from .data.synthetic import is_synthetic
+    from ..data.synthetic import is_synthetic
 
     root = metrics.get('data_root') or metrics.get('root')
     if root and Path(root).is_dir() and is_synthetic(Path(root)):
@@ -228,7 +228,7 @@ def _measured(metrics: Dict[str, Any], dataset: Optional[str], dataset_name: str
 
 def _render(card_data: ModelCardData, repo_id: str, status: Optional[str], pretrained_cfg: Dict[str, Any],
             **text: str) -> ModelCard:
-    template = resources.files('aaformer_hf').joinpath('templates/model_card.md').read_text(encoding='utf-8')
+    template = resources.files('aaformer_hf.hub').joinpath('templates/model_card.md').read_text(encoding='utf-8')
     height, width = pretrained_cfg['input_size'][-2:]
     return ModelCard.from_template(
         card_data, template_str=template, title=card_data.model_name, repo_id=repo_id, status=status,
@@ -237,7 +237,7 @@ def _render(card_data: ModelCardData, repo_id: str, status: Optional[str], pretr
 
 
 def card_for_folder(folder: Union[str, Path], repo_id: Optional[str] = None, metrics_file: Optional[Path] = None):
-    """The generated card of a saved model folder (``python -m aaformer_hf.cards FOLDER``)."""
+    """The generated card of a saved model folder (``python -m aaformer_hf.hub.cards FOLDER``)."""
     folder = Path(folder)
     timm_config = timm_folder_config(folder)
     config = folder_config(folder) if timm_config is None else None
@@ -268,7 +268,7 @@ def write_card(card: ModelCard, path: Path) -> Path:
 
 def planned_cards(out_dir: Path, org: str = 'aaformer-hf') -> List[Path]:
     """Write the cards of the planned checkpoints (``PLANNED``) to ``out_dir``, named like their repos."""
-    from .hf.timm_backed import FAMILIES  # the transformers front door registers the configs
+    from ..hf.timm_backed import FAMILIES  # the transformers front door registers the configs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -331,9 +331,9 @@ def _table(rows: Sequence[Tuple[str, Dict[str, float]]]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=prog or 'python -m aaformer_hf.cards', description=__doc__.split('\n\n')[0],
-        epilog='examples:\n  python -m aaformer_hf.cards outputs/market/model --repo_id me/aaformer-market1501\n'
-               '  python -m aaformer_hf.cards --planned model_cards', formatter_class=argparse.RawTextHelpFormatter)
+        prog=prog or 'python -m aaformer_hf.hub.cards', description=__doc__.split('\n\n')[0],
+        epilog='examples:\n  python -m aaformer_hf.hub.cards outputs/market/model --repo_id me/aaformer-market1501\n'
+               '  python -m aaformer_hf.hub.cards --planned model_cards', formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument('folder', nargs='?', type=Path, help='a saved model folder (writes FOLDER/README.md)')
     parser.add_argument('--repo_id', help='the Hub repo the card names in its examples (default: the folder name)')
     parser.add_argument('--metrics', type=Path, help='metrics.json (default: FOLDER/../metrics.json when present)')
@@ -347,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         return 0
     if args.folder is None:
         parser.error('give a model FOLDER or --planned DIR')
-    from .files import check_output
+    from ..files import check_output
     try:
         if not args.folder.is_dir():
             raise FileNotFoundError(f'{args.folder}: model folder not found')

@@ -97,7 +97,7 @@ def attention_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor,
     attention averaged over the heads (π-VL's Fig. 5 shows such maps)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from .models.aaformer import AAformer
+    from ..models.aaformer import AAformer
     if not -len(model.blocks) <= layer < len(model.blocks):
         raise ValueError(f'--layer {layer}: the model has {len(model.blocks)} layers (0..{len(model.blocks) - 1}, '
                          'or negative from the last)')

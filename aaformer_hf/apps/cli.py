@@ -26,9 +26,9 @@ __all__ = ['main']
 
 # commands whose module already has its own command line: their arguments pass through unchanged
 _DELEGATED = {
-    'card': ('aaformer_hf.cards', 'write a model card for a saved model folder'),
+    'card': ('aaformer_hf.hub.cards', 'write a model card for a saved model folder'),
     'convert': ('aaformer_hf.hf.convert_clipreid', 'convert a CLIP-ReID ViT-B/16 checkpoint into a π-VL folder'),
-    'parse': ('aaformer_hf.data.write_parsing', 'write LIP human-parsing maps with a segmentation model'),
+    'parse': ('aaformer_hf.apps.write_parsing', 'write LIP human-parsing maps with a segmentation model'),
     'synth': ('aaformer_hf.data.synthetic', 'generate a SYNTHETIC re-ID set (Market-1501 layout)'),
 }
 _EXAMPLES = {
@@ -194,8 +194,8 @@ def _check_device(device: str) -> None:
 
 
 def _extract(args) -> int:
-    from .files import check_output
-    from .embeddings import collect_images, extract_to_file, load_inference_model, process_state
+    from ..files import check_output
+    from .extract import collect_images, extract_to_file, load_inference_model, process_state
 
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError('--shard_size and --batch_size must be >= 1')
@@ -212,7 +212,7 @@ def _extract(args) -> int:
     if args.dataset == 'hub':
         paths, labels, rows = _hub_split(args)
     elif args.dataset is not None:
-        from .data import load_reid_dataset
+        from ..data import load_reid_dataset
         if args.split not in ('train', 'query', 'gallery'):
             raise ValueError(f'--split {args.split}: a re-ID loader has train, query and gallery')
         split = load_reid_dataset(args.dataset, args.root)[args.split]
@@ -233,7 +233,7 @@ def _extract(args) -> int:
 def _hub_split(args):
     """A ``datasets`` split of images: its rows, names ``SOURCE[SPLIT]#ROW`` and, when it has integer pid and camid
     columns, those (as stored)."""
-    from .data import load_image_split
+    from ..data import load_image_split
 
     options = {'revision': args.revision} if args.revision else {}
     rows = load_image_split(args.root, args.split, args.image_column, **options)
@@ -245,8 +245,8 @@ def _hub_split(args):
 
 
 def _export_onnx(args) -> int:
-    from .files import check_output
-    from .embeddings import load_inference_model
+    from ..files import check_output
+    from .extract import load_inference_model
     from .export import export_onnx
 
     check_output(args.output, args.overwrite)
@@ -265,9 +265,9 @@ def _export_onnx(args) -> int:
 
 
 def _search(args) -> int:
-    from .files import atomic_path, check_output
-    from .embeddings import load_embeddings
-    from .search import search
+    from ..files import atomic_path, check_output
+    from .extract import load_embeddings
+    from ..reid.search import search
 
     check_output(args.output, args.overwrite)
     if args.top < 1:
@@ -302,10 +302,10 @@ def _search(args) -> int:
 def _visualize(args) -> int:
     import torch
 
-    from .files import atomic_path, check_output
-    from .data import build_transforms
-    from .data.images import read_rgb
-    from .embeddings import collect_images, load_inference_model
+    from ..files import atomic_path, check_output
+    from ..data import build_transforms
+    from ..data.images import read_rgb
+    from .extract import collect_images, load_inference_model
     from .visualize import attention_figure, parts_figure
 
     check_output(args.output, args.overwrite)
@@ -341,9 +341,9 @@ def _visualize(args) -> int:
 def _ranks(args, model, transform):
     import torch
 
-    from .data import eval_loader, load_reid_dataset
-    from .embeddings import embed
-    from .evaluation import pairwise_distance
+    from ..data import eval_loader, load_reid_dataset
+    from .extract import embed
+    from ..reid.evaluation import pairwise_distance
     from .visualize import ranks_figure
 
     data = load_reid_dataset(args.dataset, args.root)
@@ -373,11 +373,11 @@ class _LazyImages:
 def _evaluate(args) -> int:
     import torch
 
-    from .files import atomic_path, check_output
-    from .data import build_transforms, eval_loader, load_reid_dataset
-    from .data.synthetic import is_synthetic
-    from .embeddings import embed, load_inference_model
-    from .evaluation import evaluate, flip_features, re_rank, summarise
+    from ..files import atomic_path, check_output
+    from ..data import build_transforms, eval_loader, load_reid_dataset
+    from ..data.synthetic import is_synthetic
+    from .extract import embed, load_inference_model
+    from ..reid.evaluation import evaluate, flip_features, re_rank, summarise
 
     if args.json is not None:
         check_output(args.json, args.overwrite)  # before any work

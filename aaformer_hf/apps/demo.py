@@ -1,8 +1,8 @@
 """Demo: embed one image with an AAformer and show how its patches were assigned to [PART]s.
 
-    python -m aaformer_hf.demo                       # a SYNTHETIC person image, a tiny model with random weights, CPU
-    python -m aaformer_hf.demo --model_dir outputs/synthetic/model --image data/synthetic_market/query/<a file>
-    python -m aaformer_hf.demo --image me.jpg --model aaformer_base
+    python -m aaformer_hf.apps.demo                       # a SYNTHETIC person, a tiny random-weight model, CPU
+    python -m aaformer_hf.apps.demo --model_dir outputs/synthetic/model --image data/synthetic_market/query/<a file>
+    python -m aaformer_hf.apps.demo --image me.jpg --model aaformer_base
 
 With random weights the assignment shows the mechanism, not learned body parts; ``--model_dir`` takes a trained
 model folder (``save_pretrained``, e.g. what examples/train.py writes). Writes a PNG of the last layer's assignment.
@@ -17,8 +17,8 @@ import timm
 import torch
 from PIL import Image, ImageDraw
 
-from .data.images import read_rgb
-from .hf import AAformerImageProcessor, AAformerModel
+from ..data.images import read_rgb
+from ..hf import AAformerImageProcessor, AAformerModel
 from .visualize import PALETTE
 
 
