@@ -12,9 +12,9 @@ configuration (``train_config.py``), the training objectives (``train_losses.py`
 Every TrainConfig field (train_config.py beside this file) is a flag and overrides the YAML file. Writes
 OUTPUT_DIR/metrics.json (final R1/R5/R10/mAP/mINP, images/s), OUTPUT_DIR/model/ (save_pretrained: loadable by
 transformers' AutoModel and by timm), OUTPUT_DIR/best_model/ and OUTPUT_DIR/checkpoints/{epoch_N,step_N}/.
-One CPU, one GPU or many. A model family plugs in through ``FAMILIES``: its timm class maps to the methods that train
-it and their recipe (its transformers classes come from the package's registry); everything else (data, schedule,
-checkpoints, evaluation, saving) is shared.
+One CPU, one GPU or many. The model's family (the package's registry, ``aaformer_hf.hf.families``) says which
+``--method`` values train it; ``RECIPES`` says what each method adds to the shared loop; everything else (data,
+schedule, checkpoints, evaluation, saving) is shared.
 """
 import json
 import logging
@@ -23,9 +23,8 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -40,26 +39,16 @@ from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, t
 from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.synthetic import generate_market_layout, is_synthetic
 from aaformer_hf.reid.evaluation import evaluate, re_rank, summarise
-from aaformer_hf.hf.timm_backed import FAMILIES as MODEL_FAMILIES, wrap_timm_model
-from aaformer_hf.models.aaformer import AAformer
-from aaformer_hf.models.pivl import PiVLViT
+from aaformer_hf.hf.timm_backed import family_of_timm_model, wrap_timm_model
 from train_config import BASELINES, TrainConfig, parse_config
 from train_recipe import (ParsingPartsRecipe, Recipe, RunContext, check_finite_losses,
                           library_bars_only_on_a_terminal, part_masks, quiet_bars, scheduled_lr)
 from train_outputs import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
 
-__all__ = ['BASELINES', 'FAMILIES', 'Family', 'TrainConfig', 'build_model', 'format_summary', 'lr_at', 'main',
+__all__ = ['BASELINES', 'RECIPES', 'TrainConfig', 'build_model', 'make_recipe', 'format_summary', 'lr_at', 'main',
            'make_optimizer', 'parse_config', 'retrieval_metrics', 'train']
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Family:
-    """How a model family trains: the methods that train it and the recipe that says what those methods add to the
-    shared loop (its transformers classes come from the package's registry, ``aaformer_hf.hf.timm_backed``)."""
-    methods: Tuple[str, ...]
-    make_recipe: Callable[..., 'Recipe']
 
 
 def _aaformer_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -> Recipe:
@@ -71,10 +60,15 @@ def _two_stage_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -
     return TwoStageRecipe(config, model, num_classes)
 
 
-FAMILIES: Dict[Type[nn.Module], Family] = {
-    AAformer: Family(('aaformer',), _aaformer_recipe),
-    PiVLViT: Family(('clipreid', 'pivl'), _two_stage_recipe),
+# what each --method adds to the shared loop; which methods train which family is the family's own declaration
+# (aaformer_hf.hf.families: training_methods)
+RECIPES: Dict[str, Callable[[TrainConfig, nn.Module, int], Recipe]] = {
+    'aaformer': _aaformer_recipe, 'clipreid': _two_stage_recipe, 'pivl': _two_stage_recipe,
 }
+
+
+def make_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -> Recipe:
+    return RECIPES[config.method](config, model, num_classes)
 
 
 def lr_at(step: float, steps_per_epoch: int, config: TrainConfig) -> float:
@@ -90,13 +84,13 @@ def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[i
     timm_model = timm.create_model(
         config.model, pretrained=config.pretrained or bool(overlay), num_classes=num_classes,
         pretrained_cfg_overlay=overlay, **config.model_kwargs())
-    family = FAMILIES.get(type(timm_model))
-    if family is None:
-        raise ValueError(f'{config.model!r} is not a model family this trainer knows '
-                         f'({", ".join(f.__name__ for f in FAMILIES)})')
-    if config.method not in family.methods:
+    try:
+        family = family_of_timm_model(timm_model)
+    except TypeError as error:
+        raise ValueError(f'{config.model!r} is not a model family this trainer knows: {error}') from None
+    if config.method not in family.training_methods:
         raise ValueError(f'--method {config.method} does not train {config.model!r} ({type(timm_model).__name__} '
-                         f'trains with --method {" / ".join(family.methods)})')
+                         f'trains with --method {" / ".join(family.training_methods)})')
     model = wrap_timm_model(timm_model, label_smoothing=config.label_smoothing, id2label=id2label)
     return model, timm_model.pretrained_cfg, family
 
@@ -214,8 +208,8 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     originals = data['train']['pid_original']
     id2label = {label: str(pid) for label, pid in sorted(set(zip(data['train']['pid'], originals)))}
     model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
-    recipe = family.make_recipe(config, model, len(id2label))
-    processor_class = MODEL_FAMILIES[model.config.model_type].image_processor_class
+    recipe = make_recipe(config, model, len(id2label))
+    processor_class = family.image_processor_class
     processor = processor_class.from_config(model.config) if recipe.input_cfg is None else None
     input_cfg = recipe.input_cfg or pretrained_cfg  # stage 1 (RunContext) reads the teacher's own
     if recipe.parsing and not config.eval_only:  # checks every map now: a bad one fails before training

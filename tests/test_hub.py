@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel, PiVLConfig, PiVLForReID
-from aaformer_hf.hub.cards import REPORTED, main as cards_main, planned_cards
+from aaformer_hf.hf import AAFORMER
+from aaformer_hf.hub.cards import main as cards_main, planned_cards
 from aaformer_hf.hub import check_push_supported, prepare_folder, push_to_hub
 
 TINY_AAFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -185,7 +186,7 @@ def test_card_model_index_holds_what_was_measured_and_parses_back(tmp_path):
     assert "AutoModel.from_pretrained('org/aaformer-market')" in text and 'import aaformer_hf' in text
     assert "hf-hub:org/aaformer-market" in text and 'surveillance' in text and '@article{zhu2023aaformer' in text
     # the paper's numbers are shown, labelled, and never enter the model-index
-    reported, = REPORTED[('aaformer', 'market1501')]
+    reported, = AAFORMER.reported['market1501']
     assert 'Reported by the paper (not measured for these weights)' in text and '| AAformer | 95.4 | 88.0 |' in text
     assert reported[1]['mAP'] not in measured.values()
     # best_model: the best evaluation, and the card says how it was chosen

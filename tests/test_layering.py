@@ -135,3 +135,28 @@ def test_the_rules_see_what_they_guard(graph):
     assert 'transformers' in graph['aaformer_hf.hf.modeling_aaformer']
     assert 'aaformer_hf.hub.folders' in graph['aaformer_hf.hub.cards']
     assert _violations({'aaformer_hf.reid.evaluation': {'aaformer_hf.models.aaformer'}}, DATA_AND_RETRIEVAL, MODEL_STACK)
+
+
+@pytest.mark.parametrize('old, new', [('aaformer_hf.evaluation', 'aaformer_hf.reid.evaluation'),
+                                      ('aaformer_hf.embeddings', 'aaformer_hf.apps.extract'),
+                                      ('aaformer_hf.data.write_parsing', 'aaformer_hf.apps.write_parsing')])
+def test_old_import_paths_give_the_new_module_and_name_it(old, new):
+    """Written in a fresh interpreter: the old name must not already be cached by another test's import."""
+    import subprocess
+    import sys
+
+    code = (f'import warnings, importlib\nwarnings.simplefilter("error")\n'
+            f'try:\n    importlib.import_module({old!r})\nexcept FutureWarning as e:\n    print("warned:", e)\n'
+            f'warnings.simplefilter("ignore")\nold = importlib.import_module({old!r})\n'
+            f'print(old is importlib.import_module({new!r}), old.__name__, old.__spec__.name)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert f'warned: {old} moved to {new}' in out
+    assert out.strip().endswith(f'True {new} {new}')  # one module object, its own name and spec kept
+
+
+def test_python_m_on_an_old_path_names_the_new_one():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, '-m', 'aaformer_hf.cards', '--help'], capture_output=True, text=True)
+    assert run.returncode != 0 and 'run python -m aaformer_hf.hub.cards' in run.stderr

@@ -16,7 +16,7 @@ from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
 from tests.test_hub import hub  # noqa: F401  (the fixture)
 from tests.tiny_text import save_text_side
-from train import TrainConfig, build_model, train
+from train import TrainConfig, build_model, make_recipe, train
 from train_recipe import RunContext
 
 
@@ -75,7 +75,7 @@ def test_label_only_part_prompts_and_clipreid_rows_run(tmp_path, parsed_root, te
 def _recipe(config):
     data = load_reid_dataset('market1501', config.data_root)
     model, pretrained_cfg, family = build_model(config, 24)
-    recipe = family.make_recipe(config, model, 24)
+    recipe = make_recipe(config, model, 24)
     if recipe.parsing:
         from aaformer_hf.data.parsing import add_parsing_column
         data['train'] = add_parsing_column(data['train'], config.data_root)

@@ -277,11 +277,11 @@ def test_unreadable_image_at_training_time_names_the_file(tmp_path, synthetic_ro
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, monkeypatch):
     """A loss term that turns NaN stops training at that optimiser step, naming the term, and saves no model."""
     loop = trainer
-    family = loop.FAMILIES[loop.AAformer]
+    make_aaformer_recipe = loop.RECIPES['aaformer']
     calls = []
 
     def make_recipe(config, model, num_classes):
-        recipe = family.make_recipe(config, model, num_classes)
+        recipe = make_aaformer_recipe(config, model, num_classes)
         criterion = recipe.criterion
 
         def poisoned(logits, features, labels):
@@ -294,7 +294,7 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, mo
         recipe.criterion = poisoned
         return recipe
 
-    monkeypatch.setitem(loop.FAMILIES, loop.AAformer, loop.Family(family.methods, make_recipe))
+    monkeypatch.setitem(loop.RECIPES, 'aaformer', make_recipe)
     out = tmp_path / 'diverged'
     with pytest.raises(FloatingPointError, match=r'diverged at optimiser step 3 \(epoch 0, batch 2\): '
                                                  r'loss = inf, id_loss = [0-9.]+, triplet_loss = inf'):

@@ -1,12 +1,20 @@
-"""transformers front door: configs, models, image processor, and their Auto-class registration."""
+"""transformers front door: configs, models, image processors, and the families' registration (``families.py``)."""
 from .configuration_aaformer import AAformerConfig
 from .configuration_pivl import PiVLConfig
-from .image_processing_aaformer import AAformerImageProcessor, PiVLImageProcessor
+from .families import AAFORMER, PIVL
+from .image_processing_aaformer import AAformerImageProcessor
+from .image_processing_pivl import PiVLImageProcessor
 from .modeling_aaformer import (
     AAformerForReID, AAformerModel, AAformerModelOutput, AAformerPreTrainedModel, AAformerReIDOutput,
 )
 from .modeling_pivl import PiVLForReID, PiVLModel, PiVLModelOutput, PiVLPreTrainedModel, PiVLReIDOutput
-from .timm_backed import AutoModelForPersonReID, TimmBackedConfig, TimmBackedPreTrainedModel, register_family
+from .timm_backed import (
+    FAMILIES, AutoModelForPersonReID, Family, TimmBackedConfig, TimmBackedPreTrainedModel, register_family,
+)
 
-register_family(AAformerConfig, AAformerModel, AAformerForReID, AAformerImageProcessor)
-register_family(PiVLConfig, PiVLModel, PiVLForReID, PiVLImageProcessor)
+__all__ = [
+    'AAFORMER', 'PIVL', 'FAMILIES', 'Family', 'register_family', 'AutoModelForPersonReID', 'TimmBackedConfig',
+    'TimmBackedPreTrainedModel', 'AAformerConfig', 'AAformerImageProcessor', 'AAformerModel', 'AAformerForReID',
+    'AAformerPreTrainedModel', 'AAformerModelOutput', 'AAformerReIDOutput', 'PiVLConfig', 'PiVLImageProcessor',
+    'PiVLModel', 'PiVLForReID', 'PiVLPreTrainedModel', 'PiVLModelOutput', 'PiVLReIDOutput',
+]

@@ -24,7 +24,7 @@ from timm.models.vision_transformer import _convert_openai_clip
 
 from ..models._loading import unwrap_state_dict
 from .configuration_pivl import PiVLConfig
-from .image_processing_aaformer import PiVLImageProcessor
+from .image_processing_pivl import PiVLImageProcessor
 from .modeling_pivl import PiVLForReID, PiVLModel
 
 __all__ = ['convert_clipreid_state_dict', 'convert_clipreid_checkpoint', 'main']

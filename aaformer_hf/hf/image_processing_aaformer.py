@@ -12,7 +12,7 @@ from typing import Any, Dict
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import PILImageResampling
 
-__all__ = ['AAformerImageProcessor', 'PiVLImageProcessor']
+__all__ = ['AAformerImageProcessor']
 
 _RESAMPLE = {'bilinear': PILImageResampling.BILINEAR, 'bicubic': PILImageResampling.BICUBIC}
 
@@ -60,12 +60,3 @@ class AAformerImageProcessor(TorchvisionBackend):
                 image_processor_dict['pretrained_cfg'], **{k: kwargs.pop(k) for k in list(kwargs) if k in valid})
             return (processor, kwargs) if return_unused else processor
         return super().from_dict(image_processor_dict, **kwargs)
-
-
-class PiVLImageProcessor(AAformerImageProcessor):
-    """The same processing with the π-VL model's defaults: OpenAI CLIP's mean/std, bicubic resizing to 256x128
-    (``pivl_vit_base_patch16``'s pretrained cfg)."""
-
-    resample = PILImageResampling.BICUBIC
-    image_mean = [0.48145466, 0.4578275, 0.40821073]
-    image_std = [0.26862954, 0.26130258, 0.27577711]

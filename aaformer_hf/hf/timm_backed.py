@@ -2,7 +2,7 @@
 """The transformers front door for model families implemented as timm modules.
 
 A family (AAformer, π-VL) plugs in with a config subclass that maps its fields to the timm constructor
-(``timm_kwargs``), a ``PreTrainedModel`` subclass naming its timm class, and one ``register_family`` call. The
+(``timm_kwargs``), a ``PreTrainedModel`` subclass naming its timm class, and one ``Family`` in ``families.py``. The
 transformers models hold the timm module as ``timm_model``; a checkpoint conversion mapping strips that prefix when
 saving and adds it when loading, so ``save_pretrained`` writes timm's key layout and one ``model.safetensors``
 serves both libraries.
@@ -12,7 +12,7 @@ import difflib
 import json
 import warnings
 from collections import OrderedDict
-from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, Literal, Mapping, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -29,8 +29,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from ..layers.choices import check_choice
 from ..reid.losses import identity_loss
 
-__all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'register_family', 'FAMILIES',
-           'family_of_timm_model', 'wrap_timm_model']
+__all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'Family', 'register_family',
+           'FAMILIES', 'family_of_timm_model', 'wrap_timm_model']
 
 TIMM_MODULE_PREFIX = 'timm_model'
 # arguments transformers' generic code may pass any model: accepted by forward only when off (False / None)
@@ -57,11 +57,45 @@ Interpolation = Literal['bilinear', 'bicubic']
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """A registered model family: its config, feature-extractor and re-ID classes, and image processor."""
+    """A model family, declared once (``hf/families.py``) and read by hf/, the Hub and card code and the training
+    example: its classes (the timm class is ``model_class.timm_model_class``), its paper (title and arXiv id from
+    the timm registry's ``paper_name`` / ``paper_ids``, so they are written once), what its model card says, the
+    ``--method`` values of ``examples/train.py`` that train it, and what its paper reports (percent, by dataset:
+    (row label, metrics, table))."""
     config_class: Type['TimmBackedConfig']
     model_class: Type['TimmBackedPreTrainedModel']
     reid_class: Optional[Type['TimmBackedPreTrainedModel']]
     image_processor_class: Any
+    name: str = ''
+    authors: str = ''
+    venue: str = ''
+    summary: str = ''
+    citation: str = ''
+    base_model: Optional[str] = None  # the Hub checkpoint the paper's backbone starts from (planned cards)
+    training_methods: Tuple[str, ...] = ()
+    reported: Mapping[str, Tuple[Tuple[str, Dict[str, float], str], ...]] = dataclasses.field(default_factory=dict)
+    planned_datasets: Tuple[str, ...] = ()  # the checkpoints model_cards/ describes before they exist
+
+    @property
+    def model_type(self) -> str:
+        return self.config_class.model_type
+
+    @property
+    def timm_class(self) -> Type[nn.Module]:
+        return self.model_class.timm_model_class
+
+    def _timm_cfg(self):
+        from timm.models import get_pretrained_cfg
+
+        return get_pretrained_cfg(self.config_class.timm_architecture)
+
+    @property
+    def arxiv(self) -> str:
+        return self._timm_cfg().paper_ids.removeprefix('arXiv:')
+
+    @property
+    def paper(self) -> str:
+        return f'{self.authors}, "{self._timm_cfg().paper_name}", {self.venue}'
 
 
 # the registered families by model_type (filled by register_family), for code that starts from a timm module or a
@@ -336,23 +370,19 @@ class AutoModelForPersonReID(_BaseAutoModelClass):
     _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
 
 
-def register_family(
-        config_class: Type[TimmBackedConfig],
-        model_class: Type[TimmBackedPreTrainedModel],
-        reid_class: Optional[Type[TimmBackedPreTrainedModel]] = None,
-        image_processor_class=None,
-) -> None:
-    """Register a family with the Auto classes and map its checkpoints to timm's key layout."""
-    FAMILIES[config_class.model_type] = Family(config_class, model_class, reid_class, image_processor_class)
+def register_family(family: Family) -> Family:
+    """Register a family (``hf/families.py``) with the Auto classes and map its checkpoints to timm's key layout."""
+    config_class = family.config_class
+    FAMILIES[config_class.model_type] = family
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(config_class, model_class, exist_ok=True)
-    if reid_class is not None:
-        AutoModelForPersonReID.register(config_class, reid_class, exist_ok=True)
-    if image_processor_class is not None:
+    AutoModel.register(config_class, family.model_class, exist_ok=True)
+    if family.reid_class is not None:
+        AutoModelForPersonReID.register(config_class, family.reid_class, exist_ok=True)
+    if family.image_processor_class is not None:
         AutoImageProcessor.register(
-            config_class, image_processor_classes={'torchvision': image_processor_class}, exist_ok=True)
-    register_checkpoint_conversion_mapping(
-        config_class.model_type, [TimmKeyLayout()], overwrite=True)
+            config_class, image_processor_classes={'torchvision': family.image_processor_class}, exist_ok=True)
+    register_checkpoint_conversion_mapping(config_class.model_type, [TimmKeyLayout()], overwrite=True)
+    return family
 
 
 def family_of_timm_model(model: nn.Module) -> Family:

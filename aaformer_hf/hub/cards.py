@@ -7,7 +7,6 @@ wrote); the papers' own numbers appear in a separate table labelled as reported 
 ``python -m aaformer_hf.hub.cards --planned DIR`` writes the cards of the planned checkpoints (``model_cards/``).
 """
 import argparse
-import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -15,10 +14,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..files import atomic_path
+from ..hf import FAMILIES  # each family's card facts and reported numbers; importing hf registers the families
 from .folders import folder_config, read_metrics, run_metrics, timm_folder_config
 
 __all__ = ['model_card', 'student_card', 'card_for_folder', 'student_card_for_folder', 'planned_cards', 'write_card',
-           'DATASETS', 'REPORTED', 'main']
+           'DATASETS', 'main']
 
 TASK = dict(task_type='image-feature-extraction', task_name='Person Re-Identification')
 # the dataset names training records (aaformer_hf.data's loaders) -> how cards name them
@@ -28,41 +28,6 @@ DATASETS = {
 }
 _METRICS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'), ('mINP', 'mINP'))
 
-
-@dataclasses.dataclass(frozen=True)
-class _Family:
-    name: str
-    paper: str
-    arxiv: str
-    summary: str
-    citation: str
-    base_model: str
-
-
-_FAMILIES = {
-    'aaformer': _Family(
-        name='AAformer', arxiv='2104.00921',
-        paper='Zhu et al., "AAformer: Auto-Aligned Transformer for Person Re-Identification", IEEE TNNLS 2023',
-        summary='A ViT with learnable [PART] tokens. In every layer and head, patch keys are assigned to the [PART] '
-                'queries by a few Sinkhorn-Knopp iterations and each [PART] attends only to its patches. The re-ID '
-                'feature is the CLS token and the [PART] tokens concatenated.',
-        citation='@article{zhu2023aaformer,\n  title={AAformer: Auto-Aligned Transformer for Person '
-                 'Re-Identification},\n  author={Zhu, Kuan and Guo, Haiyun and Zhang, Shiliang and Wang, Yaowei and '
-                 'Liu, Jing and Wang, Jinqiao and Tang, Ming},\n  journal={IEEE Transactions on Neural Networks and '
-                 'Learning Systems},\n  year={2023}\n}',
-        base_model='timm/vit_base_patch16_224.orig_in21k_ft_in1k'),
-    'pivl': _Family(
-        name='π-VL', arxiv='2308.02738',
-        paper='Lin et al., "Exploring Part-Informed Visual-Language Learning for Person Re-Identification", 2023',
-        summary='A CLIP ViT-B/16 image encoder trained with CLIP-ReID\'s two stages plus π-VL\'s part-informed text '
-                'prompts and hierarchical-fusion alignment (both used only in training). At inference it is a plain '
-                'CLIP ViT: the re-ID feature is the CLS token and its CLIP projection concatenated.',
-        citation='@article{lin2023pivl,\n  title={Exploring Part-Informed Visual-Language Learning for Person '
-                 'Re-Identification},\n  author={Lin, Yin and Liu, Cong and Chen, Yehansen and Hu, Jinshui and Yin, '
-                 'Bing and Yin, Baocai and Wang, Zengfu},\n  journal={arXiv preprint arXiv:2308.02738},\n  '
-                 'year={2023}\n}',
-        base_model='timm/vit_base_patch16_clip_224.openai'),
-}
 
 _FAMILY_USAGE = """```python
 import aaformer_hf  # registers the models with timm and transformers (no trust_remote_code needed)
@@ -95,24 +60,6 @@ _STUDENT_SUMMARY = (
     'prompts that a CLIP teacher learned in stage 1 ({teacher}). The re-ID feature is the backbone\'s pooled feature; '
     'the training-only re-ID head is not part of these weights. Trained with the `aaformer-hf` training example.')
 
-# What the papers report for their own models (percent), by (model_type, dataset): (row label, metrics, where).
-REPORTED: Dict[Tuple[str, str], List[Tuple[str, Dict[str, float], str]]] = {
-    ('aaformer', 'market1501'): [('AAformer', {'rank1': 95.4, 'mAP': 88.0}, 'Table II')],
-    ('aaformer', 'dukemtmc'): [('AAformer', {'rank1': 90.1, 'mAP': 80.9}, 'Table II')],
-    ('aaformer', 'cuhk03'): [('AAformer, labeled', {'rank1': 80.3, 'mAP': 79.0}, 'Table II'),
-                             ('AAformer, detected', {'rank1': 78.1, 'mAP': 77.2}, 'Table II')],
-    ('aaformer', 'msmt17'): [('AAformer', {'rank1': 84.4, 'mAP': 65.6}, 'Table II')],
-    ('aaformer', 'occluded_duke'): [('AAformer', {'rank1': 67.1, 'rank5': 81.6, 'mAP': 58.2}, 'Table III')],
-    # π-VL's Table 2, ViT-B/16 rows; the paper does not say whether CLIP-ReID's SIE / overlapping patches were on
-    ('pivl', 'msmt17'): [('π-VL (ViT-B/16)', {'rank1': 90.3, 'mAP': 76.5}, 'Table 2')],
-    ('pivl', 'market1501'): [('π-VL (ViT-B/16)', {'rank1': 96.2, 'mAP': 91.2}, 'Table 2')],
-    ('pivl', 'dukemtmc'): [('π-VL (ViT-B/16)', {'rank1': 92.1, 'mAP': 84.0}, 'Table 2')],
-    ('pivl', 'occluded_duke'): [('π-VL (ViT-B/16)', {'rank1': 68.3, 'mAP': 61.0}, 'Table 2')],
-}
-# the checkpoints model_cards/ describes before they exist
-PLANNED = (('aaformer', 'market1501'), ('aaformer', 'msmt17'), ('aaformer', 'dukemtmc'), ('aaformer', 'cuhk03'),
-           ('aaformer', 'occluded_duke'), ('pivl', 'msmt17'), ('pivl', 'market1501'))
-
 
 def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, dataset: Optional[str] = None,
                status: Optional[str] = None, selection: Optional[str] = None) -> ModelCard:
@@ -120,9 +67,9 @@ def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, d
     ``repo_id``. ``metrics``: a ``metrics.json`` training wrote (fractions; its ``dataset``, ``epochs``, ...), whose
     R1/R5/R10/mAP/mINP become the model-index; ``dataset`` when there are no metrics; ``status``: a line shown at the
     top (e.g. that the weights are not published yet); ``selection``: how the weights were chosen (best epoch)."""
-    if config.model_type not in _FAMILIES:
-        raise ValueError(f'no model card text for model_type {config.model_type!r} (known: {sorted(_FAMILIES)})')
-    family = _FAMILIES[config.model_type]
+    if config.model_type not in FAMILIES:
+        raise ValueError(f'no model card text for model_type {config.model_type!r} (known: {sorted(FAMILIES)})')
+    family = FAMILIES[config.model_type]
     metrics = _flat_metrics(metrics or {})
     dataset = _dataset_of(metrics) or dataset
     dataset_name = DATASETS.get(dataset, dataset or 'unknown data')
@@ -141,7 +88,7 @@ def model_card(config, repo_id: str, metrics: Optional[Dict[str, Any]] = None, d
         usage=_FAMILY_USAGE.format(repo_id=repo_id, embedding_size=config.embedding_size),
         training=_training_text(metrics, dataset_name, selection),
         measured=_measured_text(measured, metrics, dataset, dataset_name),
-        reported=_reported_text(REPORTED.get((config.model_type, dataset), []), family, dataset_name),
+        reported=_reported_text(family.reported.get(dataset, ()), family, dataset_name),
         citation=family.citation)
 
 
@@ -154,7 +101,7 @@ def student_card(timm_config: Dict[str, Any], repo_id: str, metrics: Optional[Di
     architecture = timm_config.get('architecture')
     if not architecture or 'pretrained_cfg' not in timm_config:
         raise ValueError('not a timm model config (no architecture / pretrained_cfg)')
-    family = _FAMILIES['pivl']
+    family = FAMILIES['pivl']  # the students of π-VL's Table 5
     metrics = _flat_metrics(metrics)
     dataset = _dataset_of(metrics)
     dataset_name = DATASETS.get(dataset, dataset or 'unknown data')
@@ -267,13 +214,12 @@ def write_card(card: ModelCard, path: Path) -> Path:
 
 
 def planned_cards(out_dir: Path, org: str = 'aaformer-hf') -> List[Path]:
-    """Write the cards of the planned checkpoints (``PLANNED``) to ``out_dir``, named like their repos."""
-    from ..hf.timm_backed import FAMILIES  # the transformers front door registers the configs
-
+    """Write the cards of the planned checkpoints (each family's ``planned_datasets``) to ``out_dir``, named like
+    their repos."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for model_type, dataset in PLANNED:
+    for model_type, dataset in ((f.model_type, d) for f in FAMILIES.values() for d in f.planned_datasets):
         name = f'{model_type}-{dataset.replace("_", "-")}'
         card = model_card(FAMILIES[model_type].config_class(), f'{org}/{name}', dataset=dataset,
                           status='Planned checkpoint: these weights are not published yet. The numbers below are '
@@ -313,7 +259,7 @@ def _measured_text(measured, metrics: Dict[str, Any], dataset: Optional[str], da
             're-ranking):\n\n' + _table([('these weights', {k: v for k, _, v in measured})]) + warning)
 
 
-def _reported_text(rows, family: _Family, dataset_name: str) -> str:
+def _reported_text(rows, family, dataset_name: str) -> str:
     if not rows:
         return ''
     table = _table([(label, values) for label, values, _ in rows])
