@@ -4,8 +4,13 @@ Importing timm (with torchvision) and transformers costs seconds, and most of th
 needs neither. ``after_import(name, action)`` runs ``action`` now if the library is already imported, else right
 after the import statement that brings it in completes. "Completes" is tracked over every module of the watched
 packages (the libraries and this package): actions run only when no watched module is part-way through executing,
-so an action that imports this package's model code never meets a half-initialised module (for example
-``aaformer_hf.models`` importing ``transformers.modeling_layers``, whose parent package has just finished).
+so an action that imports this package's model code never meets a half-initialised module.
+
+Why the count, when the timm models no longer import transformers (issue #23 asked whether a plain "after the
+library's top module ran" hook would do): this package's own modules import timm. ``aaformer_hf.hf`` imports
+``aaformer_hf.layers``, whose ``patch_embed`` imports timm; timm completes while ``aaformer_hf.layers`` is still
+half-initialised, and an action run at that moment (import ``aaformer_hf.models``) fails on a name ``layers`` has not
+bound yet. tests/test_lazy_import.py covers that order (``import aaformer_hf; aaformer_hf.AAformerConfig``).
 """
 import importlib
 import importlib.abc

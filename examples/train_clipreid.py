@@ -55,7 +55,7 @@ class Stage2Model(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, camera_ids: Optional[torch.Tensor] = None):
         out = self.reid_model(pixel_values=pixel_values, camera_ids=camera_ids, output_hidden_states=True)
-        features = (out.hidden_states[-2][:, 0], out.cls_features, out.projected_features)
+        features = (out.hidden_states[-2][:, 0], *out.features)  # CLS after block 11, CLS, its projection
         aligned = None
         if self.alignment_head is not None:
             trunk = self.reid_model.timm_model

@@ -68,12 +68,14 @@ class AAformerLoss(nn.Module):
         self.label_smoothing, self.margin = label_smoothing, margin
         self.id_weight, self.triplet_weight = id_weight, triplet_weight
 
-    def forward(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """logits (B, 1+P, C), features (B, 1+P, D), labels (B,) -> dict of ``loss``, ``id_loss``, ``triplet_loss``."""
+    def forward(self, logits: torch.Tensor, features: Sequence[torch.Tensor], labels: torch.Tensor
+                ) -> Dict[str, torch.Tensor]:
+        """logits (B, 1+P, C), features: the 1+P (B, D) features (CLS first; the model output's ``features``),
+        labels (B,) -> dict of ``loss``, ``id_loss``, ``triplet_loss``."""
         id_loss = identity_loss(logits, labels, self.label_smoothing)
-        terms = [batch_hard_triplet_loss(features[:, 0], labels, self.margin)]
-        if features.shape[1] > 1:
-            terms.append(batch_hard_triplet_loss(features[:, 1:].flatten(1), labels, self.margin))
+        terms = [batch_hard_triplet_loss(features[0], labels, self.margin)]
+        if len(features) > 1:
+            terms.append(batch_hard_triplet_loss(torch.cat(tuple(features[1:]), dim=1), labels, self.margin))
         triplet = torch.stack(terms).mean()
         return {'loss': self.id_weight * id_loss + self.triplet_weight * triplet, 'id_loss': id_loss,
                 'triplet_loss': triplet}

@@ -36,7 +36,8 @@ def test_aaformer_objective_mines_cls_and_parts_separately():
     y = torch.tensor([0, 0, 1, 1])
     cls = torch.tensor([0., 1., 3., 5.])
     parts = torch.tensor([[0., 0.], [0., 3.], [1., 0.], [4., 4.]])  # two 1-d [PART]s, concatenated
-    features = torch.cat([cls[:, None], parts], dim=1).unsqueeze(-1)  # (B, 1 + P, D) with P = 2, D = 1
+    stacked = torch.cat([cls[:, None], parts], dim=1).unsqueeze(-1)  # (B, 1 + P, D) with P = 2, D = 1
+    features = tuple(stacked.unbind(1))  # as the model output gives them: 1 + P features (B, D)
     # CLS: only anchor 2 violates the margin: positive |3 - 5| = 2, negative |3 - 1| = 2 -> 0.3
     cls_term = 0.3 / 4
     # parts (2-d): anchor 0: 3 - 1 + .3; anchor 1: 3 - sqrt(10) + .3; anchor 2: 5 - 1 + .3; anchor 3: 5 - sqrt(17) + .3
@@ -45,7 +46,7 @@ def test_aaformer_objective_mines_cls_and_parts_separately():
     out = AAformerLoss()(logits, features, y)
     assert out['triplet_loss'].item() == pytest.approx((cls_term + part_term) / 2, abs=1e-6)
     # mining on the concatenation of everything would give another value: the terms really are separate
-    joint = batch_hard_triplet_loss(features.flatten(1), y).item()
+    joint = batch_hard_triplet_loss(stacked.flatten(1), y).item()
     assert abs(joint - out['triplet_loss'].item()) > 0.1
     by_hand_id = sum(F.cross_entropy(logits[:, t], y, label_smoothing=0.1) for t in range(3)) / 3
     assert out['id_loss'].item() == pytest.approx(by_hand_id.item(), abs=1e-6)

@@ -384,3 +384,41 @@ def test_setting_names_come_from_one_literal_each():
             AAformerConfig(**{field: 'bogus'})
         with pytest.raises(ValueError, match=rf'{field} must be one of'):
             timm.create_model('aaformer_tiny', **{field: 'bogus'})
+
+
+def test_the_assignment_settings_are_one_table():
+    """The layer, the timm model and the config take the assignment settings from ``AssignmentSettings``: the
+    config declares one field per setting with the table's default, and a value flows through all three."""
+    import dataclasses
+
+    from aaformer_hf import AAformerConfig
+    from aaformer_hf.layers import AssignmentSettings
+
+    table = {field.name: field.default for field in dataclasses.fields(AssignmentSettings)}
+    assert set(table) <= set(AAformerConfig.__dataclass_fields__)
+    assert {name: AAformerConfig.__dataclass_fields__[name].default for name in table} == table
+    chosen = dict(assignment='nearest', assignment_score='dot', sinkhorn_epsilon=0.1, sinkhorn_iters=5,
+                  part_self_key='always', patches_see_parts=False, fp32_assignment_inputs=True, shared_assignment=True)
+    assert set(chosen) == set(table) and all(chosen[name] != table[name] for name in table)
+    config = AAformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **chosen)
+    model = timm.create_model('aaformer_tiny', **config.timm_kwargs())
+    assert all(dataclasses.asdict(block.attn.settings) == chosen for block in model.blocks)
+    assert {name: getattr(AAformerConfig.from_timm_model(model), name) for name in table} == chosen
+
+
+@pytest.mark.parametrize('make', [
+    lambda: timm.create_model('aaformer_tiny', sinkhorn_iterations=5),
+    lambda: MultiHeadAutoAlignment(16, num_heads=2, part_groups=(2,), sinkhorn_iterations=5),
+])
+def test_a_misspelt_setting_is_refused_by_name(make):
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['sinkhorn_iterations'\].*sinkhorn_iters"):
+        make()
+
+
+def test_a_setting_outside_its_choices_names_the_field():
+    from aaformer_hf import AAformerConfig
+
+    with pytest.raises(ValueError, match=r"AAformerConfig.assignment must be one of \('sinkhorn'"):
+        AAformerConfig(assignment='optimal')
+    with pytest.raises(ValueError, match=r"part_self_key must be one of \('if_empty', 'always'\), got 'never'"):
+        timm.create_model('aaformer_tiny', part_self_key='never')

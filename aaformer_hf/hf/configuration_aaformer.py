@@ -1,21 +1,20 @@
 # Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
 """AAformer model configuration."""
+import dataclasses
 from typing import Any, Dict
 
 from huggingface_hub.dataclasses import strict
 
-from ..layers.auto_alignment import AssignmentMode, AssignmentScore, PartSelfKey
+from ..layers.auto_alignment import AssignmentSettings
 from ..layers.choices import check_choice
 from ..models.aaformer import EmbeddingSource, EmbeddingTokens, PartInit
 from .timm_backed import TimmBackedConfig
 
 __all__ = ['AAformerConfig']
 
-# the fields that name one of a few settings, and the Literal types (the layer's and the model's) that list them
-_CHOICES = {
-    'assignment': AssignmentMode, 'assignment_score': AssignmentScore, 'part_self_key': PartSelfKey,
-    'part_init': PartInit, 'embedding': EmbeddingSource, 'embedding_tokens': EmbeddingTokens,
-}
+# the model's fields that name one of a few settings, and the Literal types (the model's) that list them; the
+# assignment settings check themselves (AssignmentSettings)
+_CHOICES = {'part_init': PartInit, 'embedding': EmbeddingSource, 'embedding_tokens': EmbeddingTokens}
 
 
 @strict
@@ -35,22 +34,11 @@ class AAformerConfig(TimmBackedConfig):
         qkv_bias (`bool`, defaults to `True`): Bias on the qkv projection.
         part_groups (`tuple[int, ...]`, defaults to `(2, 3)`): [PART]s per granularity group; each group partitions
             all patches independently. `()` gives the ViT-baseline.
-        assignment (`str`, defaults to `"sinkhorn"`): `"sinkhorn"` (AAformer), `"nearest"` (Table V baseline),
-            `"stripes"` (fixed horizontal stripes, Table IV's PCB/MGN baselines), `"given"` (masks passed as
-            `part_masks`, e.g. from parsing maps: Table IV's SPReID row) or `"global"` (no assignment: extra CLS
-            tokens, Table IV's "6*CLS").
-        assignment_score (`str`, defaults to `"cosine"`): `"cosine"` or `"dot"` (raw Q·K^T of Eq. 5). Not stated by
-            the paper.
-        sinkhorn_epsilon (`float`, defaults to 0.05): ε of Eq. 3.
-        sinkhorn_iters (`int`, defaults to 3): Sinkhorn-Knopp iterations.
-        part_self_key (`str`, defaults to `"if_empty"`): When a [PART] may attend to its own key: `"if_empty"` (only
-            when no patch is assigned to it) or `"always"`. Not stated by the paper.
-        patches_see_parts (`bool`, defaults to `True`): Whether CLS and patch queries attend to [PART] keys. Not
-            settled by the paper.
-        fp32_assignment_inputs (`bool`, defaults to `False`): Under autocast, project the [PART] queries and patch
-            keys the assignment reads in float32. Not stated by the paper.
-        shared_assignment (`bool`, defaults to `False`): One assignment for all heads, from their averaged scores.
-            Beyond the paper (which assigns in every head); off by default.
+        assignment, assignment_score, sinkhorn_epsilon, sinkhorn_iters, part_self_key, patches_see_parts,
+        fp32_assignment_inputs, shared_assignment: How patches are assigned to the [PART]s, with the defaults of
+            `aaformer_hf.layers.AssignmentSettings`, which describes each (`assignment`: `"sinkhorn"`, the paper's,
+            or the Table IV/V baselines `"nearest"`, `"stripes"`, `"given"` - masks passed as `part_masks` - and
+            `"global"`).
         part_init (`str`, defaults to `"trunc_normal"`): `"trunc_normal"` (std 0.02) or `"cls"` (pretrained CLS +
             noise; beyond the paper). The paper says "randomly and independently initialized"; the distribution and
             scale are not stated.
@@ -123,6 +111,10 @@ class AAformerConfig(TimmBackedConfig):
     def __post_init__(self, **kwargs):
         for field, choices in _CHOICES.items():
             check_choice(f'AAformerConfig.{field}', getattr(self, field), choices)
+        try:
+            self.assignment_settings()
+        except ValueError as error:
+            raise ValueError(f'AAformerConfig.{error}') from None
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f'AAformerConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads '
@@ -135,6 +127,9 @@ class AAformerConfig(TimmBackedConfig):
                              f'{patches} parts (patches at {self.image_size} / {self.patch_size}); () has no [PART]s')
         self.check_known_keys(kwargs)
         super().__post_init__(**kwargs)
+
+    def assignment_settings(self) -> AssignmentSettings:
+        return AssignmentSettings(**{name: getattr(self, name) for name in AssignmentSettings.names()})
 
     @property
     def num_parts(self) -> int:
@@ -153,11 +148,7 @@ class AAformerConfig(TimmBackedConfig):
         attn = model.blocks[0].attn
         fields = dict(
             **cls.trunk_fields(model), qkv_bias=attn.qkv.bias is not None, part_groups=model.part_groups,
-            assignment=attn.assignment,
-            assignment_score=attn.assignment_score, sinkhorn_epsilon=attn.sinkhorn_epsilon,
-            sinkhorn_iters=attn.sinkhorn_iters, part_self_key=attn.part_self_key,
-            patches_see_parts=attn.patches_see_parts, fp32_assignment_inputs=attn.fp32_assignment_inputs,
-            shared_assignment=attn.shared_assignment,
+            **dataclasses.asdict(attn.settings),
             part_init=model.part_init, part_init_std=model.part_init_std,
             part_pos_embed=model.part_pos_embed is not None, embedding=model.embedding,
             embedding_tokens=model.embedding_tokens, **cls.regularisation_fields(model),
@@ -171,14 +162,7 @@ class AAformerConfig(TimmBackedConfig):
             **self.trunk_kwargs(),
             qkv_bias=self.qkv_bias,
             part_groups=tuple(self.part_groups),
-            assignment=self.assignment,
-            assignment_score=self.assignment_score,
-            sinkhorn_epsilon=self.sinkhorn_epsilon,
-            sinkhorn_iters=self.sinkhorn_iters,
-            part_self_key=self.part_self_key,
-            patches_see_parts=self.patches_see_parts,
-            fp32_assignment_inputs=self.fp32_assignment_inputs,
-            shared_assignment=self.shared_assignment,
+            **dataclasses.asdict(self.assignment_settings()),
             part_init=self.part_init,
             part_init_std=self.part_init_std,
             part_pos_embed=self.part_pos_embed,

@@ -5,11 +5,12 @@ from dataclasses import dataclass
 import torch
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from ..layers import TokenClassifiers
 from ..models.aaformer import AAformer
 from .configuration_aaformer import AAformerConfig
-from .timm_backed import TimmBackedPreTrainedModel
+from .timm_backed import ReIDOutput, TimmBackedPreTrainedModel
 
 __all__ = ['AAformerPreTrainedModel', 'AAformerModel', 'AAformerForReID', 'AAformerModelOutput', 'AAformerReIDOutput']
 
@@ -39,24 +40,15 @@ class AAformerModelOutput(ModelOutput):
 
 
 @dataclass
-class AAformerReIDOutput(ModelOutput):
+class AAformerReIDOutput(ReIDOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-        Identity loss of Eq. 6 (label-smoothed cross-entropy averaged over the CLS and [PART] classifiers).
-    logits (`torch.FloatTensor` of shape `(batch_size, 1 + P, num_labels)`):
-        Per-token identity logits.
-    embeddings (`torch.FloatTensor` of shape `(batch_size, config.embedding_size)`):
-        The re-ID embedding (as `AAformerModel`'s `pooler_output`).
-    features (`torch.FloatTensor` of shape `(batch_size, 1 + P, hidden_size)`):
-        CLS and [PART] features before the BNNeck (what the triplet loss of Eq. 7 uses).
-    hidden_states, attentions, assignments: as in `AAformerModelOutput`.
+    The family-independent `ReIDOutput` (loss of Eq. 6; logits `(batch_size, 1 + P, num_labels)`; the embedding;
+    features: the CLS and each [PART] feature before the BNNeck, `1 + P` tensors `(batch_size, hidden_size)`, what the
+    triplet loss of Eq. 7 uses), plus AAformer's own:
+
+    attentions, assignments: as in `AAformerModelOutput`.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    embeddings: torch.FloatTensor | None = None
-    features: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     assignments: tuple[torch.BoolTensor, ...] | None = None
 
@@ -109,6 +101,7 @@ class AAformerModel(AAformerPreTrainedModel):
         self.timm_model = self._build_timm_model(num_classes=0)
         self.post_init()
 
+    @can_return_tuple  # return_dict=False (or config.return_dict False): a tuple, transformers' way
     def forward(
             self,
             pixel_values: torch.Tensor,
@@ -116,7 +109,6 @@ class AAformerModel(AAformerPreTrainedModel):
             output_hidden_states: bool | None = None,
             output_assignments: bool = False,
             part_masks: torch.BoolTensor | None = None,
-            return_dict: bool | None = None,
             **kwargs,
     ) -> AAformerModelOutput | tuple:
         r"""
@@ -136,12 +128,11 @@ class AAformerModel(AAformerPreTrainedModel):
         torch.Size([1, 4608])
         ```"""
         self._refuse_unknown_kwargs(kwargs)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, extras = self._encode(
             pixel_values, output_attentions, output_hidden_states, output_assignments, part_masks)
         output = AAformerModelOutput(
             last_hidden_state=tokens.last_hidden_state, pooler_output=self.timm_model.embed(head), **extras)
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 class AAformerForReID(AAformerPreTrainedModel):
@@ -152,6 +143,7 @@ class AAformerForReID(AAformerPreTrainedModel):
         self.timm_model = self._build_reid_timm_model()
         self.post_init()
 
+    @can_return_tuple  # return_dict=False (or config.return_dict False): a tuple, transformers' way
     def forward(
             self,
             pixel_values: torch.Tensor,
@@ -160,7 +152,6 @@ class AAformerForReID(AAformerPreTrainedModel):
             output_hidden_states: bool | None = None,
             output_assignments: bool = False,
             part_masks: torch.BoolTensor | None = None,
-            return_dict: bool | None = None,
             **kwargs,
     ) -> AAformerReIDOutput | tuple:
         r"""
@@ -173,10 +164,10 @@ class AAformerForReID(AAformerPreTrainedModel):
             `aaformer_hf.data.parsing.region_masks(parsing_maps, grid)`).
         """
         self._refuse_unknown_kwargs(kwargs)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, extras = self._encode(
             pixel_values, output_attentions, output_hidden_states, output_assignments, part_masks)
         loss = self._identity_loss(head.logits, labels)
         output = AAformerReIDOutput(
-            loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), features=head.features, **extras)
-        return output if return_dict else output.to_tuple()
+            loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head),
+            features=tuple(head.features.unbind(1)), **extras)
+        return output

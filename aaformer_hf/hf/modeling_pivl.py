@@ -7,10 +7,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from ..models.pivl import PiVLViT, ReIDClassifierPair
 from .configuration_pivl import PiVLConfig
-from .timm_backed import TimmBackedPreTrainedModel
+from .timm_backed import ReIDOutput, TimmBackedPreTrainedModel
 
 __all__ = ['PiVLPreTrainedModel', 'PiVLModel', 'PiVLForReID', 'PiVLModelOutput', 'PiVLReIDOutput']
 
@@ -33,26 +34,12 @@ class PiVLModelOutput(ModelOutput):
 
 
 @dataclass
-class PiVLReIDOutput(ModelOutput):
+class PiVLReIDOutput(ReIDOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-        Identity loss: label-smoothed cross-entropy averaged over the CLS and projection classifiers.
-    logits (`torch.FloatTensor` of shape `(batch_size, 2, num_labels)`):
-        The two classifiers' identity logits.
-    embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size + projection_dim)`):
-        The re-ID embedding (as `PiVLModel`'s `pooler_output`).
-    cls_features, projected_features (`torch.FloatTensor`):
-        The CLS feature `(batch_size, hidden_size)` and its CLIP projection `(batch_size, projection_dim)` before the
-        BNNecks (the triplet and image-to-text losses use these).
-    hidden_states: as in `PiVLModelOutput`.
+    The family-independent `ReIDOutput`: the identity loss over both classifiers; logits `(batch_size, 2,
+    num_labels)`; the embedding; features: the CLS feature `(batch_size, hidden_size)` and its CLIP projection
+    `(batch_size, projection_dim)` before the BNNecks (the triplet and image-to-text losses use these).
     """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    embeddings: torch.FloatTensor | None = None
-    cls_features: torch.FloatTensor | None = None
-    projected_features: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class PiVLPreTrainedModel(TimmBackedPreTrainedModel):
@@ -94,12 +81,12 @@ class PiVLModel(PiVLPreTrainedModel):
         self.timm_model = self._build_timm_model(num_classes=0)
         self.post_init()
 
+    @can_return_tuple  # return_dict=False (or config.return_dict False): a tuple, transformers' way
     def forward(
             self,
             pixel_values: torch.Tensor,
             camera_ids: torch.LongTensor | None = None,
             output_hidden_states: bool | None = None,
-            return_dict: bool | None = None,
             **kwargs,
     ) -> PiVLModelOutput | tuple:
         r"""
@@ -116,11 +103,10 @@ class PiVLModel(PiVLPreTrainedModel):
         torch.Size([1, 1280])
         ```"""
         self._refuse_unknown_kwargs(kwargs)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states, camera_ids)
         output = PiVLModelOutput(last_hidden_state=tokens, pooler_output=self.timm_model.embed(head),
                                  hidden_states=hidden_states)
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 class PiVLForReID(PiVLPreTrainedModel):
@@ -131,13 +117,13 @@ class PiVLForReID(PiVLPreTrainedModel):
         self.timm_model = self._build_reid_timm_model()
         self.post_init()
 
+    @can_return_tuple  # return_dict=False (or config.return_dict False): a tuple, transformers' way
     def forward(
             self,
             pixel_values: torch.Tensor,
             labels: torch.LongTensor | None = None,
             camera_ids: torch.LongTensor | None = None,
             output_hidden_states: bool | None = None,
-            return_dict: bool | None = None,
             **kwargs,
     ) -> PiVLReIDOutput | tuple:
         r"""
@@ -147,10 +133,9 @@ class PiVLForReID(PiVLPreTrainedModel):
             0-based camera of each image; needed only by a model with a camera embedding (`config.num_cameras > 0`).
         """
         self._refuse_unknown_kwargs(kwargs)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         tokens, head, hidden_states = self._encode(pixel_values, output_hidden_states, camera_ids)
         loss = self._identity_loss(head.logits, labels)
         output = PiVLReIDOutput(
-            loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), cls_features=head.features[0],
-            projected_features=head.features[1], hidden_states=hidden_states)
-        return output if return_dict else output.to_tuple()
+            loss=loss, logits=head.logits, embeddings=self.timm_model.embed(head), features=tuple(head.features),
+            hidden_states=hidden_states)
+        return output

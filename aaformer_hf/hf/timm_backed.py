@@ -21,6 +21,7 @@ from transformers import (
     AutoConfig, AutoImageProcessor, AutoModel, GenerationConfig, PreTrainedConfig, PreTrainedModel,
     initialization as init,
 )
+from transformers.utils import ModelOutput
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
@@ -30,7 +31,7 @@ from ..layers.choices import check_choice
 from ..reid.losses import identity_loss
 
 __all__ = ['TimmBackedConfig', 'TimmBackedPreTrainedModel', 'AutoModelForPersonReID', 'Family', 'register_family',
-           'FAMILIES', 'family_of_timm_model', 'wrap_timm_model']
+           'ReIDOutput', 'FAMILIES', 'family_of_timm_model', 'wrap_timm_model']
 
 TIMM_MODULE_PREFIX = 'timm_model'
 # arguments transformers' generic code may pass any model: accepted by forward only when off (False / None)
@@ -101,6 +102,31 @@ class Family:
 # the registered families by model_type (filled by register_family), for code that starts from a timm module or a
 # folder (the Hub tools) and must find the transformers classes without knowing every family
 FAMILIES: Dict[str, Family] = {}
+
+
+@dataclasses.dataclass
+class ReIDOutput(ModelOutput):
+    r"""
+    What every family's `...ForReID` returns, under the same names, so training code need not know the family.
+
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        The identity loss: label-smoothed cross-entropy averaged over the identity classifiers.
+    logits (`torch.FloatTensor` of shape `(batch_size, K, num_labels)`):
+        The K identity classifiers' logits (AAformer: CLS and each [PART]; π-VL: CLS and its CLIP projection).
+    embeddings (`torch.FloatTensor` of shape `(batch_size, config.embedding_size)`):
+        The re-ID embedding (as the family's model's `pooler_output`).
+    features (`tuple(torch.FloatTensor)`):
+        The K features before the BNNecks, the k-th feeding `logits[:, k]`, each `(batch_size, width_k)`: what the
+        metric (triplet) losses use.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        Embeddings plus the output of every layer.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class TimmKeyLayout(WeightRenaming):
@@ -327,7 +353,7 @@ class TimmBackedPreTrainedModel(PreTrainedModel):
     def _forward_arguments(self):
         import inspect
         return [name for name, p in inspect.signature(self.forward).parameters.items()
-                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)] + ['return_dict']  # can_return_tuple's
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None,
                                     every_n_layers: int = 1) -> None:

@@ -8,7 +8,8 @@ Speed: CLS and patch rows go through one unmasked fused ``scaled_dot_product_att
 exactly like a plain ViT; only the few [PART] rows take a second, small masked attention. A dense boolean mask over
 all rows would push the whole layer off the fused kernels.
 """
-from typing import Literal, Optional, Sequence, Tuple, get_args
+import dataclasses
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, get_origin
 
 import torch
 import torch.nn as nn
@@ -19,10 +20,9 @@ from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows, 
 from .choices import check_choice
 from .sinkhorn import PartGroupLayout, stripe_assignment
 
-__all__ = ['MultiHeadAutoAlignment', 'AssignmentMode', 'ASSIGNMENT_MODES', 'AssignmentScore', 'PartSelfKey']
+__all__ = ['MultiHeadAutoAlignment', 'AssignmentSettings', 'AssignmentMode', 'AssignmentScore', 'PartSelfKey']
 
 AssignmentMode = Literal['sinkhorn', 'nearest', 'stripes', 'given', 'global']
-ASSIGNMENT_MODES = get_args(AssignmentMode)
 AssignmentScore = Literal['cosine', 'dot']
 PartSelfKey = Literal['if_empty', 'always']
 
@@ -31,19 +31,13 @@ PartSelfKey = Literal['if_empty', 'always']
 _is_exporting = getattr(torch.compiler, 'is_exporting', torch.compiler.is_compiling)
 
 
-class MultiHeadAutoAlignment(nn.Module):
-    """Self-attention over [CLS, PART_1..P, patches] where [PART] rows attend only to their assigned patches.
+@dataclasses.dataclass(frozen=True)
+class AssignmentSettings:
+    """How the patches are assigned to the [PART]s: the one table of these settings. ``MultiHeadAutoAlignment`` and
+    the timm ``AAformer`` take them as keyword arguments, ``AAformerConfig`` has one field each (the tests check its
+    fields and defaults against this table); the allowed names of each setting are its ``Literal`` type.
 
-    With no parts (``part_groups=()``) this is exactly timm's ViT ``Attention`` (same parameters, same output).
-
-    Args:
-        dim: Token width D.
-        num_heads: Attention heads; assignment runs separately in every head (the "multi-head" of MAA).
-        qkv_bias: Bias on the qkv projection.
-        attn_drop: Dropout on attention probabilities.
-        proj_drop: Dropout after the output projection.
-        part_groups: Parts per granularity group, e.g. (2, 3); each group partitions all patches independently.
-        grid_size: Patch grid (rows, cols), used by the fixed-stripe assignment.
+    Attributes:
         assignment: 'sinkhorn' (AAformer), 'nearest' (argmax without transport, Table V), 'stripes' (fixed
             horizontal stripes per group, Table IV's PCB/MGN partitions), 'given' (the caller's masks, e.g. from
             human parsing: Table IV's SPReID row; ``forward(part_masks=...)``) or 'global' (no assignment: the
@@ -66,6 +60,49 @@ class MultiHeadAutoAlignment(nn.Module):
             heads"): one assignment for all heads, from the heads' similarity scores averaged, so every head's
             [PART] row gathers the same patches. For 'sinkhorn' and 'nearest'.
     """
+    assignment: AssignmentMode = 'sinkhorn'
+    assignment_score: AssignmentScore = 'cosine'
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    part_self_key: PartSelfKey = 'if_empty'
+    patches_see_parts: bool = True
+    fp32_assignment_inputs: bool = False
+    shared_assignment: bool = False
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if get_origin(field.type) is Literal:
+                check_choice(field.name, getattr(self, field.name), field.type)
+
+    @classmethod
+    def names(cls) -> Tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_kwargs(cls, owner: str, kwargs: Dict[str, Any]) -> 'AssignmentSettings':
+        """The settings among ``owner``'s keyword arguments; any other keyword is refused, naming it."""
+        unknown = sorted(set(kwargs) - set(cls.names()))
+        if unknown:
+            raise TypeError(f'{owner} got unexpected keyword arguments {unknown} (besides its own arguments it takes '
+                            f'the assignment settings {", ".join(cls.names())})')
+        return cls(**kwargs)
+
+
+class MultiHeadAutoAlignment(nn.Module):
+    """Self-attention over [CLS, PART_1..P, patches] where [PART] rows attend only to their assigned patches.
+
+    With no parts (``part_groups=()``) this is exactly timm's ViT ``Attention`` (same parameters, same output).
+
+    Args:
+        dim: Token width D.
+        num_heads: Attention heads; assignment runs separately in every head (the "multi-head" of MAA).
+        qkv_bias: Bias on the qkv projection.
+        attn_drop: Dropout on attention probabilities.
+        proj_drop: Dropout after the output projection.
+        part_groups: Parts per granularity group, e.g. (2, 3); each group partitions all patches independently.
+        grid_size: Patch grid (rows, cols), used by the fixed-stripe assignment.
+        **settings: how patches are assigned to the [PART]s: the fields of ``AssignmentSettings``.
+    """
 
     # on CUDA with Triton, the Sinkhorn assignment runs as one fused kernel (triton_assign.py); set False for the
     # PyTorch path everywhere
@@ -82,24 +119,15 @@ class MultiHeadAutoAlignment(nn.Module):
             proj_drop: float = 0.,
             part_groups: Sequence[int] = (),
             grid_size: Tuple[int, int] = (16, 8),
-            assignment: AssignmentMode = 'sinkhorn',
-            assignment_score: AssignmentScore = 'cosine',
-            sinkhorn_epsilon: float = 0.05,
-            sinkhorn_iters: int = 3,
-            part_self_key: PartSelfKey = 'if_empty',
-            patches_see_parts: bool = True,
-            fp32_assignment_inputs: bool = False,
-            shared_assignment: bool = False,
             device=None,
             dtype=None,
+            **settings: Any,
     ) -> None:
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        settings = AssignmentSettings.from_kwargs(type(self).__name__, settings)
         if dim % num_heads != 0:
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
-        check_choice('assignment', assignment, AssignmentMode)
-        check_choice('assignment_score', assignment_score, AssignmentScore)
-        check_choice('part_self_key', part_self_key, PartSelfKey)
         num_patches = grid_size[0] * grid_size[1]
         if any(int(g) < 1 or int(g) > num_patches for g in part_groups):
             raise ValueError(f'part_groups {tuple(part_groups)}: every group needs between 1 and {num_patches} parts '
@@ -110,20 +138,18 @@ class MultiHeadAutoAlignment(nn.Module):
         self.part_groups = tuple(int(g) for g in part_groups)
         self.num_parts = sum(self.part_groups)
         self.grid_size = tuple(grid_size)
-        self.assignment = assignment
-        self.assignment_score = assignment_score
-        self.sinkhorn_epsilon = sinkhorn_epsilon
-        self.sinkhorn_iters = sinkhorn_iters
-        self.part_self_key = part_self_key
-        self.patches_see_parts = patches_see_parts
-        self.fp32_assignment_inputs = fp32_assignment_inputs
-        self.shared_assignment = shared_assignment
+        for name, value in dataclasses.asdict(settings).items():  # plain attributes: read on every forward
+            setattr(self, name, value)
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self._init_part_buffers(device)
+
+    @property
+    def settings(self) -> AssignmentSettings:
+        return AssignmentSettings(**{name: getattr(self, name) for name in AssignmentSettings.names()})
 
     def _init_part_buffers(self, device=None) -> None:
         """Integer bookkeeping for the part groups; non-persistent (derived from the config, not weights)."""

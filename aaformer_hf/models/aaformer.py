@@ -14,6 +14,7 @@ the ViT-baseline (which then is timm's VisionTransformer, weight for weight).
 No code was published with the paper; this implementation follows its text (§III, Eq. 1-8). Choices the paper leaves
 open are constructor arguments whose docstrings say so.
 """
+import dataclasses
 import logging
 from typing import Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -27,7 +28,7 @@ from timm.models.vision_transformer import init_weights_vit_timm
 
 from ._loading import classifier_fits, create_with_cfg, finish_loading, resampled_pos_embed, unwrap_state_dict
 from ..layers import (
-    AssignmentMode, AssignmentScore, BNNeck, MultiHeadAutoAlignment, PartSelfKey, TokenClassifiers,
+    AssignmentSettings, BNNeck, MultiHeadAutoAlignment, TokenClassifiers,
 )
 from ..layers.choices import check_choice
 
@@ -123,14 +124,6 @@ class AAformer(nn.Module):
             mlp_ratio: float = 4.,
             qkv_bias: bool = True,
             part_groups: Sequence[int] = (2, 3),
-            assignment: AssignmentMode = 'sinkhorn',
-            assignment_score: AssignmentScore = 'cosine',
-            sinkhorn_epsilon: float = 0.05,
-            sinkhorn_iters: int = 3,
-            part_self_key: PartSelfKey = 'if_empty',
-            patches_see_parts: bool = True,
-            fp32_assignment_inputs: bool = False,
-            shared_assignment: bool = False,
             part_init: PartInit = 'trunc_normal',
             part_init_std: float = 0.02,
             part_pos_embed: bool = False,
@@ -145,6 +138,7 @@ class AAformer(nn.Module):
             act_layer: Optional[Type[nn.Module]] = None,
             device=None,
             dtype=None,
+            **assignment_settings: Any,
     ) -> None:
         """
         Args:
@@ -160,26 +154,6 @@ class AAformer(nn.Module):
             qkv_bias: Bias on the qkv projection.
             part_groups: [PART]s per granularity group, each group partitioning all patches on its own. (2, 3) gives
                 the paper's P = 5; () is the ViT-baseline.
-            assignment: 'sinkhorn' (AAformer), 'nearest' (Table V's nearest-neighbour baseline), 'stripes'
-                (fixed horizontal stripes per group, Table IV's PCB / MGN partitions), 'given' (masks from the
-                caller, ``forward(x, part_masks=...)``: Table IV's SPReID row with parsing-map parts) or 'global'
-                (no assignment, the [PART]s attend like extra CLS tokens: Table IV's "6*CLS" with
-                ``part_groups=(5,)``).
-            assignment_score: 'cosine' (L2-normalised [PART] queries and patch keys, default) or 'dot' (raw Q·K^T as
-                written in Eq. 5). Not stated by the paper; raw ViT scores are large enough that exp(s / 0.05)
-                overflows float32, so the default follows SwAV, whose Sinkhorn the paper uses.
-            sinkhorn_epsilon: ε of Eq. 3 (0.05 in the paper).
-            sinkhorn_iters: Sinkhorn-Knopp iterations (3 in the paper).
-            part_self_key: 'if_empty' (default): a [PART] whose patch subset is empty attends to its own key, so
-                Eq. 2 holds exactly otherwise and no softmax runs over nothing; 'always': it always also sees its
-                own key. Not stated by the paper.
-            patches_see_parts: Whether CLS and patch queries attend to [PART] keys. Default True (Eq. 1 over the
-                whole sequence, which contains the [PART]s). Not settled by the paper's text.
-            fp32_assignment_inputs: Under autocast, the assignment reads [PART] queries and patch keys projected
-                in float32 rather than the reduced-precision ones (the Sinkhorn always runs in float32). Default
-                False; the paper states no precision.
-            shared_assignment: One assignment for all heads, from their averaged scores. BEYOND THE PAPER (which
-                assigns in every head), off by default; for 'sinkhorn' and 'nearest'.
             part_init: Initial [PART] tokens: 'trunc_normal' (std 0.02, as timm initialises ViT tokens; default) or
                 'cls' (the pretrained CLS token plus N(0, 0.02) noise, applied when pretrained ViT weights load;
                 beyond the paper). The paper says only "randomly and independently initialized" (§IV-D): the
@@ -208,9 +182,15 @@ class AAformer(nn.Module):
             act_layer: MLP activation (GELU by default).
             device: Device for parameters and buffers.
             dtype: Dtype for parameters and buffers.
+            **assignment_settings: How every layer assigns patches to the [PART]s: the fields of
+                ``AssignmentSettings`` (``assignment``: 'sinkhorn', the paper's, or Table IV/V's baselines
+                'nearest', 'stripes', 'given', 'global'; ``assignment_score``, ``sinkhorn_epsilon``,
+                ``sinkhorn_iters``, ``part_self_key``, ``patches_see_parts``, ``fp32_assignment_inputs``,
+                ``shared_assignment``), each described there with its default and what the paper states.
         """
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        settings = AssignmentSettings.from_kwargs(type(self).__name__, assignment_settings)
         if global_pool not in ('', 'token'):
             raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
         check_choice('embedding', embedding, EmbeddingSource)
@@ -235,7 +215,7 @@ class AAformer(nn.Module):
             raise ValueError(f'part_init_std must be > 0, got {part_init_std}')
         self.part_init = part_init
         self.part_init_std = part_init_std
-        self.assignment = assignment
+        self.assignment = settings.assignment
         self.embedding = embedding
         self.embedding_tokens = embedding_tokens
         self.grad_checkpointing = False
@@ -255,11 +235,7 @@ class AAformer(nn.Module):
             else None)
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
 
-        attn_kwargs = dict(
-            part_groups=self.part_groups, grid_size=grid_size, assignment=assignment,
-            assignment_score=assignment_score, sinkhorn_epsilon=sinkhorn_epsilon, sinkhorn_iters=sinkhorn_iters,
-            part_self_key=part_self_key, patches_see_parts=patches_see_parts,
-            fp32_assignment_inputs=fp32_assignment_inputs, shared_assignment=shared_assignment)
+        attn_kwargs = dict(part_groups=self.part_groups, grid_size=grid_size, **dataclasses.asdict(settings))
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]
         self.blocks = nn.Sequential(*[
             AAformerBlock(
