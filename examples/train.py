@@ -42,10 +42,10 @@ from aaformer_hf.reid.evaluation import evaluate, re_rank, summarise
 from aaformer_hf.hf.timm_backed import family_of_timm_model, wrap_timm_model
 from train_config import BASELINES, TrainConfig, parse_config
 from train_recipe import (ParsingPartsRecipe, Recipe, RunContext, check_finite_losses,
-                          library_bars_only_on_a_terminal, part_masks, quiet_bars, scheduled_lr)
+                          library_bars_only_on_a_terminal, make_scheduler, part_masks, quiet_bars)
 from train_outputs import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
 
-__all__ = ['BASELINES', 'RECIPES', 'TrainConfig', 'build_model', 'make_recipe', 'format_summary', 'lr_at', 'main',
+__all__ = ['BASELINES', 'RECIPES', 'TrainConfig', 'build_model', 'make_recipe', 'format_summary', 'main',
            'make_optimizer', 'parse_config', 'retrieval_metrics', 'train']
 
 logger = logging.getLogger(__name__)
@@ -69,12 +69,6 @@ RECIPES: Dict[str, Callable[[TrainConfig, nn.Module, int], Recipe]] = {
 
 def make_recipe(config: TrainConfig, model: nn.Module, num_classes: int) -> Recipe:
     return RECIPES[config.method](config, model, num_classes)
-
-
-def lr_at(step: float, steps_per_epoch: int, config: TrainConfig) -> float:
-    """Learning rate after ``step`` optimiser steps of the (stage-2) training epochs, by ``config.lr_schedule``."""
-    return scheduled_lr(step / steps_per_epoch, config.lr, config.warmup_epochs, config.warmup_lr, config.epochs,
-                        config.lr_schedule, config.min_lr, config.lr_decay_epochs, config.lr_decay_factor)
 
 
 def build_model(config: TrainConfig, num_classes: int, id2label: Optional[Dict[int, str]] = None):
@@ -235,8 +229,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
         raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
 
     optimizer = make_optimizer(recipe.optimizer_target(), config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, steps_per_epoch, config) / config.lr)
+    scheduler = make_scheduler(
+        optimizer, steps_per_epoch, schedule=config.lr_schedule, epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr,
+        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor)
     # the train loader is not prepared: the PK sampler already deals whole identities to each process
     trainable, optimizer, query_loader, gallery_loader = accelerator.prepare(
         recipe.trainable, optimizer, query_loader, gallery_loader)
@@ -309,7 +305,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
             check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
             if sync:
                 optimizer.step()
-                scheduler.step()
+                scheduler.step_update(state['global_step'] + 1)  # the rate of the next step
                 optimizer.zero_grad(set_to_none=True)
                 state['global_step'] += 1
                 state['step_in_epoch'] = (micro + 1) // accumulation
@@ -321,7 +317,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
                                 steps_per_epoch, losses['loss'].item())
                 if config.with_tracking:
                     accelerator.log({'train/' + k: v.item() for k, v in losses.items()}
-                                    | {'train/lr': scheduler.get_last_lr()[0]}, step=state['global_step'])
+                                    | {'train/lr': optimizer.param_groups[0]['lr']}, step=state['global_step'])
             images += batch[0].shape[0] * accelerator.num_processes
             wait_time += waited - started
             compute_time += time.perf_counter() - waited

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from aaformer_hf.data import build_transforms, eval_loader
 from aaformer_hf.data.sampler import PKSampler
 from train_config import TrainConfig
-from train_recipe import Recipe, RunContext, check_finite_losses, quiet_bars, scheduled_lr
+from train_recipe import Recipe, RunContext, check_finite_losses, make_scheduler, quiet_bars
 from train_fusion import NUM_PARSING_CLASSES, build_alignment_head, parsing_on_grid, text_embedding_map
 from train_losses import CLIPReIDLoss, alignment_loss, part_infonce_loss, supcon_loss
 from train_prompts import LIP_PART_WORDS, PromptLearner, encode_prompt_embeddings, freeze
@@ -162,12 +162,11 @@ class TwoStageRecipe(Recipe):
         per_process = config.stage1_batch_size // accelerator.num_processes
         steps = len(sampler) // per_process
 
-        def set_lr(step: int) -> float:  # CLIP-ReID's stage-1 schedule over all stage-1 epochs; stateless (resume)
-            lr = scheduled_lr(step / steps, config.stage1_lr, config.stage1_warmup_epochs, config.stage1_warmup_lr,
-                              total, 'cosine', config.stage1_min_lr)
-            for group in self.stage1_optimizer.param_groups:
-                group['lr'] = lr
-            return lr
+        # CLIP-ReID's stage-1 schedule over all stage-1 epochs, set from the step count alone (so a resume needs no
+        # scheduler state)
+        scheduler = make_scheduler(self.stage1_optimizer, steps, schedule='cosine', epochs=total,
+                                   warmup_epochs=config.stage1_warmup_epochs, warmup_lr=config.stage1_warmup_lr,
+                                   min_lr=config.stage1_min_lr)
         every_steps = config.checkpoint_every_steps
         progress = tqdm(total=total * steps, initial=state['stage1_step'], desc='stage 1 (prompts)',
                         disable=quiet_bars(accelerator))
@@ -178,7 +177,8 @@ class TwoStageRecipe(Recipe):
             with_parts = epoch >= config.stage1_epochs
             for step in range(state['stage1_step_in_epoch'], steps):
                 index = torch.tensor(order[step * per_process:(step + 1) * per_process])
-                lr = set_lr(state['stage1_step'])
+                scheduler.step_update(state['stage1_step'])
+                lr = self.stage1_optimizer.param_groups[0]['lr']
                 losses = self.stage1_losses(cache, index, with_parts)
                 # stage 1 does not accumulate; accelerate divides by gradient_accumulation_steps (a stage-2 setting)
                 accelerator.backward(losses['loss'] * config.gradient_accumulation_steps)

@@ -1,6 +1,5 @@
 """The pieces of examples/train.py's loop that a training method plugs into (``Recipe``), and small helpers the
-methods share (the learning-rate schedule, the divergence check, progress-bar rules)."""
-import math
+methods share (timm's learning-rate schedule, the divergence check, progress-bar rules)."""
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -8,12 +7,14 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
+from timm.scheduler import MultiStepLRScheduler, create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 
 from aaformer_hf.data.parsing import region_masks
 from train_config import TrainConfig
 from train_losses import AAformerLoss
 
-__all__ = ['Recipe', 'ParsingPartsRecipe', 'part_masks', 'RunContext', 'scheduled_lr', 'check_finite_losses',
+__all__ = ['Recipe', 'ParsingPartsRecipe', 'part_masks', 'RunContext', 'make_scheduler', 'check_finite_losses',
            'quiet_bars', 'library_bars_only_on_a_terminal']
 
 
@@ -85,17 +86,28 @@ class RunContext:
     output_dir: Path
 
 
-def scheduled_lr(epoch: float, lr: float, warmup_epochs: float, warmup_lr: float, epochs: float, schedule: str,
-                 min_lr: float = 0.0, decay_epochs: Sequence[int] = (), decay_factor: float = 0.1) -> float:
-    """Learning rate at (fractional) ``epoch``: linear warm-up from warmup_lr to lr, then 'cosine' to min_lr at
-    ``epochs`` or 'step': x decay_factor at each of ``decay_epochs``."""
-    if epoch < warmup_epochs:
-        return warmup_lr + (lr - warmup_lr) * epoch / warmup_epochs
+def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, *, schedule: str, epochs: int,
+                   warmup_epochs: int, warmup_lr: float, min_lr: float = 0.0, decay_epochs: Sequence[int] = (),
+                   decay_factor: float = 0.1) -> Scheduler:
+    """timm's scheduler for a linear warm-up from ``warmup_lr`` to the optimiser's lr over ``warmup_epochs``, then
+    'cosine' to ``min_lr`` at ``epochs`` (the cosine starts after the warm-up: timm's ``warmup_prefix``) or 'step':
+    x ``decay_factor`` from each of ``decay_epochs`` on. Updated per optimiser step: call ``step_update(steps_done)``;
+    the rate of step 0 is set here."""
+    warmup = dict(warmup_t=warmup_epochs * steps_per_epoch, warmup_lr_init=warmup_lr, t_in_epochs=False)
     if schedule == 'step':
-        return lr * decay_factor ** sum(epoch >= milestone for milestone in decay_epochs)
-    span = max(epochs - warmup_epochs, 1e-12)
-    progress = min((epoch - warmup_epochs) / span, 1.0)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+        # timm's multistep scheduler applies milestone m at update m - 1 (its documented convention, kept on
+        # purpose); m + 1 makes the rate change at the milestone itself, as the closed form and torch's MultiStepLR
+        scheduler = MultiStepLRScheduler(
+            optimizer, decay_t=[m * steps_per_epoch + 1 for m in decay_epochs], decay_rate=decay_factor,
+            warmup_prefix=False, **warmup)  # milestones count from epoch 0, warm-up included
+    else:
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched='cosine', min_lr=min_lr, warmup_lr=warmup_lr, warmup_epochs=warmup_epochs,
+            warmup_prefix=True, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+            # a warm-up as long as training never reaches the cosine; timm needs a positive length all the same
+            num_epochs=max(epochs - warmup_epochs, 1))
+    scheduler.step_update(0)
+    return scheduler
 
 
 def quiet_bars(accelerator: Accelerator) -> Optional[bool]:

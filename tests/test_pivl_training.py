@@ -155,11 +155,12 @@ def test_method_recipes_fill_the_fields_left_unset():
     pivl = TrainConfig(data_root='x', method='pivl', lr=1e-5)
     assert (pivl.stage1_epochs, pivl.stage1_part_epochs, pivl.alignment_head, pivl.lr) == (60, 20, 'pyramid', 1e-5)
     assert TrainConfig(data_root='x').optimizer == 'momentum'
-    from train import lr_at
+    from .test_training import scheduled_rates, stage2_schedule
     # CLIP-ReID stage 2: 10 warm-up epochs from 0.1 x lr, then x0.1 at epochs 30 and 50
+    rates = scheduled_rates(10, clip.lr, **stage2_schedule(clip))
     for epoch, expected in [(0, 5e-7), (5, 5e-7 + 0.5 * (5e-6 - 5e-7)), (10, 5e-6), (29.9, 5e-6), (30, 5e-7),
                             (50, 5e-8), (59, 5e-8)]:
-        assert lr_at(epoch * 10, 10, clip) == pytest.approx(expected), epoch
+        assert rates[round(epoch * 10)] == pytest.approx(expected), epoch
 
 
 def test_runs_report_side_by_side(tmp_path):

@@ -18,7 +18,8 @@ from transformers import AutoModel
 
 from aaformer_hf.data.synthetic import generate_market_layout
 import train as trainer
-from train import TrainConfig, lr_at, parse_config, train
+from train import TrainConfig, parse_config, train
+from train_recipe import make_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(ROOT / 'examples' / 'train.py')
@@ -46,15 +47,60 @@ def flags(values):
     return out
 
 
+def scheduled_rates(steps_per_epoch: int, lr: float, **schedule) -> list:
+    """The rate of every optimiser step (and the one after the last) from the trainer's scheduler."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = make_scheduler(optimizer, steps_per_epoch, **schedule)
+    rates = [optimizer.param_groups[0]['lr']]  # step 0, as make_scheduler leaves it
+    for step in range(1, schedule['epochs'] * steps_per_epoch + 1):
+        scheduler.step_update(step)
+        rates.append(optimizer.param_groups[0]['lr'])
+    return rates
+
+
+def stage2_schedule(config: TrainConfig) -> dict:
+    return dict(schedule=config.lr_schedule, epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+                warmup_lr=config.warmup_lr, min_lr=config.min_lr, decay_epochs=config.lr_decay_epochs,
+                decay_factor=config.lr_decay_factor)
+
+
+def closed_form(epoch: float, lr: float, schedule: str, epochs: int, warmup_epochs: int, warmup_lr: float,
+                min_lr: float = 0.0, decay_epochs=(), decay_factor: float = 0.1) -> float:
+    """The schedules as the papers describe them: linear warm-up, then a cosine from lr to min_lr over the epochs
+    after the warm-up, or x decay_factor at each milestone (counted from epoch 0)."""
+    if epoch < warmup_epochs:
+        return warmup_lr + (lr - warmup_lr) * epoch / warmup_epochs
+    if schedule == 'step':
+        return lr * decay_factor ** sum(epoch >= m for m in decay_epochs)
+    progress = min((epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12), 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
 def test_schedule_by_hand():
     config = TrainConfig(data_root='x')  # the paper's recipe: 10 warm-up epochs 8e-4 -> 8e-3, cosine to 120
-    assert lr_at(0, 100, config) == pytest.approx(8e-4)
-    assert lr_at(500, 100, config) == pytest.approx(8e-4 + 0.5 * (8e-3 - 8e-4))
-    assert lr_at(1000, 100, config) == pytest.approx(8e-3)
-    assert lr_at(6500, 100, config) == pytest.approx(1.6e-5 + 0.5 * (8e-3 - 1.6e-5))  # half-way through the cosine
-    assert lr_at(12000, 100, config) == pytest.approx(1.6e-5)
-    assert lr_at(1000 + 110 * 100 / 3, 100, config) == pytest.approx(
-        1.6e-5 + 0.5 * (8e-3 - 1.6e-5) * (1 + math.cos(math.pi / 3)))
+    rates = scheduled_rates(300, config.lr, **stage2_schedule(config))  # 300 steps an epoch
+    assert rates[0] == pytest.approx(8e-4)
+    assert rates[1500] == pytest.approx(8e-4 + 0.5 * (8e-3 - 8e-4))
+    assert rates[3000] == pytest.approx(8e-3)
+    assert rates[3000 + 16500] == pytest.approx(1.6e-5 + 0.5 * (8e-3 - 1.6e-5))  # half-way through the cosine
+    assert rates[36000] == pytest.approx(1.6e-5)
+    assert rates[3000 + 11000] == pytest.approx(1.6e-5 + 0.5 * (8e-3 - 1.6e-5) * (1 + math.cos(math.pi / 3)))
+
+
+@pytest.mark.parametrize('steps_per_epoch, lr, schedule', [
+    (7, 8e-3, dict(schedule='cosine', epochs=120, warmup_epochs=10, warmup_lr=8e-4, min_lr=1.6e-5)),  # AAformer
+    (5, 5e-6, dict(schedule='step', epochs=60, warmup_epochs=10, warmup_lr=5e-7, decay_epochs=[30, 50])),  # stage 2
+    (3, 3.5e-4, dict(schedule='cosine', epochs=120, warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6)),  # stage 1
+    (4, 1e-3, dict(schedule='cosine', epochs=2, warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6)),  # warm-up only
+    (4, 1e-3, dict(schedule='cosine', epochs=3, warmup_epochs=3, warmup_lr=1e-4)),  # warm-up as long as training
+    (6, 1e-2, dict(schedule='cosine', epochs=4, warmup_epochs=0, warmup_lr=0.0, min_lr=1e-4)),
+    (6, 1e-2, dict(schedule='step', epochs=4, warmup_epochs=0, warmup_lr=0.0, decay_epochs=[0, 2])),
+])
+def test_the_schedule_is_the_closed_form_at_every_step(steps_per_epoch, lr, schedule):
+    """timm's scheduler gives the papers' curve (written out above) at every optimiser step, warm-up included."""
+    rates = scheduled_rates(steps_per_epoch, lr, **schedule)
+    expected = [closed_form(step / steps_per_epoch, lr, **schedule) for step in range(len(rates))]
+    assert rates == pytest.approx(expected, rel=1e-12, abs=1e-18)
 
 
 def test_bad_input_fails_before_training(tmp_path, synthetic_root):
