@@ -46,7 +46,7 @@ from train_recipe import (ParsingPartsRecipe, Recipe, RunContext, check_finite_l
 from train_outputs import STATE_FILE, claim_output_dir, complete_checkpoints, read_state, resume_folder
 
 __all__ = ['BASELINES', 'RECIPES', 'TrainConfig', 'build_model', 'make_recipe', 'format_summary', 'main',
-           'make_optimizer', 'parse_config', 'retrieval_metrics', 'train']
+           'make_optimizer', 'parse_config', 'retrieval_metrics', 'save_model', 'train']
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,9 @@ def _non_finite_parameters(model: nn.Module) -> list:
             if value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
-def _save_model(model, accelerator: Accelerator, folder: Path, processor) -> None:
+def save_model(model, accelerator: Accelerator, folder: Path, processor) -> None:
+    """``save_pretrained`` (and the processor) into ``folder`` from the main process; a model with non-finite
+    weights is refused, naming them."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         bad = _non_finite_parameters(accelerator.unwrap_model(model))
@@ -275,7 +277,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
             accelerator.log({f'eval/{k}': v for k, v in metrics.items()}, step=state['global_step'])
         if state['best'] is None or metrics['mAP'] > state['best']['mAP']:
             state['best'] = dict(metrics, epoch=epoch)
-            _save_model(model, accelerator, output_dir / 'best_model', processor)
+            save_model(model, accelerator, output_dir / 'best_model', processor)
         return metrics
 
     if not config.eval_only:  # CLIP-ReID / π-VL: stage 1 (or, resumed in stage 2, the fixed text features)
@@ -333,7 +335,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resu
     if metrics is None:  # resumed after the last epoch, or eval_only
         metrics = evaluate_now(state['epoch'])
 
-    _save_model(model, accelerator, output_dir / 'model', processor)
+    save_model(model, accelerator, output_dir / 'model', processor)
     elapsed = wait_time + compute_time
     summary = dict(metrics, epochs=state['epoch'], images_per_second=images / elapsed if elapsed else None,
                    train_images=images, train_seconds=elapsed,
@@ -369,10 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         summary = train(parse_config(argv))
     except (ValueError, OSError, RuntimeError, FloatingPointError, NotImplementedError) as error:
-        if type(error).__module__.split('.')[0] not in ('aaformer_hf', 'builtins', __name__, 'train_config',
-                                                        'train_outputs', 'train_losses', 'train_clipreid',
-                                                        'train_recipe', 'train_student',
-                                                        'train_prompts', 'train_fusion'):
+        if not _user_fixable(error):
             raise  # another library's error: its traceback is the useful part
         # what a user can fix (a bad value, a missing file, a folder in use): the message, not a traceback
         print(f'examples/train.py: error: {error}', file=sys.stderr)
@@ -382,6 +381,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if PartialState().is_main_process:
         print(format_summary(summary))
     return summary
+
+
+def _user_fixable(error: BaseException) -> bool:
+    """Python's own error classes, the package's and this example's (the modules beside this file)."""
+    module = type(error).__module__
+    if module == 'builtins' or module.split('.')[0] == 'aaformer_hf':
+        return True
+    defined_in = getattr(sys.modules.get(module), '__file__', None)
+    return defined_in is not None and Path(defined_in).resolve().parent == Path(__file__).resolve().parent
 
 
 def model_init(config: TrainConfig, pretrained_cfg: Dict[str, Any]) -> Dict[str, Any]:

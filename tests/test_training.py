@@ -351,12 +351,12 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, mo
 
 def test_a_diverged_model_is_never_saved(tmp_path):
     from accelerate import Accelerator
-    from train import _save_model
+    from train import save_model
     model = timm.create_model('aaformer_tiny')
     with torch.no_grad():
         model.blocks[1].attn.qkv.weight[0, 0] = float('nan')
     with pytest.raises(FloatingPointError, match=r'non-finite values in 1 tensors \(\[.blocks.1.attn.qkv.weight.\]'):
-        _save_model(model, Accelerator(cpu=True), tmp_path / 'best_model', None)
+        save_model(model, Accelerator(cpu=True), tmp_path / 'best_model', None)
     assert not (tmp_path / 'best_model').exists()
 
 
@@ -511,6 +511,25 @@ def test_script_reports_user_errors_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f'examples/train.py: error: {tmp_path / "missing"}: dataset folder not found' in err
     assert 'Traceback' not in err and not (tmp_path / 'out').exists()
+    # an error class of the example's own (train_outputs.OutputDirError): the same
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags(tiny(tmp_path / 'missing', tmp_path / 'a_file')))
+    assert exit_info.value.code == 2 and 'exists and is not a folder' in capsys.readouterr().err
+
+
+def test_script_lets_another_librarys_error_through(tmp_path, monkeypatch):
+    """An error class from another library keeps its traceback (its own details are the useful part)."""
+    import train
+
+    class LibraryError(RuntimeError):  # defined outside the package and the example, as another library's are
+        pass
+
+    def broken(config):
+        raise LibraryError('a library error')
+    monkeypatch.setattr(train, 'train', broken)
+    with pytest.raises(LibraryError, match='a library error'):
+        train.main(flags(tiny(tmp_path / 'missing', tmp_path / 'out')))
 
 
 def test_push_to_hub_uploads_the_best_model_with_its_card(tmp_path, synthetic_root, monkeypatch):
