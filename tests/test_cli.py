@@ -399,3 +399,32 @@ def test_visualize_ranks_frames_follow_the_protocol(tmp_path, market, model_dir)
         frames = [figure.getpixel((c * (64 + 6) + 1, q * (128 + 6) + 1)) for c in range(1, 5)]
         assert frames == expected
     assert (figure.getpixel((1, 1))) == (128, 128, 128)  # the query's own frame
+
+
+def test_majority_row_colours_each_patch_by_the_part_most_heads_chose():
+    """A hand case: 3 heads, one group of 2 parts, a 2x2 grid; each patch takes the part with most head votes."""
+    from PIL import Image
+    from aaformer_hf.apps.visualize import CELL, PALETTE, majority_row
+
+    votes_for_part0 = [[1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 1, 1]]  # heads x patches: 1 = assigned to part 0
+    assigned = torch.tensor([[row, [1 - v for v in row]] for row in votes_for_part0], dtype=torch.bool)  # (3, 2, 4)
+    expected = [0, 1, 0, 0]  # patch 0: 2 of 3 heads chose part 0; patch 1: none; patch 2: 2 of 3; patch 3: all
+    grey = Image.new('RGB', (7, 9), (100, 100, 100))
+    image, panel = majority_row(grey, assigned, (2,), (2, 2))
+    assert image.size == panel.size == (2 * CELL, 2 * CELL)
+    for patch, part in enumerate(expected):
+        y, x = divmod(patch, 2)
+        colour = panel.getpixel((x * CELL + CELL // 2, y * CELL + CELL // 2))
+        want = tuple(round(0.4 * 100 + 0.6 * c) for c in PALETTE[part])
+        assert all(abs(a - b) <= 1 for a, b in zip(colour, want)), (patch, colour, want)
+
+
+def test_demo_writes_the_assignment_picture(tmp_path, capsys):
+    from PIL import Image
+    from aaformer_hf.apps.demo import main as demo
+
+    demo(['--output_dir', str(tmp_path)])
+    out = capsys.readouterr().out
+    assert 'embedding  (384,) = (1 CLS + 5 [PART]s) x 64' in out and 'SYNTHETIC person image' in out
+    picture = Image.open(tmp_path / 'part_assignment.png')
+    assert picture.size == (3 * 128 + 2 * 6, 256)  # the image and one panel per [PART] group, tiled

@@ -10,7 +10,6 @@ model folder (``save_pretrained``, e.g. what examples/train.py writes). Writes a
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Sequence
 
 import numpy as np
 import timm
@@ -19,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..data.images import read_rgb
 from ..hf import AAformerImageProcessor, AAformerModel
-from .visualize import PALETTE
+from .visualize import majority_row, tile
 
 
 def synthetic_person(seed: int = 0, size=(128, 256)) -> Image.Image:
@@ -36,26 +35,6 @@ def synthetic_person(seed: int = 0, size=(128, 256)) -> Image.Image:
     draw.rectangle([w * .30, h * .92, w * .70, h * .97], fill=(20, 20, 20))  # shoes
     draw.rectangle([w * .70, h * .30, w * .88, h * .50], fill=colour())  # bag
     return img
-
-
-def assignment_png(image: Image.Image, assigned: torch.Tensor, groups: Sequence[int], grid, path: Path) -> None:
-    """Image beside one panel per group; each patch coloured by its part (majority over heads)."""
-    h, w = grid
-    panels: List[Image.Image] = [image.resize((w * 16, h * 16))]
-    start = 0
-    for size in groups:
-        votes = assigned[:, start:start + size].sum(0)  # (P_g, N): heads voting for each part
-        winner = votes.argmax(0).view(h, w).numpy()
-        colours = np.array([PALETTE[(start + i) % len(PALETTE)] for i in range(size)], dtype=np.uint8)
-        overlay = Image.fromarray(colours[winner]).resize((w * 16, h * 16), Image.NEAREST)
-        panels.append(Image.blend(panels[0], overlay, 0.6))
-        start += size
-    canvas = Image.new('RGB', (sum(p.width for p in panels) + 8 * (len(panels) - 1), panels[0].height), 'white')
-    x = 0
-    for panel in panels:
-        canvas.paste(panel, (x, 0))
-        x += panel.width + 8
-    canvas.save(path)
 
 
 def main(argv=None) -> None:
@@ -110,7 +89,7 @@ def main(argv=None) -> None:
             print(f'  group {g + 1} ({size} parts): ' + '   '.join(cells))
         args.output_dir.mkdir(parents=True, exist_ok=True)
         png = args.output_dir / 'part_assignment.png'
-        assignment_png(image, last, model.part_groups, model.patch_embed.grid_size, png)
+        tile([majority_row(image, last, model.part_groups, model.patch_embed.grid_size)]).save(png)
         print(f'picture    {png} (image, then one panel per group: patches coloured by part, majority over heads)')
 
 

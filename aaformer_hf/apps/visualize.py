@@ -62,6 +62,17 @@ def _display(image: Image.Image, grid) -> Image.Image:
     return image.convert('RGB').resize((grid[1] * CELL, grid[0] * CELL))
 
 
+def majority_row(image: Image.Image, assigned: torch.Tensor, groups: Sequence[int], grid) -> List[Image.Image]:
+    """The image, then per group its patches tinted by the part most heads gave them; ``assigned`` (H, P, N)."""
+    shown = _display(image, grid)
+    row, start = [shown], 0
+    for size in groups:
+        majority = assigned[:, start:start + size].float().sum(0).argmax(0).view(*grid).numpy()
+        row.append(_labels_panel(shown, majority, start))
+        start += size
+    return row
+
+
 @torch.no_grad()
 def parts_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, layer: int = -1) -> Image.Image:
     """One row per image: the image; per group, its parts by majority over heads, then each head; then the share of
