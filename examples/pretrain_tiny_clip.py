@@ -38,7 +38,7 @@ from aaformer_hf.data.loaders import ReIDItems
 from aaformer_hf.data.synthetic import CAPTIONS_FILE, generate_market_layout
 
 from train_prompts import IDENTITY_TEMPLATE, LABEL_PART_TEMPLATE, LIP_PART_WORDS, PART_TEMPLATE, PLACEHOLDER
-from train_recipe import library_bars_only_on_a_terminal
+from train_utils import library_bars_only_on_a_terminal
 
 __all__ = ['PretrainConfig', 'build_clip_tokenizer', 'TinyCLIP', 'pretrain', 'main']
 

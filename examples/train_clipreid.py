@@ -1,44 +1,252 @@
-"""CLIP-ReID's and π-VL's two training stages, as a recipe for the shared loop in train.py.
+"""CLIP-ReID's and π-VL's training, both stages in order: ``examples/train.py --method clipreid | pivl`` runs
+``train_two_stage`` below.
 
-Stage 1 (before the epochs): the image tower and the text tower stay frozen; the image features of every training
-image are computed once, without augmentation, and cached; only the per-identity prompt tokens are tuned, with
-CLIP-ReID's image-to-text + text-to-image SupCon loss on the projected CLS (``stage1_epochs``) and then, for π-VL,
-with that loss plus the pixel-level InfoNCE between projected patch features and the identity-aware part prompts
-(Eq. 7-8, ``stage1_part_epochs``).
-Stage 2 (the epochs): the text features of every identity (and every identity's part prompts) are computed once and
-kept fixed; the image encoder trains with ID + triplet + image-to-text cross-entropy (CLIP-ReID) plus π-VL's
-alignment MSE between an auxiliary head on the last block's patch map and the text-embedding map (Eq. 11-12).
+Stage 1 (``stage1``): the image tower and the text tower stay frozen; the image features of every training image
+are computed once, without augmentation, and cached; only the per-identity prompt tokens are tuned, with CLIP-ReID's
+image-to-text + text-to-image SupCon loss on the projected CLS (``stage1_epochs``) and then, for π-VL, with that loss
+plus the pixel-level InfoNCE between projected patch features and the identity-aware part prompts (Eq. 7-8,
+``stage1_part_epochs``).
+Stage 2 (the epoch loop in ``train_two_stage``): the text features of every identity (and every identity's part
+prompts) are computed once and kept fixed (``fix_text_features``); the image encoder trains with ID + triplet +
+image-to-text cross-entropy (CLIP-ReID) plus π-VL's alignment MSE between an auxiliary head on the last block's patch
+map and the text-embedding map (Eq. 11-12; ``stage2_losses``).
 The head and the text side are never part of the saved model; the learned text features are written beside it
-(``text_features.safetensors``).
+(``text_features.safetensors``). π-VL's pieces: the prompt learner (``train_prompts.py``), the alignment heads
+(``train_fusion.py``) and Table 5's student (``train_student.py``).
 """
 import logging
-from typing import Dict, Optional, Sequence
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from aaformer_hf.data import build_transforms, eval_loader
+from aaformer_hf.data import build_transforms, eval_loader, train_loader
+from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.sampler import PKSampler
 from train_config import TrainConfig
-from train_recipe import Recipe, RunContext, check_finite_losses, make_scheduler, quiet_bars
 from train_fusion import NUM_PARSING_CLASSES, build_alignment_head, parsing_on_grid, text_embedding_map
 from train_losses import CLIPReIDLoss, alignment_loss, part_infonce_loss, supcon_loss
+from train_outputs import claim_output_dir, read_state, resume_folder
 from train_prompts import LIP_PART_WORDS, PromptLearner, encode_prompt_embeddings, freeze
+from train_utils import (
+    build_model, check_finite_losses, finish_run, identity_labels, load_data, make_optimizer, make_scheduler,
+    quiet_bars, resumed_at, run_summary, save_checkpoint, save_model, start_accelerator, evaluate_and_keep_best,
+)
 
-__all__ = ['TwoStageRecipe', 'Stage2Model', 'load_text_side']
+__all__ = ['train_two_stage', 'TwoStageModels', 'stage1', 'fix_text_features', 'stage2_losses', 'Stage2Model',
+           'load_text_side']
 
 logger = logging.getLogger(__name__)
 TEXT_BATCH = 256  # prompts per text-tower call when encoding every identity's prompts
 
 
-def load_text_side(name: str):
-    """transformers' ``CLIPTextModelWithProjection`` and its tokenizer from a folder or Hub id, the text tower frozen."""
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection
-    text_model = CLIPTextModelWithProjection.from_pretrained(name)
-    return freeze(text_model), AutoTokenizer.from_pretrained(name)
+def train_two_stage(config: TrainConfig) -> Dict[str, Any]:
+    """CLIP-ReID (``--method clipreid``) or π-VL (``--method pivl``, its Table 3 rows, Table 5's students): stage 1,
+    then stage 2; returns (and writes to ``output_dir/metrics.json``) the final evaluation."""
+    accelerator = start_accelerator(config)
+    output_dir = Path(config.output_dir)
+    resume = resume_folder(config.resume_from_checkpoint, output_dir)  # before any work: no checkpoint is an error
+    with claim_output_dir(output_dir, resuming=resume is not None, overwrite=config.overwrite_output_dir,
+                          is_main_process=accelerator.is_main_process):
+        accelerator.wait_for_everyone()  # the folder is this run's before any process writes to it
+        return _train_two_stage(config, accelerator, output_dir, resume)
+
+
+def _train_two_stage(config: TrainConfig, accelerator: Accelerator, output_dir: Path, resume: Optional[Path]
+                     ) -> Dict[str, Any]:
+    set_seed(config.seed)
+    data = load_data(config)
+    id2label = identity_labels(data['train'])
+    model, pretrained_cfg, family = build_model(config, len(id2label), id2label)
+    models = TwoStageModels.build(config, model, len(id2label))
+    # a Table 5 student saves its own preprocessing (its mean/std) in its folder; the CLIP model gets a processor
+    processor = family.image_processor_class.from_config(model.config) if models.input_cfg is None else None
+    input_cfg = models.input_cfg or pretrained_cfg
+    if models.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
+        data['train'] = add_parsing_column(data['train'], config.data_root, missing=config.parsing_missing)
+
+    # torchrun (and so accelerate launch) says how many processes share this machine
+    workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
+    loader, sampler = train_loader(
+        data['train'], build_transforms(input_cfg, train=True), config.batch_size, config.num_instances,
+        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch,
+        parsing=models.parsing and not config.eval_only)
+    test_transform = build_transforms(input_cfg, train=False)
+    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
+    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
+    micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
+    steps_per_epoch = micro_per_epoch // config.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
+
+    criterion = CLIPReIDLoss(
+        label_smoothing=config.label_smoothing, margin=config.triplet_margin, id_weight=config.id_loss_weight,
+        triplet_weight=config.triplet_loss_weight, i2t_weight=config.i2t_loss_weight,
+        align_weight=config.align_loss_weight)
+    optimizer = make_optimizer(models.trainable, config)
+    scheduler = make_scheduler(
+        optimizer, steps_per_epoch, schedule=config.lr_schedule, epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr,
+        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor)
+    # the train loader is not prepared: the PK sampler already deals whole identities to each process
+    trainable, optimizer, query_loader, gallery_loader = accelerator.prepare(
+        models.trainable, optimizer, query_loader, gallery_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    models.prepare(accelerator)  # after the objects above: checkpoints list them in this order
+    reid_model = models.reid_model  # evaluated and saved (the head and the text side are not)
+    if config.with_tracking:
+        accelerator.init_trackers('aaformer_hf', config=config.tracker_values())
+
+    state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = read_state(resume)
+        accelerator.print(f'resumed from {resume}: {resumed_at(state)}')
+
+    text_features = part_text_features = None
+    if not config.eval_only:
+        state.setdefault('stage', 1)
+        for key in ('stage1_epoch', 'stage1_step_in_epoch', 'stage1_step'):
+            state.setdefault(key, 0)
+        total = config.stage1_epochs + config.stage1_part_epochs
+        if state['stage'] == 1 and state['stage1_epoch'] < total:  # stage 1 (or what is left of it, resumed)
+            stage1(models, accelerator, config, data, pretrained_cfg, state, output_dir, workers)
+        state['stage'] = 2
+        # stage 2's fixed text features (also after a resume in stage 2: the tuned tokens are in the checkpoint)
+        text_features, part_text_features = fix_text_features(models, accelerator, config, len(id2label), output_dir)
+        if models.teacher is not models.reid_model:
+            models.teacher.to('cpu')  # a student's teacher has done its work: free the accelerator's memory
+
+    images, compute_time, wait_time = 0, 0.0, 0.0
+    metrics: Optional[Dict[str, Any]] = None
+    epochs = 0 if config.eval_only else config.epochs
+    accumulation = config.gradient_accumulation_steps
+    progress = tqdm(total=epochs * steps_per_epoch, initial=state['global_step'], desc='stage 2',
+                    disable=quiet_bars(accelerator))
+    for epoch in range(state['epoch'], epochs):
+        trainable.train()
+        sampler.set_epoch(epoch, start_batch=state['step_in_epoch'] * accumulation)
+        batches = iter(loader)
+        for micro in range(state['step_in_epoch'] * accumulation, micro_per_epoch):
+            started = time.perf_counter()
+            batch = [item.to(accelerator.device, non_blocking=True) for item in next(batches)]
+            waited = time.perf_counter()
+            sync = (micro + 1) % accumulation == 0
+            with nullcontext() if sync else accelerator.no_sync(trainable):
+                losses = stage2_losses(trainable, criterion, batch, text_features, part_text_features, config,
+                                       models.uses_cameras)
+                # accelerate divides the loss by gradient_accumulation_steps itself (set on the Accelerator)
+                accelerator.backward(losses['loss'])
+            # after backward (every process has joined its gradient all-reduce), before any optimiser step
+            check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
+            if sync:
+                optimizer.step()
+                scheduler.step_update(state['global_step'] + 1)  # the rate of the next step
+                optimizer.zero_grad(set_to_none=True)
+                state['global_step'] += 1
+                state['step_in_epoch'] = (micro + 1) // accumulation
+                progress.update(1)
+                progress.set_postfix(loss=f'{losses["loss"].item():.3f}', epoch=epoch)
+                if progress.disable and config.log_every and state['step_in_epoch'] % config.log_every == 0 \
+                        and accelerator.is_main_process:  # no bar drawn (not a terminal): a line now and then
+                    logger.info('stage 2, epoch %d: step %d / %d, loss %.3f', epoch + 1, state['step_in_epoch'],
+                                steps_per_epoch, losses['loss'].item())
+                if config.with_tracking:
+                    accelerator.log({'train/' + k: v.item() for k, v in losses.items()}
+                                    | {'train/lr': optimizer.param_groups[0]['lr']}, step=state['global_step'])
+            images += batch[0].shape[0] * accelerator.num_processes
+            wait_time += waited - started
+            compute_time += time.perf_counter() - waited
+            if sync and config.checkpoint_every_steps and state['global_step'] % config.checkpoint_every_steps == 0:
+                save_checkpoint(accelerator, output_dir, f'step_{state["global_step"]}', state,
+                                config.checkpoints_total_limit)
+        del batches
+        state['epoch'], state['step_in_epoch'] = epoch + 1, 0
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:  # before the checkpoint: it records the best
+            metrics = evaluate_and_keep_best(reid_model, query_loader, gallery_loader, accelerator, config, state,
+                                             output_dir, processor)
+        if config.checkpointing_steps == 'epoch':
+            save_checkpoint(accelerator, output_dir, f'epoch_{epoch + 1}', state, config.checkpoints_total_limit)
+    progress.close()
+    if metrics is None:  # resumed after the last epoch, or eval_only
+        metrics = evaluate_and_keep_best(reid_model, query_loader, gallery_loader, accelerator, config, state,
+                                         output_dir, processor)
+
+    save_model(reid_model, accelerator, output_dir / 'model', processor)
+    summary = run_summary(config, accelerator, output_dir, metrics, state, pretrained_cfg, images, wait_time,
+                          compute_time)
+    return finish_run(config, accelerator, output_dir, summary)
+
+
+# ---- the models of the two stages ----
+
+
+@dataclass
+class TwoStageModels:
+    """What the two stages train and read: the CLIP re-ID model stage 1 reads (``teacher``), the re-ID model stage 2
+    trains and the run saves (``reid_model``: the teacher itself, or Table 5's student), the module stage 2's
+    optimiser steps (``trainable``: the re-ID model with π-VL's alignment head), and stage 1's text side."""
+    teacher: nn.Module
+    reid_model: nn.Module
+    trainable: nn.Module
+    parsing: bool  # the training items carry their parsing maps (π-VL's part prompts)
+    uses_cameras: bool  # stage 2 passes each image's camera (a model with SIE)
+    input_cfg: Optional[Dict[str, Any]] = None  # a student's own preprocessing (None: the CLIP model's)
+    text_model: Optional[nn.Module] = None
+    prompt_learner: Optional[nn.Module] = None
+    stage1_optimizer: Optional[torch.optim.Optimizer] = None
+
+    @classmethod
+    def build(cls, config: TrainConfig, model: nn.Module, num_classes: int) -> 'TwoStageModels':
+        parsing = config.part_prompts != 'off'
+        width = model.config.projection_dim
+        if config.student_model is None:
+            head = None if config.alignment_head == 'off' else build_alignment_head(
+                config.alignment_head, model.config.hidden_size, width, config.align_hidden)
+            models = cls(model, model, Stage2Model(model, head), parsing, model.config.num_cameras > 0)
+        else:  # Table 5: a timm student learns from the teacher's prompts; the teacher only caches stage-1 features
+            from train_student import build_student
+            student, input_cfg = build_student(
+                config.student_model, num_classes, width, (model.config.num_channels, *model.config.image_size),
+                config.student_pretrained, config.student_pretrained_file)
+            head = None if config.alignment_head == 'off' else build_alignment_head(
+                config.alignment_head, student.backbone.num_features, width, config.align_hidden)
+            # in stage 2 a student has no camera embedding
+            models = cls(model, student, StudentStage2Model(student, head), parsing, False, input_cfg)
+        if config.eval_only:
+            return models
+        models.text_model, tokenizer = load_text_side(config.text_model)
+        width = models.text_model.config.projection_dim
+        if width != model.config.projection_dim:
+            raise ValueError(f'text_model {config.text_model}: its projection is {width}-d, the image tower\'s '
+                             f'{model.config.projection_dim}-d; they must be the same CLIP')
+        torch.manual_seed(config.seed)  # the identity tokens' initialisation
+        models.prompt_learner = PromptLearner(
+            tokenizer, models.text_model.text_model.embeddings.token_embedding, num_classes,
+            models.text_model.config.max_position_embeddings, config.num_context_tokens,
+            part_words=LIP_PART_WORDS if parsing else None, identity_parts=config.part_prompts == 'identity')
+        models.stage1_optimizer = torch.optim.Adam(
+            models.prompt_learner.parameters(), lr=config.stage1_lr, weight_decay=config.stage1_weight_decay)
+        return models
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Stage 1's objects on the device; the prompt learner is a model of its own (DDP averages its gradients),
+        and checkpoints save it and its optimiser."""
+        if self.prompt_learner is None:
+            return
+        if self.teacher is not self.reid_model:  # not prepared with the trainable module: stage 1 still needs it
+            self.teacher.to(accelerator.device)
+        self.text_model.to(accelerator.device)
+        self.prompt_learner, self.stage1_optimizer = accelerator.prepare(self.prompt_learner, self.stage1_optimizer)
 
 
 class Stage2Model(nn.Module):
@@ -74,232 +282,180 @@ class StudentStage2Model(Stage2Model):
         return out.logits, out.features, aligned
 
 
-class TwoStageRecipe(Recipe):
-    """CLIP-ReID (``part_prompts='off'``) and π-VL's Table 3 variants, for a ``PiVLForReID`` model."""
+def load_text_side(name: str):
+    """transformers' ``CLIPTextModelWithProjection`` and its tokenizer (a folder or Hub id), the text tower frozen."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+    text_model = CLIPTextModelWithProjection.from_pretrained(name)
+    return freeze(text_model), AutoTokenizer.from_pretrained(name)
 
-    def __init__(self, config: TrainConfig, model: nn.Module, num_classes: int) -> None:
-        self.config, self.num_classes = config, num_classes
-        self.teacher = self.reid_model = model  # stage 1 reads the teacher; stage 2 trains reid_model
-        self.parsing = config.part_prompts != 'off'
-        self.uses_cameras = model.config.num_cameras > 0
-        width = model.config.projection_dim
-        if config.student_model is None:
-            head = None if config.alignment_head == 'off' else build_alignment_head(
-                config.alignment_head, model.config.hidden_size, width, config.align_hidden)
-            self.trainable = Stage2Model(model, head)
-        else:  # Table 5: a timm student learns from the teacher's prompts; the teacher only caches stage-1 features
-            from train_student import build_student
-            student, self.input_cfg = build_student(
-                config.student_model, num_classes, width, (model.config.num_channels, *model.config.image_size),
-                config.student_pretrained, config.student_pretrained_file)
-            head = None if config.alignment_head == 'off' else build_alignment_head(
-                config.alignment_head, student.backbone.num_features, width, config.align_hidden)
-            self.reid_model, self.trainable = student, StudentStage2Model(student, head)
-            self.uses_cameras = False  # in stage 2: a student has no camera embedding
-        self.criterion = CLIPReIDLoss(
-            label_smoothing=config.label_smoothing, margin=config.triplet_margin, id_weight=config.id_loss_weight,
-            triplet_weight=config.triplet_loss_weight, i2t_weight=config.i2t_loss_weight,
-            align_weight=config.align_loss_weight)
-        self.text_features: Optional[torch.Tensor] = None  # (C, E), fixed in stage 2
-        self.part_text_features: Optional[torch.Tensor] = None  # (C, P, E)
-        self.prompt_learner = self.text_model = None
-        if config.eval_only:
-            return
-        self.text_model, tokenizer = load_text_side(config.text_model)
-        width = self.text_model.config.projection_dim
-        if width != model.config.projection_dim:
-            raise ValueError(f'text_model {config.text_model}: its projection is {width}-d, the image tower\'s '
-                             f'{model.config.projection_dim}-d; they must be the same CLIP')
-        torch.manual_seed(config.seed)  # the identity tokens' initialisation
-        self.prompt_learner = PromptLearner(
-            tokenizer, self.text_model.text_model.embeddings.token_embedding, num_classes,
-            self.text_model.config.max_position_embeddings, config.num_context_tokens,
-            part_words=LIP_PART_WORDS if self.parsing else None, identity_parts=config.part_prompts == 'identity')
-        self.stage1_optimizer = torch.optim.Adam(
-            self.prompt_learner.parameters(), lr=config.stage1_lr, weight_decay=config.stage1_weight_decay)
 
-    def optimizer_target(self) -> nn.Module:
-        return self.trainable
+# ---- stage 1 ----
 
-    def prepare(self, accelerator: Accelerator) -> None:
-        if self.prompt_learner is None:
-            return
-        if self.teacher is not self.reid_model:  # not prepared with the trainable module: stage 1 still needs it
-            self.teacher.to(accelerator.device)
-        self.text_model.to(accelerator.device)
-        # the learner is a model of its own (DDP averages its gradients); checkpoints save it and its optimiser
-        self.prompt_learner, self.stage1_optimizer = accelerator.prepare(self.prompt_learner, self.stage1_optimizer)
-        self.accelerator = accelerator
 
-    # ---- stage 1 ----
+def stage1(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig, data: Dict[str, Any],
+           pretrained_cfg: Dict[str, Any], state: Dict[str, Any], output_dir: Path, workers: int) -> None:
+    """Tune the prompt tokens on the cached image features for ``stage1_epochs`` (+ π-VL's ``stage1_part_epochs``),
+    from where ``state`` says (a resumed run); checkpoints as stage 2's, named ``stage1_*``."""
+    total = config.stage1_epochs + config.stage1_part_epochs
+    cache = cache_image_features(models.teacher, accelerator, config, data['train'], pretrained_cfg, workers,
+                                 with_patches=config.stage1_part_epochs > 0)
+    if config.stage1_batch_size % (config.num_instances * accelerator.num_processes):
+        raise ValueError(f'stage1_batch_size ({config.stage1_batch_size}) must be divisible by num_instances x '
+                         f'processes ({config.num_instances} x {accelerator.num_processes})')
+    per_process = config.stage1_batch_size // accelerator.num_processes
+    sampler = PKSampler(cache['labels'].tolist(), per_process, config.num_instances, seed=config.seed + 1,
+                        num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    steps = len(sampler) // per_process
+    # CLIP-ReID's stage-1 schedule over all stage-1 epochs, set from the step count alone (a resume needs no more)
+    scheduler = make_scheduler(models.stage1_optimizer, steps, schedule='cosine', epochs=total,
+                               warmup_epochs=config.stage1_warmup_epochs, warmup_lr=config.stage1_warmup_lr,
+                               min_lr=config.stage1_min_lr)
+    progress = tqdm(total=total * steps, initial=state['stage1_step'], desc='stage 1 (prompts)',
+                    disable=quiet_bars(accelerator))
+    models.prompt_learner.train()
+    for epoch in range(state['stage1_epoch'], total):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        with_parts = epoch >= config.stage1_epochs
+        for step in range(state['stage1_step_in_epoch'], steps):
+            index = torch.tensor(order[step * per_process:(step + 1) * per_process])
+            scheduler.step_update(state['stage1_step'])
+            losses = stage1_losses(models, accelerator, config, cache, index, with_parts)
+            # stage 1 does not accumulate; accelerate divides by gradient_accumulation_steps (a stage-2 setting)
+            accelerator.backward(losses['loss'] * config.gradient_accumulation_steps)
+            check_finite_losses(losses, state['stage1_step'] + 1, epoch, step)
+            models.stage1_optimizer.step()
+            models.stage1_optimizer.zero_grad(set_to_none=True)
+            state['stage1_step'] += 1
+            state['stage1_step_in_epoch'] = step + 1
+            progress.update(1)
+            progress.set_postfix(loss=f'{losses["loss"].item():.3f}', epoch=epoch)
+            if progress.disable and config.log_every and (step + 1) % config.log_every == 0 \
+                    and accelerator.is_main_process:  # no bar drawn (not a terminal): a line now and then
+                logger.info('stage 1, epoch %d: step %d / %d, loss %.3f', epoch + 1, step + 1, steps,
+                            losses['loss'].item())
+            if config.with_tracking:
+                accelerator.log({'stage1/' + k: v.item() for k, v in losses.items()}
+                                | {'stage1/lr': models.stage1_optimizer.param_groups[0]['lr']},
+                                step=state['stage1_step'])
+            if config.checkpoint_every_steps and state['stage1_step'] % config.checkpoint_every_steps == 0:
+                save_checkpoint(accelerator, output_dir, f'stage1_step_{state["stage1_step"]}', state,
+                                config.checkpoints_total_limit)
+        state['stage1_epoch'], state['stage1_step_in_epoch'] = epoch + 1, 0
+        if config.checkpointing_steps == 'epoch':
+            save_checkpoint(accelerator, output_dir, f'stage1_epoch_{epoch + 1}', state,
+                            config.checkpoints_total_limit)
+    progress.close()
 
-    def _stage1_sampler(self, labels: Sequence[int]) -> PKSampler:
-        accelerator, config = self.accelerator, self.config
-        if config.stage1_batch_size % (config.num_instances * accelerator.num_processes):
-            raise ValueError(f'stage1_batch_size ({config.stage1_batch_size}) must be divisible by num_instances x '
-                             f'processes ({config.num_instances} x {accelerator.num_processes})')
-        return PKSampler(labels, config.stage1_batch_size // accelerator.num_processes, config.num_instances,
-                         seed=config.seed + 1, num_replicas=accelerator.num_processes,
-                         rank=accelerator.process_index)
 
-    def before_epochs(self, run: RunContext) -> None:
-        config, state = self.config, run.state
-        state.setdefault('stage', 1)
-        for key in ('stage1_epoch', 'stage1_step_in_epoch', 'stage1_step'):
-            state.setdefault(key, 0)
-        total = config.stage1_epochs + config.stage1_part_epochs
-        if state['stage'] == 1 and state['stage1_epoch'] < total:
-            self._stage1(run, total)
-        state['stage'] = 2
-        self._fix_text_features(run)
-        if self.teacher is not self.reid_model:
-            self.teacher.to('cpu')  # a student's teacher has done its work: free the accelerator's memory
-
-    def _stage1(self, run: RunContext, total: int) -> None:
-        accelerator, config, state = run.accelerator, self.config, run.state
-        cache = self.cache_image_features(run, with_patches=config.stage1_part_epochs > 0)
-        sampler = self._stage1_sampler(cache['labels'].tolist())
-        per_process = config.stage1_batch_size // accelerator.num_processes
-        steps = len(sampler) // per_process
-
-        # CLIP-ReID's stage-1 schedule over all stage-1 epochs, set from the step count alone (so a resume needs no
-        # scheduler state)
-        scheduler = make_scheduler(self.stage1_optimizer, steps, schedule='cosine', epochs=total,
-                                   warmup_epochs=config.stage1_warmup_epochs, warmup_lr=config.stage1_warmup_lr,
-                                   min_lr=config.stage1_min_lr)
-        every_steps = config.checkpoint_every_steps
-        progress = tqdm(total=total * steps, initial=state['stage1_step'], desc='stage 1 (prompts)',
-                        disable=quiet_bars(accelerator))
-        self.prompt_learner.train()
-        for epoch in range(state['stage1_epoch'], total):
-            sampler.set_epoch(epoch)
-            order = list(sampler)
-            with_parts = epoch >= config.stage1_epochs
-            for step in range(state['stage1_step_in_epoch'], steps):
-                index = torch.tensor(order[step * per_process:(step + 1) * per_process])
-                scheduler.step_update(state['stage1_step'])
-                lr = self.stage1_optimizer.param_groups[0]['lr']
-                losses = self.stage1_losses(cache, index, with_parts)
-                # stage 1 does not accumulate; accelerate divides by gradient_accumulation_steps (a stage-2 setting)
-                accelerator.backward(losses['loss'] * config.gradient_accumulation_steps)
-                check_finite_losses(losses, state['stage1_step'] + 1, epoch, step)
-                self.stage1_optimizer.step()
-                self.stage1_optimizer.zero_grad(set_to_none=True)
-                state['stage1_step'] += 1
-                state['stage1_step_in_epoch'] = step + 1
-                progress.update(1)
-                progress.set_postfix(loss=f'{losses["loss"].item():.3f}', epoch=epoch)
-                if progress.disable and config.log_every and (step + 1) % config.log_every == 0 \
-                        and accelerator.is_main_process:  # no bar drawn (not a terminal): a line now and then
-                    logger.info('stage 1, epoch %d: step %d / %d, loss %.3f', epoch + 1, step + 1, steps,
-                                losses['loss'].item())
-                if config.with_tracking:
-                    accelerator.log({'stage1/' + k: v.item() for k, v in losses.items()}
-                                    | {'stage1/lr': lr}, step=state['stage1_step'])
-                if every_steps and state['stage1_step'] % every_steps == 0:
-                    run.save_checkpoint(f'stage1_step_{state["stage1_step"]}')
-            state['stage1_epoch'], state['stage1_step_in_epoch'] = epoch + 1, 0
-            if config.checkpointing_steps == 'epoch':
-                run.save_checkpoint(f'stage1_epoch_{epoch + 1}')
-        progress.close()
-
-    @torch.no_grad()
-    def cache_image_features(self, run: RunContext, with_patches: bool) -> Dict[str, torch.Tensor]:
-        """Every training image's projected CLS (and, for the part epochs, its projected patch features and parsing
-        labels on the patch grid), computed once without augmentation; identical on every process."""
-        accelerator, trunk = run.accelerator, self.teacher.timm_model
-        loader = accelerator.prepare(eval_loader(
-            run.data['train'], build_transforms(run.pretrained_cfg, train=False), self.config.eval_batch_size,
-            run.workers, parsing=with_patches))
-        was_training = trunk.training
-        trunk.eval()
-        cameras = self.teacher.config.num_cameras > 0
-        columns: Dict[str, list] = {'image': [], 'labels': [], 'patches': [], 'cells': [], 'has_parsing': []}
-        for batch in tqdm(loader, desc='stage 1: caching image features', leave=False,
-                          disable=quiet_bars(accelerator)):
-            pixels, pids, cams = batch[:3]
-            with accelerator.autocast():
-                tokens, _ = trunk.forward_tokens(pixels, camera_ids=cams if cameras else None)
-                image = trunk.proj(tokens[:, 0]).float()
-                row = {'image': image, 'labels': pids}
-                if with_patches:
-                    grid = trunk.patch_embed.dynamic_feat_size(pixels.shape[-2:])
-                    # CLIP's final norm and projection applied to every patch token (as DenseCLIP / MaskCLIP do; the
-                    # paper does not say how its patch features reach the text space); stored in fp16 to halve memory
-                    row['patches'] = trunk.proj(tokens[:, trunk.num_prefix_tokens:]).half()
-                    row['cells'] = parsing_on_grid(batch[3], grid)[0]
-                    row['has_parsing'] = batch[4]
-            for key, value in accelerator.gather_for_metrics(row).items():
-                columns[key].append(value.cpu())
-        trunk.train(was_training)
-        return {key: torch.cat(value) for key, value in columns.items() if value}
-
-    def _encode(self, labels: torch.Tensor, parts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        with self.accelerator.autocast():
-            embeddings, eos = self.prompt_learner(labels, parts)
-            return encode_prompt_embeddings(self.text_model, embeddings, eos).float()
-
-    def stage1_losses(self, cache: Dict[str, torch.Tensor], index: torch.Tensor, with_parts: bool
-                      ) -> Dict[str, torch.Tensor]:
-        """CLIP-ReID's L_i2t + L_t2i on the batch's cached projected CLS (Eq. 2); with the part epochs also
-        π-VL's L_part (Eq. 7) over the batch's pixels, L_prompt = L_stage1 + L_part (Eq. 8)."""
-        device = self.accelerator.device
-        labels, images = cache['labels'][index].to(device), cache['image'][index].to(device)
-        if not with_parts:
-            texts = self._encode(labels)
-            loss = supcon_loss(images, texts, labels, labels) + supcon_loss(texts, images, labels, labels)
-            return {'loss': loss, 'stage1_loss': loss}
-        keep = cache['has_parsing'][index].to(device).bool()
-        cells = cache['cells'][index].to(device)[keep].flatten(1)  # (B', h*w) parsing labels
-        pixels = cache['patches'][index].to(device)[keep].float().flatten(0, 1)  # (B' * h*w, E)
-        pixel_keys = (labels[keep, None] * NUM_PARSING_CLASSES + cells).flatten()  # (identity, part) of each pixel
-        keys = pixel_keys.unique()
-        # one call for the identity prompts and the distinct part prompts (DDP wants one forward per step)
-        texts = self._encode(torch.cat([labels, keys // NUM_PARSING_CLASSES]),
-                             torch.cat([torch.full_like(labels, -1), keys % NUM_PARSING_CLASSES]))
-        identity_texts, part_texts = texts[:len(labels)], texts[len(labels):]
-        stage1 = supcon_loss(images, identity_texts, labels, labels) + \
-            supcon_loss(identity_texts, images, labels, labels)
-        part = part_infonce_loss(pixels, pixel_keys, part_texts, keys, self.config.part_temperature) if len(keys) \
-            else identity_texts.sum() * 0
-        return {'loss': stage1 + part, 'stage1_loss': stage1, 'part_loss': part}
-
-    # ---- stage 2 ----
-
-    @torch.no_grad()
-    def _fix_text_features(self, run: RunContext) -> None:
-        """Every identity's prompt feature (C, E) and, with part prompts, every identity's part-prompt features
-        (C, P, E), from the tuned tokens; computed once and fixed for stage 2, and written beside the model."""
-        learner = run.accelerator.unwrap_model(self.prompt_learner)
-        learner.eval()
-        device, classes = run.accelerator.device, torch.arange(self.num_classes, device=run.accelerator.device)
-        self.text_features = torch.cat([self._encode(c) for c in classes.split(TEXT_BATCH)])
-        saved = {'identity': self.text_features}
-        if self.parsing:
-            parts = torch.arange(NUM_PARSING_CLASSES, device=device)
-            if self.config.part_prompts == 'identity':
-                labels, part = classes.repeat_interleave(len(parts)), parts.repeat(len(classes))
-                flat = torch.cat([self._encode(lab, par) for lab, par in zip(labels.split(TEXT_BATCH),
-                                                                               part.split(TEXT_BATCH))])
-                self.part_text_features = flat.view(len(classes), len(parts), -1)
-            else:  # label-only prompts: the same for every identity
-                self.part_text_features = self._encode(torch.zeros_like(parts), parts).expand(len(classes), -1, -1)
-            saved['parts'] = self.part_text_features.contiguous()
-        if run.accelerator.is_main_process:
-            save_file({k: v.cpu().contiguous() for k, v in saved.items()}, run.output_dir / 'text_features.safetensors',
-                      metadata={'text_model': self.config.text_model, 'part_prompts': self.config.part_prompts})
-
-    def losses(self, trainable: nn.Module, batch: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+@torch.no_grad()
+def cache_image_features(teacher: nn.Module, accelerator: Accelerator, config: TrainConfig, train_split,
+                         pretrained_cfg: Dict[str, Any], workers: int, with_patches: bool) -> Dict[str, torch.Tensor]:
+    """Every training image's projected CLS (and, for the part epochs, its projected patch features and parsing
+    labels on the patch grid), computed once without augmentation; identical on every process."""
+    trunk = teacher.timm_model
+    loader = accelerator.prepare(eval_loader(
+        train_split, build_transforms(pretrained_cfg, train=False), config.eval_batch_size, workers,
+        parsing=with_patches))
+    was_training = trunk.training
+    trunk.eval()
+    cameras = teacher.config.num_cameras > 0
+    columns: Dict[str, list] = {'image': [], 'labels': [], 'patches': [], 'cells': [], 'has_parsing': []}
+    for batch in tqdm(loader, desc='stage 1: caching image features', leave=False, disable=quiet_bars(accelerator)):
         pixels, pids, cams = batch[:3]
-        logits, features, aligned = trainable(pixels, cams if self.uses_cameras else None)
-        alignment = None
-        if aligned is not None:
-            parsing, keep = batch[3], batch[4].bool()
-            cells, share = parsing_on_grid(parsing, aligned.shape[-2:])
-            target = text_embedding_map(self.part_text_features, pids, cells)
-            if bool(keep.any()):
-                alignment = alignment_loss(aligned[keep], target[keep],
-                                           share[keep] if self.config.align_confidence else None)
-            else:  # no image of this batch has a parsing map (parsing_missing='keep')
-                alignment = aligned.sum() * 0
-        return self.criterion(logits, features, pids, self.text_features, alignment)
+        with accelerator.autocast():
+            tokens, _ = trunk.forward_tokens(pixels, camera_ids=cams if cameras else None)
+            image = trunk.proj(tokens[:, 0]).float()
+            row = {'image': image, 'labels': pids}
+            if with_patches:
+                grid = trunk.patch_embed.dynamic_feat_size(pixels.shape[-2:])
+                # CLIP's final norm and projection applied to every patch token (as DenseCLIP / MaskCLIP do; the
+                # paper does not say how its patch features reach the text space); stored in fp16 to halve memory
+                row['patches'] = trunk.proj(tokens[:, trunk.num_prefix_tokens:]).half()
+                row['cells'] = parsing_on_grid(batch[3], grid)[0]
+                row['has_parsing'] = batch[4]
+        for key, value in accelerator.gather_for_metrics(row).items():
+            columns[key].append(value.cpu())
+    trunk.train(was_training)
+    return {key: torch.cat(value) for key, value in columns.items() if value}
+
+
+def encode_prompts(models: TwoStageModels, accelerator: Accelerator, labels: torch.Tensor,
+                   parts: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The text features of the identities' prompts (with ``parts``: their part prompts)."""
+    with accelerator.autocast():
+        embeddings, eos = models.prompt_learner(labels, parts)
+        return encode_prompt_embeddings(models.text_model, embeddings, eos).float()
+
+
+def stage1_losses(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig,
+                  cache: Dict[str, torch.Tensor], index: torch.Tensor, with_parts: bool) -> Dict[str, torch.Tensor]:
+    """CLIP-ReID's L_i2t + L_t2i on the batch's cached projected CLS (Eq. 2); with the part epochs also π-VL's
+    L_part (Eq. 7) over the batch's pixels, L_prompt = L_stage1 + L_part (Eq. 8)."""
+    device = accelerator.device
+    labels, images = cache['labels'][index].to(device), cache['image'][index].to(device)
+    if not with_parts:
+        texts = encode_prompts(models, accelerator, labels)
+        loss = supcon_loss(images, texts, labels, labels) + supcon_loss(texts, images, labels, labels)
+        return {'loss': loss, 'stage1_loss': loss}
+    keep = cache['has_parsing'][index].to(device).bool()
+    cells = cache['cells'][index].to(device)[keep].flatten(1)  # (B', h*w) parsing labels
+    pixels = cache['patches'][index].to(device)[keep].float().flatten(0, 1)  # (B' * h*w, E)
+    pixel_keys = (labels[keep, None] * NUM_PARSING_CLASSES + cells).flatten()  # (identity, part) of each pixel
+    keys = pixel_keys.unique()
+    # one call for the identity prompts and the distinct part prompts (DDP wants one forward per step)
+    texts = encode_prompts(models, accelerator, torch.cat([labels, keys // NUM_PARSING_CLASSES]),
+                           torch.cat([torch.full_like(labels, -1), keys % NUM_PARSING_CLASSES]))
+    identity_texts, part_texts = texts[:len(labels)], texts[len(labels):]
+    stage1_loss = supcon_loss(images, identity_texts, labels, labels) + \
+        supcon_loss(identity_texts, images, labels, labels)
+    part = part_infonce_loss(pixels, pixel_keys, part_texts, keys, config.part_temperature) if len(keys) \
+        else identity_texts.sum() * 0
+    return {'loss': stage1_loss + part, 'stage1_loss': stage1_loss, 'part_loss': part}
+
+
+# ---- stage 2 ----
+
+
+@torch.no_grad()
+def fix_text_features(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig, num_classes: int,
+                      output_dir: Path) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Every identity's prompt feature (C, E) and, with part prompts, every identity's part-prompt features
+    (C, P, E), from the tuned tokens; computed once and fixed for stage 2, and written beside the model."""
+    accelerator.unwrap_model(models.prompt_learner).eval()
+    device, classes = accelerator.device, torch.arange(num_classes, device=accelerator.device)
+    text_features = torch.cat([encode_prompts(models, accelerator, c) for c in classes.split(TEXT_BATCH)])
+    saved, part_text_features = {'identity': text_features}, None
+    if models.parsing:
+        parts = torch.arange(NUM_PARSING_CLASSES, device=device)
+        if config.part_prompts == 'identity':
+            labels, part = classes.repeat_interleave(len(parts)), parts.repeat(len(classes))
+            flat = torch.cat([encode_prompts(models, accelerator, lab, par)
+                              for lab, par in zip(labels.split(TEXT_BATCH), part.split(TEXT_BATCH))])
+            part_text_features = flat.view(len(classes), len(parts), -1)
+        else:  # label-only prompts: the same for every identity
+            part_text_features = encode_prompts(models, accelerator, torch.zeros_like(parts), parts).expand(
+                len(classes), -1, -1)
+        saved['parts'] = part_text_features.contiguous()
+    if accelerator.is_main_process:
+        save_file({k: v.cpu().contiguous() for k, v in saved.items()}, output_dir / 'text_features.safetensors',
+                  metadata={'text_model': config.text_model, 'part_prompts': config.part_prompts})
+    return text_features, part_text_features
+
+
+def stage2_losses(trainable: nn.Module, criterion: CLIPReIDLoss, batch: Sequence[torch.Tensor],
+                  text_features: torch.Tensor, part_text_features: Optional[torch.Tensor], config: TrainConfig,
+                  uses_cameras: bool) -> Dict[str, torch.Tensor]:
+    """ID + triplet + image-to-text (CLIP-ReID) and, with an alignment head, π-VL's alignment MSE (Eq. 11-12)."""
+    pixels, pids, cams = batch[:3]
+    logits, features, aligned = trainable(pixels, cams if uses_cameras else None)
+    alignment = None
+    if aligned is not None:
+        parsing, keep = batch[3], batch[4].bool()
+        cells, share = parsing_on_grid(parsing, aligned.shape[-2:])
+        target = text_embedding_map(part_text_features, pids, cells)
+        if bool(keep.any()):
+            alignment = alignment_loss(aligned[keep], target[keep], share[keep] if config.align_confidence else None)
+        else:  # no image of this batch has a parsing map (parsing_missing='keep')
+            alignment = aligned.sum() * 0
+    return criterion(logits, features, pids, text_features, alignment)

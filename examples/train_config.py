@@ -273,6 +273,11 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def tracker_values(self) -> Dict[str, Any]:
+        """The fields as experiment trackers take them (scalars; mappings, lists and None as JSON text)."""
+        return {k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v)
+                for k, v in self.to_dict().items()}
+
 
 _TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import timm
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoModel
 
 import aaformer_hf  # noqa: F401  (registers the families)
 from aaformer_hf.hf import AAFORMER, FAMILIES, PIVL, AutoModelForPersonReID
@@ -37,8 +37,8 @@ def test_paper_facts_come_from_the_timm_registry():
     assert 'Part-Informed Visual-Language' in PIVL.paper and PIVL.arxiv in PIVL.citation
 
 
-def test_the_trainer_has_a_recipe_for_every_method_a_family_declares():
-    from train import RECIPES
+def test_the_trainer_takes_every_method_a_family_declares():
+    from train_config import METHODS
 
     declared = {method for family in FAMILIES.values() for method in family.training_methods}
-    assert declared == set(RECIPES) == {'aaformer', 'clipreid', 'pivl'}
+    assert declared == set(METHODS) == {'aaformer', 'clipreid', 'pivl'}

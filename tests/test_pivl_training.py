@@ -16,8 +16,9 @@ from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
 from tests.test_hub import hub  # noqa: F401  (the fixture)
 from tests.tiny_text import save_text_side
-from train import TrainConfig, build_model, make_recipe, train
-from train_recipe import RunContext
+from train import TrainConfig, build_model, train
+from train_clipreid import TwoStageModels, fix_text_features, stage1, stage2_losses
+from train_losses import CLIPReIDLoss
 
 
 @pytest.fixture(scope='module')
@@ -72,44 +73,50 @@ def test_label_only_part_prompts_and_clipreid_rows_run(tmp_path, parsed_root, te
     assert set(load_file(tmp_path / 'b' / 'text_features.safetensors')) == {'identity'}
 
 
-def _recipe(config):
+def _two_stage(config):
     data = load_reid_dataset('market1501', config.data_root)
     model, pretrained_cfg, family = build_model(config, 24)
-    recipe = make_recipe(config, model, 24)
-    if recipe.parsing:
+    models = TwoStageModels.build(config, model, 24)
+    if models.parsing:
         from aaformer_hf.data.parsing import add_parsing_column
         data['train'] = add_parsing_column(data['train'], config.data_root)
     accelerator = Accelerator(cpu=True)
-    recipe.prepare(accelerator)
-    return recipe, data, pretrained_cfg, accelerator
+    models.prepare(accelerator)
+    return models, data, pretrained_cfg, accelerator
+
+
+def _stage1_state():
+    return {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None, 'stage': 1, 'stage1_epoch': 0,
+            'stage1_step_in_epoch': 0, 'stage1_step': 0}
 
 
 def test_stage1_tunes_only_the_context_and_stage2_keeps_the_text_fixed(tmp_path, parsed_root, text_folder):
     config = TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'unit', stage1_epochs=1, stage1_part_epochs=1))
-    recipe, data, pretrained_cfg, accelerator = _recipe(config)
+    models, data, pretrained_cfg, accelerator = _two_stage(config)
     snapshot = lambda module: {k: v.clone() for k, v in module.state_dict().items()}  # noqa: E731
-    image_before, text_before = snapshot(recipe.trainable), snapshot(recipe.text_model)
-    context_before = recipe.prompt_learner.context.detach().clone()
-    state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
-    saved = []
-    recipe.before_epochs(RunContext(accelerator, data, pretrained_cfg, state, saved.append, 0, tmp_path))
-    assert state['stage'] == 2 and state['stage1_step'] == 24 and saved == []
-    assert all(torch.equal(v, image_before[k]) for k, v in recipe.trainable.state_dict().items())
-    assert all(torch.equal(v, text_before[k]) for k, v in recipe.text_model.state_dict().items())
-    moved = (recipe.prompt_learner.context.detach() - context_before).abs().amax(dim=(1, 2))
+    image_before, text_before = snapshot(models.trainable), snapshot(models.text_model)
+    context_before = models.prompt_learner.context.detach().clone()
+    state = _stage1_state()
+    stage1(models, accelerator, config, data, pretrained_cfg, state, tmp_path, 0)
+    text_features, part_text_features = fix_text_features(models, accelerator, config, 24, tmp_path)
+    assert state['stage1_step'] == 24 and not (tmp_path / 'checkpoints').exists()
+    assert all(torch.equal(v, image_before[k]) for k, v in models.trainable.state_dict().items())
+    assert all(torch.equal(v, text_before[k]) for k, v in models.text_model.state_dict().items())
+    moved = (models.prompt_learner.context.detach() - context_before).abs().amax(dim=(1, 2))
     assert bool((moved > 0).all())  # every identity was in some batch
-    fixed = recipe.text_features.clone()
+    fixed = text_features.clone()
     # stage 2: the loss reaches the image tower and the head, never the text side
     from aaformer_hf.data import build_transforms, train_loader
     loader, _ = train_loader(data['train'], build_transforms(pretrained_cfg, train=True), 16, 4, 0, 0, parsing=True)
     batch = next(iter(loader))
-    losses = recipe.losses(recipe.trainable, batch)
+    losses = stage2_losses(models.trainable, CLIPReIDLoss(), batch, text_features, part_text_features, config,
+                           models.uses_cameras)
     assert set(losses) == {'loss', 'id_loss', 'triplet_loss', 'i2t_loss', 'align_loss'}
     losses['loss'].backward()
-    assert recipe.trainable.alignment_head.out.weight.grad is not None
-    assert recipe.trainable.reid_model.timm_model.patch_embed.proj.weight.grad is not None
-    assert all(p.grad is None for p in recipe.text_model.parameters()) and recipe.prompt_learner.context.grad is None
-    assert not recipe.text_features.requires_grad and torch.equal(recipe.text_features, fixed)
+    assert models.trainable.alignment_head.out.weight.grad is not None
+    assert models.trainable.reid_model.timm_model.patch_embed.proj.weight.grad is not None
+    assert all(p.grad is None for p in models.text_model.parameters()) and models.prompt_learner.context.grad is None
+    assert not text_features.requires_grad and torch.equal(text_features, fixed)
 
 
 @pytest.mark.parametrize('point', ['stage1_step_5', 'step_5'])
@@ -236,22 +243,23 @@ def test_table5_student_learns_from_the_teachers_prompts_and_saves_a_plain_timm_
 def test_table5_student_is_what_stage2_optimises(tmp_path, parsed_root, text_folder):
     config = TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'unit', student_model='test_efficientnet',
                                 student_pretrained=False))
-    recipe, data, pretrained_cfg, accelerator = _recipe(config)
-    assert recipe.reid_model is not recipe.teacher and recipe.input_cfg['input_size'] == pretrained_cfg['input_size']
-    optimised = {id(p) for p in recipe.optimizer_target().parameters()}
-    assert not optimised & {id(p) for p in recipe.teacher.parameters()}
-    assert {id(p) for p in recipe.reid_model.parameters()} <= optimised
-    assert {id(p) for p in recipe.trainable.alignment_head.parameters()} <= optimised
-    state = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0, 'best': None}
-    recipe.before_epochs(RunContext(accelerator, data, pretrained_cfg, state, lambda name: None, 0, tmp_path))
+    models, data, pretrained_cfg, accelerator = _two_stage(config)
+    assert models.reid_model is not models.teacher and models.input_cfg['input_size'] == pretrained_cfg['input_size']
+    optimised = {id(p) for p in models.trainable.parameters()}  # what train_two_stage gives the optimiser
+    assert not optimised & {id(p) for p in models.teacher.parameters()}
+    assert {id(p) for p in models.reid_model.parameters()} <= optimised
+    assert {id(p) for p in models.trainable.alignment_head.parameters()} <= optimised
+    stage1(models, accelerator, config, data, pretrained_cfg, _stage1_state(), tmp_path, 0)
+    text_features, part_text_features = fix_text_features(models, accelerator, config, 24, tmp_path)
     from aaformer_hf.data import build_transforms, train_loader
-    loader, _ = train_loader(data['train'], build_transforms(recipe.input_cfg, train=True), 16, 4, 0, 0, parsing=True)
-    losses = recipe.losses(recipe.trainable, next(iter(loader)))
+    loader, _ = train_loader(data['train'], build_transforms(models.input_cfg, train=True), 16, 4, 0, 0, parsing=True)
+    losses = stage2_losses(models.trainable, CLIPReIDLoss(), next(iter(loader)), text_features, part_text_features,
+                           config, models.uses_cameras)
     assert set(losses) == {'loss', 'id_loss', 'triplet_loss', 'i2t_loss', 'align_loss'}
     losses['loss'].backward()
-    assert recipe.reid_model.backbone.conv_stem.weight.grad is not None
-    assert recipe.reid_model.text_projection.weight.grad is not None
-    assert all(p.grad is None for p in recipe.teacher.parameters())
+    assert models.reid_model.backbone.conv_stem.weight.grad is not None
+    assert models.reid_model.text_projection.weight.grad is not None
+    assert all(p.grad is None for p in models.teacher.parameters())
     with pytest.raises(ValueError, match='student_model .Table 5. is a stage-2 option'):
         TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'x', method='aaformer', stage1_epochs=None,
                            stage1_part_epochs=None, student_model='test_efficientnet'))
@@ -271,12 +279,13 @@ def test_two_processes_share_one_prompt_learner(tmp_path, parsed_root, text_fold
         f'sys.path.insert(0, {str(root / "examples")!r})\n'
         'from safetensors.torch import save_file\n'
         'import train, train_clipreid\n'
-        'fix = train_clipreid.TwoStageRecipe._fix_text_features\n'
-        'def hooked(self, run):\n'
-        '    fix(self, run)\n'
-        '    save_file({"identity": self.text_features.cpu().contiguous()},\n'
-        '              f"{run.output_dir}/rank{run.accelerator.process_index}.safetensors")\n'
-        'train_clipreid.TwoStageRecipe._fix_text_features = hooked\n'
+        'fix = train_clipreid.fix_text_features\n'
+        'def hooked(models, accelerator, config, num_classes, output_dir):\n'
+        '    text, parts = fix(models, accelerator, config, num_classes, output_dir)\n'
+        '    save_file({"identity": text.cpu().contiguous()},\n'
+        '              f"{output_dir}/rank{accelerator.process_index}.safetensors")\n'
+        '    return text, parts\n'
+        'train_clipreid.fix_text_features = hooked\n'
         'train.main()\n')
     values = {k: v for k, v in tiny(parsed_root, text_folder, out, epochs=1).items() if v is not None}
     flags = [item for key, value in values.items() for item in (f'--{key}', str(value))]

@@ -19,7 +19,7 @@ from transformers import AutoModel
 from aaformer_hf.data.synthetic import generate_market_layout
 import train as trainer
 from train import TrainConfig, parse_config, train
-from train_recipe import make_scheduler
+from train_utils import make_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(ROOT / 'examples' / 'train.py')
@@ -322,25 +322,18 @@ def test_unreadable_image_at_training_time_names_the_file(tmp_path, synthetic_ro
 
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path, synthetic_root, monkeypatch):
     """A loss term that turns NaN stops training at that optimiser step, naming the term, and saves no model."""
-    loop = trainer
-    make_aaformer_recipe = loop.RECIPES['aaformer']
     calls = []
 
-    def make_recipe(config, model, num_classes):
-        recipe = make_aaformer_recipe(config, model, num_classes)
-        criterion = recipe.criterion
-
-        def poisoned(logits, features, labels):
-            losses = criterion(logits, features, labels)
+    class Poisoned(trainer.AAformerLoss):
+        def forward(self, logits, features, labels):
+            losses = super().forward(logits, features, labels)
             calls.append(1)
             if len(calls) == 3:  # the third optimiser step: its triplet term overflows
                 losses['triplet_loss'] = losses['triplet_loss'] * float('inf')
                 losses['loss'] = losses['id_loss'] + losses['triplet_loss']
             return losses
-        recipe.criterion = poisoned
-        return recipe
 
-    monkeypatch.setitem(loop.RECIPES, 'aaformer', make_recipe)
+    monkeypatch.setattr(trainer, 'AAformerLoss', Poisoned)
     out = tmp_path / 'diverged'
     with pytest.raises(FloatingPointError, match=r'diverged at optimiser step 3 \(epoch 0, batch 2\): '
                                                  r'loss = inf, id_loss = [0-9.]+, triplet_loss = inf'):
