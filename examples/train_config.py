@@ -17,7 +17,7 @@ import logging
 import os
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union, get_args
 
 import yaml
 
@@ -38,7 +38,18 @@ BASELINES: Dict[str, Dict[str, Any]] = {
     'nearest': dict(assignment='nearest'),
 }
 
-METHODS = ('aaformer', 'clipreid', 'pivl')
+# the fields that name one of a few settings: their allowed values are these Literal types (checked by coerce_field)
+Method = Literal['aaformer', 'clipreid', 'pivl']
+METHODS = get_args(Method)
+Baseline = Literal[tuple(BASELINES)]
+SamplerEpoch = Literal[EPOCH_MODES]
+LrSchedule = Literal['cosine', 'step']
+MixedPrecision = Literal['no', 'fp16', 'bf16']
+PartPrompts = Literal['off', 'label', 'identity']
+AlignmentHead = Literal['off', 'linear', 'pyramid']
+EvalMetric = Literal['euclidean', 'cosine']
+ParsingMissing = Literal['error', 'keep']
+
 _TWO_STAGE = dict(
     model='pivl_vit_base_patch16', optimizer='adam', lr=5e-6, epochs=60, warmup_epochs=10, warmup_lr=5e-7,
     lr_schedule='step', id_loss_weight=0.25)
@@ -67,10 +78,10 @@ class TrainConfig:
     command line (``--model_args '{"part_groups": [6]}'``)."""
 
     # method and model
-    method: str = 'aaformer'  # 'aaformer' | 'clipreid' | 'pivl': the recipe of every field left None
+    method: Method = 'aaformer'  # 'aaformer' | 'clipreid' | 'pivl': the recipe of every field left None
     model: Optional[str] = None  # a timm model name (None: aaformer_base / pivl_vit_base_patch16)
     model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments, e.g. part_groups
-    baseline: Optional[str] = None  # one of BASELINES: vit, pcb, mgn, spreid, multi_cls, nearest (None: AAformer)
+    baseline: Optional[Baseline] = None  # one of BASELINES: vit, pcb, mgn, spreid, multi_cls, nearest (None: AAformer)
     pretrained: bool = True  # the timm pretrained backbone (ImageNet ViT-B/16 for aaformer_base)
     pretrained_file: Optional[str] = None  # a local timm checkpoint (.safetensors) loaded through timm's pretrained path
 
@@ -89,12 +100,12 @@ class TrainConfig:
     num_instances: int = 4  # K images per identity
     # 'images': the toolkits' epoch (BoT / TransReID / CLIP-ReID), about every training image once;
     # 'identities': each identity once, one group of K (4x shorter on Market-1501, 7x on MSMT17). See PKSampler.
-    sampler_epoch: str = 'images'
+    sampler_epoch: SamplerEpoch = 'images'
     optimizer: Optional[str] = None  # a timm optimiser name: 'momentum' (SGD, heavy ball) | 'adam' | 'adamw' ...
     lr: Optional[float] = None
     warmup_epochs: Optional[int] = None
     warmup_lr: Optional[float] = None
-    lr_schedule: Optional[str] = None  # 'cosine' (to min_lr) | 'step' (x lr_decay_factor at each lr_decay_epochs)
+    lr_schedule: Optional[LrSchedule] = None  # 'cosine' (to min_lr) | 'step' (x lr_decay_factor at each lr_decay_epochs)
     min_lr: float = 1.6e-5  # end of the cosine decay; not stated by the paper (TransReID's 0.002 x lr)
     lr_decay_epochs: List[int] = dataclasses.field(default_factory=lambda: [30, 50])  # 'step' (CLIP-ReID ViT)
     lr_decay_factor: float = 0.1
@@ -105,7 +116,7 @@ class TrainConfig:
     id_loss_weight: Optional[float] = None  # AAformer 1 (Eq. 8); CLIP-ReID's ViT 0.25
     triplet_loss_weight: float = 1.0
     gradient_accumulation_steps: int = 1
-    mixed_precision: Optional[str] = None  # 'no' | 'fp16' | 'bf16'; None: whatever `accelerate launch` says
+    mixed_precision: Optional[MixedPrecision] = None  # 'no' | 'fp16' | 'bf16'; None: whatever `accelerate launch` says
     seed: int = 42
 
     # CLIP-ReID / π-VL: the text side and stage 1 (prompt tuning on cached image features)
@@ -123,8 +134,8 @@ class TrainConfig:
     # π-VL (Table 3): 'off' (B), 'label' (H: "A photo of a person's <part>.") or 'identity' (P: identity tokens in
     # every part prompt); and the stage-2 alignment head: 'off', 'linear' (1x1 conv at the patch grid) or 'pyramid'
     # (F: the hierarchical fusion at stride 8). pivl_ablation names a Table 3 row and sets both.
-    part_prompts: Optional[str] = None
-    alignment_head: Optional[str] = None
+    part_prompts: Optional[PartPrompts] = None
+    alignment_head: Optional[AlignmentHead] = None
     pivl_ablation: Optional[str] = None  # 'B' | 'B+H' | 'B+P' | 'B+P+F' (with method 'pivl')
     # τ of the pixel-level InfoNCE (Eq. 7); the paper gives no value. Features are not normalised (CLIP-ReID's form)
     part_temperature: float = 1.0
@@ -135,7 +146,7 @@ class TrainConfig:
     # parser confidence, so this uses each cell's share of pixels with its majority label. Off by default.
     align_confidence: bool = False
     # images without a parsing map: 'error' (default) lists them; 'keep' trains them without the part losses
-    parsing_missing: str = 'error'
+    parsing_missing: ParsingMissing = 'error'
     # π-VL Table 5: stage 2 trains this timm backbone (e.g. mobilenetv2_100) instead of the CLIP image tower, taught
     # by the prompts the CLIP teacher (``model``) learned in stage 1. Its own re-ID head is CLIP-ReID's (BNNeck +
     # classifier on the pooled feature and on a linear projection of it to the text width; the paper describes none);
@@ -149,7 +160,7 @@ class TrainConfig:
     # evaluation
     eval_every: int = 10  # epochs
     eval_batch_size: int = 128
-    eval_metric: str = 'euclidean'  # 'euclidean' | 'cosine'
+    eval_metric: EvalMetric = 'euclidean'  # 'euclidean' | 'cosine'
     eval_normalize: bool = True  # L2-normalise features first (BoT / TransReID; the paper is silent)
     flip_test: bool = False
     log_every: int = 50  # without a terminal (no progress bar): a log line every N optimiser steps (0: none)
@@ -175,8 +186,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):  # YAML and Python callers get the same typed values as flags
             setattr(self, field.name, coerce_field(field, getattr(self, field.name)))
-        if self.method not in METHODS:
-            raise ValueError(f'method must be one of {METHODS}, got {self.method!r}')
         if self.pivl_ablation is not None:
             if self.method != 'pivl' or self.pivl_ablation not in PIVL_ABLATIONS:
                 raise ValueError(f'pivl_ablation must be one of {sorted(PIVL_ABLATIONS)} with method pivl, got '
@@ -192,8 +201,6 @@ class TrainConfig:
         for name, value in METHOD_DEFAULTS[self.method].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.baseline is not None and self.baseline not in BASELINES:
-            raise ValueError(f'baseline must be one of {sorted(BASELINES)}, got {self.baseline!r}')
         if self.batch_size < 1 or self.num_instances < 1 or self.batch_size % self.num_instances:
             raise ValueError(f'batch_size ({self.batch_size}) must be a positive multiple of num_instances '
                              f'({self.num_instances})')
@@ -204,12 +211,6 @@ class TrainConfig:
             raise ValueError('lr must be > 0, warmup_lr and min_lr >= 0')
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f'warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}')
-        if self.sampler_epoch not in EPOCH_MODES:
-            raise ValueError(f'sampler_epoch must be one of {EPOCH_MODES}, got {self.sampler_epoch!r}')
-        if self.eval_metric not in ('euclidean', 'cosine'):
-            raise ValueError(f"eval_metric must be 'euclidean' or 'cosine', got {self.eval_metric!r}")
-        if self.mixed_precision not in (None, 'no', 'fp16', 'bf16'):
-            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         steps = self.checkpointing_steps
         if steps is not None and steps != 'epoch' and not (str(steps).isdigit() and int(steps) > 0):
             raise ValueError(f"checkpointing_steps must be 'epoch' or a positive integer, got {steps!r}")
@@ -219,12 +220,6 @@ class TrainConfig:
             raise ValueError(f'log_every must be >= 0 (0: no progress lines), got {self.log_every}')
         if self.data_root is None:
             raise ValueError('data_root is required (the dataset folder)')
-        if self.lr_schedule not in ('cosine', 'step'):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
-        if self.part_prompts not in ('off', 'label', 'identity'):
-            raise ValueError(f"part_prompts must be 'off', 'label' or 'identity', got {self.part_prompts!r}")
-        if self.alignment_head not in ('off', 'linear', 'pyramid'):
-            raise ValueError(f"alignment_head must be 'off', 'linear' or 'pyramid', got {self.alignment_head!r}")
         if (self.part_prompts == 'off') != (self.alignment_head == 'off'):
             raise ValueError(f'part_prompts={self.part_prompts!r} and alignment_head={self.alignment_head!r}: the '
                              'alignment head regresses the part prompts, so both are used or neither')
@@ -239,8 +234,6 @@ class TrainConfig:
                              f'({self.num_instances})')
         if self.part_temperature <= 0:
             raise ValueError(f'part_temperature must be > 0, got {self.part_temperature}')
-        if self.parsing_missing not in ('error', 'keep'):
-            raise ValueError(f"parsing_missing must be 'error' or 'keep', got {self.parsing_missing!r}")
         if self.student_model is not None and self.method == 'aaformer':
             raise ValueError('student_model (Table 5) is a stage-2 option of --method clipreid / pivl')
         if self.student_pretrained_file is not None and self.student_model is None:
@@ -292,6 +285,13 @@ def coerce_field(field: dataclasses.Field, value: Any) -> Any:
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         kind, optional = args[0], len(args) < len(typing.get_args(kind))
     base = typing.get_origin(kind) or kind
+    if base is Literal:  # one of a few names
+        if value is None and optional or value in typing.get_args(kind):
+            return value
+        if not (optional and isinstance(value, str) and value.lower() in ('none', 'null')):
+            raise ValueError(f'{field.name} must be one of {typing.get_args(kind)}{" or none" if optional else ""}, '
+                             f'got {value!r}')
+        return None
     wanted = {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string', dict: 'a mapping',
               list: 'a list of integers'}[base]
     if value is None or (optional and isinstance(value, str) and value.lower() in ('none', 'null')):
@@ -358,16 +358,23 @@ def _read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     """``--config FILE.yaml`` then any ``--field value`` flags (which override the file). Flags must be spelled out
-    (no abbreviations); a bad value names its field, and the file when it came from there."""
-    parser = argparse.ArgumentParser(description='Train and evaluate a re-ID model (AAformer and its baselines).',
+    (no abbreviations); a bad value names its field, and the file when it came from there.
+
+    Not transformers' ``HfArgumentParser``, though it makes flags from a dataclass too: it reads YAML without checking
+    a value against its field's type (``parse_yaml_file`` hands ``lr: true`` or ``epochs: ten`` to the dataclass as
+    they are), takes no ``none`` for an optional field and wants lists as separate words. ``coerce_field`` gives the
+    flags, the YAML file and Python callers the same typed checks."""
+    parser = argparse.ArgumentParser(description='Train and evaluate a re-ID model: AAformer and its baselines, CLIP-ReID, π-VL.',
                                      allow_abbrev=False)
     parser.add_argument('--config', help='YAML file of TrainConfig fields')
     for field in dataclasses.fields(TrainConfig):
         converter = _flag_converter(field)
+        choices = _choices(field)
+        metavar = '{' + ','.join(choices) + '}' if choices else None
         if field.type is bool:  # --flag, --flag true / false
             parser.add_argument(f'--{field.name}', type=converter, nargs='?', const=True, default=argparse.SUPPRESS)
         else:
-            parser.add_argument(f'--{field.name}', type=converter, default=argparse.SUPPRESS)
+            parser.add_argument(f'--{field.name}', type=converter, default=argparse.SUPPRESS, metavar=metavar)
     args = vars(parser.parse_args(argv))
     config_file = args.pop('config', None)
     values: Dict[str, Any] = _read_yaml(config_file) if config_file else {}
@@ -381,6 +388,14 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
                     raise ValueError(f'{config_file}: {error}') from None
     values.update(args)
     return TrainConfig(**values)
+
+
+def _choices(field: dataclasses.Field) -> Sequence[str]:
+    """A Literal field's names (shown by --help), else ()."""
+    kind = field.type
+    if typing.get_origin(kind) is Union:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else ()
 
 
 def _flag_converter(field: dataclasses.Field):

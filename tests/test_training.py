@@ -103,15 +103,18 @@ def test_the_schedule_is_the_closed_form_at_every_step(steps_per_epoch, lr, sche
     assert rates == pytest.approx(expected, rel=1e-12, abs=1e-18)
 
 
-def test_bad_input_fails_before_training(tmp_path, synthetic_root):
+def test_bad_input_fails_before_training(tmp_path, synthetic_root, capsys):
     config_file = tmp_path / 'bad.yaml'
     config_file.write_text('model: aaformer_tiny\nlearning_rate: 0.1\n')
     with pytest.raises(ValueError, match=r"bad.yaml: unknown config key\(s\) \['learning_rate'\]"):
         parse_config(['--config', str(config_file), '--data_root', 'x'])
     with pytest.raises(ValueError, match=r'batch_size \(30\) must be a positive multiple of num_instances \(4\)'):
         parse_config(['--data_root', 'x', '--batch_size', '30'])
-    with pytest.raises(ValueError, match='baseline must be one of'):
+    with pytest.raises(SystemExit):  # a Literal field's flag: argparse names the flag and the allowed values
         parse_config(['--data_root', 'x', '--baseline', 'resnet'])
+    assert "argument --baseline: baseline must be one of ('vit', 'pcb'," in capsys.readouterr().err
+    with pytest.raises(ValueError, match='baseline must be one of'):
+        TrainConfig(data_root='x', baseline='resnet')
     from aaformer_hf.data import ReIDDatasetError
     with pytest.raises(ReIDDatasetError, match='missing: dataset folder not found'):
         train(TrainConfig(**tiny(tmp_path / 'missing', tmp_path / 'out')))
@@ -369,7 +372,9 @@ def test_yaml_and_flag_values_are_typed_and_named(tmp_path, capsys):
                           ('lr: true\n', 'lr must be a number or none, got True'),
                           ('lr_decay_epochs: [30, fifty]\n', r"lr_decay_epochs must be a list of integers, got \[30, 'fifty'\]"),
                           ('model_args: [1, 2]\n', r'model_args must be a mapping, got \[1, 2\]'),
-                          ('triplet_margin: wide\n', "triplet_margin must be a number or none, got 'wide'")]:
+                          ('triplet_margin: wide\n', "triplet_margin must be a number or none, got 'wide'"),
+                          ('eval_metric: l1\n', r"eval_metric must be one of \('euclidean', 'cosine'\), got 'l1'"),
+                          ('lr_schedule: linear\n', r"lr_schedule must be one of \('cosine', 'step'\) or none")]:
         config_file.write_text(text)
         with pytest.raises(ValueError, match=re.escape(str(config_file)) + ': ' + message):
             parse_config(['--config', str(config_file), '--data_root', 'x'])
@@ -379,7 +384,9 @@ def test_yaml_and_flag_values_are_typed_and_named(tmp_path, capsys):
         TrainConfig(data_root='x', warmup_lr='fast')
     # flags: bad values and abbreviations are refused by name
     for argv, message in [(['--epoch', '1'], 'unrecognized arguments: --epoch 1'),
-                          (['--lr', 'abc'], "argument --lr: lr must be a number or none, got 'abc'")]:
+                          (['--lr', 'abc'], "argument --lr: lr must be a number or none, got 'abc'"),
+                          (['--method', 'bot'], "argument --method: method must be one of ('aaformer', 'clipreid', "
+                                                "'pivl'), got 'bot'")]:
         with pytest.raises(SystemExit):
             parse_config(['--data_root', 'x', *argv])
         assert message in capsys.readouterr().err
