@@ -28,6 +28,7 @@ variants with each other, not with real re-ID results.
 import argparse
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -41,9 +42,9 @@ from aaformer_hf.data.synthetic import PRESETS, generate_market_layout
 from aaformer_hf.reid.evaluation import evaluate
 from aaformer_hf.hf import AAformerImageProcessor, AAformerModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))  # the training example
-from train import TrainConfig, train  # noqa: E402
-from diagnose_parts import split_embeddings  # noqa: E402  (beside this script)
+from diagnose_parts import split_embeddings  # beside this script
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / 'examples' / 'train.py'  # the training example, run as a script
 
 VARIANTS = {'AAformer (Sinkhorn)': None, 'ViT-baseline': 'vit', '[PART]s + PCB stripes': 'pcb',
             '[PART]s + MGN stripes': 'mgn', '[PART]s + nearest neighbour': 'nearest',
@@ -79,6 +80,15 @@ def token_breakdown(model_dir: Path, data_root: Path) -> Dict[str, float]:
             for name, cut in parts.items() if qf[:, cut].shape[1]}
 
 
+def train(values: dict) -> dict:
+    """One run of the training example, as a user runs it (``python examples/train.py --field value ...``); returns
+    the metrics.json it wrote."""
+    flags = [item for key, value in values.items() if value is not None
+             for item in (f'--{key}', json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value))]
+    subprocess.run([sys.executable, str(TRAIN_SCRIPT), *flags], check=True)
+    return json.loads((Path(values['output_dir']) / 'metrics.json').read_text())
+
+
 def pretrain_backbone(out: Path, common: dict, preset: str = 'aligned') -> Path:
     """A plain ViT trained on a disjoint, larger SYNTHETIC identity set, saved as a timm VisionTransformer."""
     size = common['model_args']
@@ -89,7 +99,7 @@ def pretrain_backbone(out: Path, common: dict, preset: str = 'aligned') -> Path:
     root = out / 'data_pretrain'
     config = dict(common, dataset='synthetic', data_root=str(root), output_dir=str(out / 'pretrain'),
                   baseline='vit', dataset_options={'train_ids': 300, 'test_ids': 50, 'seed': 1234, 'preset': preset})
-    train(TrainConfig(**config))
+    train(config)
     weights = AAformerModel.from_pretrained(out / 'pretrain' / 'model').timm_model.state_dict()
     vit = timm.create_model('vit_base_patch16_224', img_size=(256, 128), num_classes=0, **size)
     backbone = {k: v for k, v in weights.items() if k in vit.state_dict()}
@@ -149,8 +159,8 @@ def main() -> None:
         if regime == 'pretrained':
             extra['pretrained_file'] = str(pretrain_backbone(args.out, common, args.preset))
         if 0 in seeds and not args.tag and f'{regime} / AAformer untrained' not in results:  # once per --out
-            untrained = train(TrainConfig(**common, **extra, dataset='market1501', data_root=str(data_root),
-                                          output_dir=str(args.out / regime / 'untrained'), eval_only=True))
+            untrained = train(dict(common, **extra, dataset='market1501', data_root=str(data_root),
+                                   output_dir=str(args.out / regime / 'untrained'), eval_only=True))
             results[f'{regime} / AAformer untrained'] = {'metrics': untrained}
         for seed in seeds:
             for name, baseline in VARIANTS.items():
@@ -159,10 +169,9 @@ def main() -> None:
                     continue
                 run_dir = run_folder(args.out, regime, key, args.tag, seed)
                 model_args = dict(common['model_args'], **args.model_args)
-                metrics = train(TrainConfig(**dict(common, seed=seed, model_args=model_args,
-                                                   mixed_precision=args.mixed_precision), **extra,
-                                            baseline=baseline, dataset='market1501', data_root=str(data_root),
-                                            output_dir=str(run_dir)))
+                metrics = train(dict(common, seed=seed, model_args=model_args,
+                                     mixed_precision=args.mixed_precision, **extra, baseline=baseline,
+                                     dataset='market1501', data_root=str(data_root), output_dir=str(run_dir)))
                 results[f'{regime} / {name}' + (f' [{args.tag}]' if args.tag else '') +
                         (f' (seed {seed})' if seed else '')] = {
                     'metrics': metrics, 'parts': part_statistics(run_dir / 'model', data_root)}
