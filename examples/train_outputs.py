@@ -38,15 +38,15 @@ def read_state(folder: Path) -> Dict[str, Any]:
 
 
 def complete_checkpoints(output_dir: Path) -> List[Path]:
-    """Complete checkpoint folders, oldest first (by stage, then optimiser step). Folders still being written
-    (``.incomplete-*``) and folders without a trainer state are never considered."""
+    """Complete checkpoint folders, oldest first (by the optimiser steps the run had taken, ``steps_done``, over all
+    its stages). Folders still being written (``.incomplete-*``) and folders without a trainer state are never
+    considered."""
     found = []
     for folder in (Path(output_dir) / 'checkpoints').glob('*'):
         if folder.name.startswith('.') or not folder.is_dir() or not (folder / STATE_FILE).is_file():
             continue
         state = read_state(folder)
-        # CLIP-ReID / π-VL: stage-1 checkpoints (stage 1) precede stage 2's; AAformer's states have no stage
-        found.append(((state.get('stage', 2), state['global_step'], state.get('stage1_step', 0)), folder))
+        found.append((state.get('steps_done', state['global_step']), folder))
     return [folder for _, folder in sorted(found)]
 
 

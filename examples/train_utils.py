@@ -191,7 +191,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, name: str, state
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (partial / STATE_FILE).write_text(json.dumps(state, indent=2))
+        # every optimiser step of the run so far (CLIP-ReID / π-VL: stage 1's, then stage 2's): orders checkpoints
+        steps_done = state.get('stage1_step', 0) + state['global_step']
+        (partial / STATE_FILE).write_text(json.dumps(dict(state, steps_done=steps_done), indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)  # a folder is a checkpoint only once complete
         if total_limit:

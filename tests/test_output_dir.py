@@ -87,6 +87,18 @@ def test_checkpoint_scan_skips_incomplete_folders_and_names_bad_state_files(tmp_
     (checkpoints / 'step_14').mkdir()  # no trainer state: not a checkpoint
     assert [p.name for p in complete_checkpoints(tmp_path)] == ['step_2', 'step_10']  # by step, not by name
     assert resume_folder('latest', tmp_path).name == 'step_10'
+    # CLIP-ReID / π-VL: a stage-1 checkpoint (no stage-2 step yet) is older than any stage-2 one with fewer
+    # stage-2 steps than it had stage-1 steps; the trainer's steps_done (all optimiser steps so far) orders them
+    for stage1_steps in (5, 30):  # both at global_step 0: only steps_done tells them apart
+        stage1 = fake_checkpoint(checkpoints / f'stage1_step_{stage1_steps}', 0)
+        state = json.loads((stage1 / 'trainer_state.json').read_text())
+        (stage1 / 'trainer_state.json').write_text(
+            json.dumps(dict(state, stage=1, stage1_step=stage1_steps, steps_done=stage1_steps)))
+    for name, stage2_steps in (('step_2', 2), ('step_10', 10)):
+        state = json.loads((checkpoints / name / 'trainer_state.json').read_text())
+        (checkpoints / name / 'trainer_state.json').write_text(
+            json.dumps(dict(state, stage=2, stage1_step=36, steps_done=36 + stage2_steps)))
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ['stage1_step_5', 'stage1_step_30', 'step_2', 'step_10']
     (checkpoints / 'step_10' / 'trainer_state.json').write_text('{"epoch": 0, "glob')  # truncated
     state_file = checkpoints / 'step_10' / 'trainer_state.json'
     with pytest.raises(OutputDirError, match=rf'{state_file}: unreadable trainer state'):
