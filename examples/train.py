@@ -90,7 +90,8 @@ def train_aaformer(config: TrainConfig, accelerator, output_dir: Path, resume: O
     scheduler = make_scheduler(
         optimizer, steps_per_epoch, schedule=config.lr_schedule, epochs=config.epochs,
         warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr,
-        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor)
+        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor,
+        per_epoch=config.lr_update == 'epoch')
     # the train loader is not prepared: the PK sampler already deals whole identities to each process
     model, optimizer, query_loader, gallery_loader = accelerator.prepare(model, optimizer, query_loader, gallery_loader)
     accelerator.register_for_checkpointing(scheduler)
@@ -115,6 +116,7 @@ def train_aaformer(config: TrainConfig, accelerator, output_dir: Path, resume: O
                     disable=quiet_bars(accelerator))
     for epoch in range(state['epoch'], epochs):
         model.train()
+        scheduler.step(epoch + 1)  # lr_update 'epoch': this epoch's rate (CLIP-ReID counts epochs from 1)
         sampler.set_epoch(epoch, start_batch=state['step_in_epoch'] * accumulation)
         batches = iter(loader)
         for micro in range(state['step_in_epoch'] * accumulation, micro_per_epoch):
@@ -131,7 +133,7 @@ def train_aaformer(config: TrainConfig, accelerator, output_dir: Path, resume: O
             check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
             if sync:
                 optimizer.step()
-                scheduler.step_update(state['global_step'] + 1)  # the rate of the next step
+                scheduler.step_update(state['global_step'] + 1)  # lr_update 'step': the rate of the next step
                 optimizer.zero_grad(set_to_none=True)
                 state['global_step'] += 1
                 state['step_in_epoch'] = (micro + 1) // accumulation

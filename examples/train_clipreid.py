@@ -96,7 +96,8 @@ def _train_two_stage(config: TrainConfig, accelerator: Accelerator, output_dir: 
     scheduler = make_scheduler(
         optimizer, steps_per_epoch, schedule=config.lr_schedule, epochs=config.epochs,
         warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr,
-        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor)
+        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor,
+        per_epoch=config.lr_update == 'epoch')
     # the train loader is not prepared: the PK sampler already deals whole identities to each process
     trainable, optimizer, query_loader, gallery_loader = accelerator.prepare(
         models.trainable, optimizer, query_loader, gallery_loader)
@@ -134,6 +135,7 @@ def _train_two_stage(config: TrainConfig, accelerator: Accelerator, output_dir: 
                     disable=quiet_bars(accelerator))
     for epoch in range(state['epoch'], epochs):
         trainable.train()
+        scheduler.step(epoch + 1)  # lr_update 'epoch' (CLIP-ReID's): this epoch's rate, epochs counted from 1
         sampler.set_epoch(epoch, start_batch=state['step_in_epoch'] * accumulation)
         batches = iter(loader)
         for micro in range(state['step_in_epoch'] * accumulation, micro_per_epoch):
@@ -150,7 +152,7 @@ def _train_two_stage(config: TrainConfig, accelerator: Accelerator, output_dir: 
             check_finite_losses(losses, state['global_step'] + 1, epoch, micro)
             if sync:
                 optimizer.step()
-                scheduler.step_update(state['global_step'] + 1)  # the rate of the next step
+                scheduler.step_update(state['global_step'] + 1)  # lr_update 'step': the rate of the next step
                 optimizer.zero_grad(set_to_none=True)
                 state['global_step'] += 1
                 state['step_in_epoch'] = (micro + 1) // accumulation
@@ -306,10 +308,11 @@ def stage1(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig
     sampler = PKSampler(cache['labels'].tolist(), per_process, config.num_instances, seed=config.seed + 1,
                         num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     steps = len(sampler) // per_process
-    # CLIP-ReID's stage-1 schedule over all stage-1 epochs, set from the step count alone (a resume needs no more)
+    # CLIP-ReID's stage-1 schedule (its code): timm's cosine over all stage-1 epochs with the warm-up inside it, the
+    # rate set at the start of each epoch counted from 1; set from the epoch alone (a resume needs no more)
     scheduler = make_scheduler(models.stage1_optimizer, steps, schedule='cosine', epochs=total,
                                warmup_epochs=config.stage1_warmup_epochs, warmup_lr=config.stage1_warmup_lr,
-                               min_lr=config.stage1_min_lr)
+                               min_lr=config.stage1_min_lr, per_epoch=True, cosine_after_warmup=False)
     progress = tqdm(total=total * steps, initial=state['stage1_step'], desc='stage 1 (prompts)',
                     disable=quiet_bars(accelerator))
     models.prompt_learner.train()
@@ -317,9 +320,9 @@ def stage1(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig
         sampler.set_epoch(epoch)
         order = list(sampler)
         with_parts = epoch >= config.stage1_epochs
+        scheduler.step(epoch + 1)
         for step in range(state['stage1_step_in_epoch'], steps):
             index = torch.tensor(order[step * per_process:(step + 1) * per_process])
-            scheduler.step_update(state['stage1_step'])
             losses = stage1_losses(models, accelerator, config, cache, index, with_parts)
             # stage 1 does not accumulate; accelerate divides by gradient_accumulation_steps (a stage-2 setting)
             accelerator.backward(losses['loss'] * config.gradient_accumulation_steps)
@@ -359,12 +362,12 @@ def cache_image_features(teacher: nn.Module, accelerator: Accelerator, config: T
         parsing=with_patches))
     was_training = trunk.training
     trunk.eval()
-    cameras = teacher.config.num_cameras > 0
     columns: Dict[str, list] = {'image': [], 'labels': [], 'patches': [], 'cells': [], 'has_parsing': []}
     for batch in tqdm(loader, desc='stage 1: caching image features', leave=False, disable=quiet_bars(accelerator)):
-        pixels, pids, cams = batch[:3]
+        pixels, pids = batch[:2]
         with accelerator.autocast():
-            tokens, _ = trunk.forward_tokens(pixels, camera_ids=cams if cameras else None)
+            # no camera embedding on this path, as in CLIP-ReID's code (its stage-1 image features skip SIE)
+            tokens, _ = trunk.forward_tokens(pixels, without_cameras=True)
             image = trunk.proj(tokens[:, 0]).float()
             row = {'image': image, 'labels': pids}
             if with_patches:

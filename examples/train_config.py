@@ -5,9 +5,10 @@
   8e-4 to 8e-3, then cosine decay, 120 epochs, batches of 16 identities x 4 images at 256x128, an ImageNet-pretrained
   ViT-B/16 from timm.
 - 'clipreid' (CLIP-ReID, ViT-B/16) and 'pivl' (π-VL §4.2): two stages. Stage 1 tunes prompt tokens only (Adam 3.5e-4,
-  5 warm-up epochs from 1e-5, cosine to 1e-6; CLIP-ReID 120 epochs, π-VL 60 identity + 20 part-informed epochs);
-  stage 2 trains the image encoder (Adam 5e-6, weight decay 1e-4, 10 warm-up epochs from 0.1 x lr, x0.1 at epochs 30
-  and 50 of 60; loss weights ID 0.25, TRI 1, I2T 1 [+ ALIGN 1]).
+  5 warm-up epochs from 1e-5 inside a cosine to 1e-6 over all stage-1 epochs; CLIP-ReID 120 epochs, π-VL 60 identity
+  + 20 part-informed epochs); stage 2 trains the image encoder (Adam 5e-6, weight decay 1e-4, 10 warm-up epochs from
+  0.1 x lr, x0.1 at epochs 30 and 50 of 60; loss weights ID 0.25, TRI 1, I2T 1 [+ ALIGN 1]). Both stages set the rate
+  once per epoch, epochs counted from 1, as CLIP-ReID's code does (``lr_update``).
 Fields the papers do not state say so.
 """
 import argparse
@@ -44,6 +45,7 @@ METHODS = get_args(Method)
 Baseline = Literal[tuple(BASELINES)]
 SamplerEpoch = Literal[EPOCH_MODES]
 LrSchedule = Literal['cosine', 'step']
+LrUpdate = Literal['step', 'epoch']
 MixedPrecision = Literal['no', 'fp16', 'bf16']
 PartPrompts = Literal['off', 'label', 'identity']
 AlignmentHead = Literal['off', 'linear', 'pyramid']
@@ -52,12 +54,12 @@ ParsingMissing = Literal['error', 'keep']
 
 _TWO_STAGE = dict(
     model='pivl_vit_base_patch16', optimizer='adam', lr=5e-6, epochs=60, warmup_epochs=10, warmup_lr=5e-7,
-    lr_schedule='step', id_loss_weight=0.25)
+    lr_schedule='step', lr_update='epoch', id_loss_weight=0.25)
 # a method's recipe: the values of the fields left None
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'aaformer': dict(model='aaformer_base', optimizer='momentum', lr=8e-3, epochs=120, warmup_epochs=10,
-                     warmup_lr=8e-4, lr_schedule='cosine', id_loss_weight=1.0, stage1_epochs=0, stage1_part_epochs=0,
-                     part_prompts='off', alignment_head='off'),
+                     warmup_lr=8e-4, lr_schedule='cosine', lr_update='step', id_loss_weight=1.0, stage1_epochs=0,
+                     stage1_part_epochs=0, part_prompts='off', alignment_head='off'),
     'clipreid': dict(_TWO_STAGE, stage1_epochs=120, stage1_part_epochs=0, part_prompts='off', alignment_head='off'),
     'pivl': dict(_TWO_STAGE, stage1_epochs=60, stage1_part_epochs=20, part_prompts='identity',
                  alignment_head='pyramid'),
@@ -108,6 +110,10 @@ class TrainConfig:
     lr_schedule: Optional[LrSchedule] = None  # 'cosine' (to min_lr) | 'step' (x lr_decay_factor at each lr_decay_epochs)
     min_lr: float = 1.6e-5  # end of the cosine decay; not stated by the paper (TransReID's 0.002 x lr)
     lr_decay_epochs: List[int] = dataclasses.field(default_factory=lambda: [30, 50])  # 'step' (CLIP-ReID ViT)
+    # how the rate follows the schedule: 'step' (at every optimiser step, epochs counted from 0; AAformer, whose paper
+    # does not say) or 'epoch' (CLIP-ReID's code: set at the start of each epoch, the n-th epoch counted from 1 runs
+    # at the schedule's value for n, so warm-up starts above warmup_lr and a decay at epoch 30 hits the 30th epoch)
+    lr_update: Optional[LrUpdate] = None
     lr_decay_factor: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4  # not applied to biases, norms and tokens (timm's convention; the paper is silent)

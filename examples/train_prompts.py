@@ -23,6 +23,8 @@ LIP_PART_WORDS = ('background', 'hat', 'hair', 'glove', 'sunglasses', 'upper clo
                   'pants', 'jumpsuit', 'scarf', 'skirt', 'face', 'left arm', 'right arm', 'left leg', 'right leg',
                   'left shoe', 'right shoe')
 IDENTITY_TEMPLATE = 'A photo of a {ctx} person.'
+# our reading of the paper's T(concat(T_i, L(p))): the identity's tokens, then the part's label word (the paper
+# prints no template)
 PART_TEMPLATE = "A photo of a {ctx} person's {part}."
 LABEL_PART_TEMPLATE = "A photo of a person's {part}."
 PLACEHOLDER = 'X'
@@ -46,7 +48,9 @@ def encode_prompt_embeddings(text_model: nn.Module, embeddings: torch.Tensor, eo
     """
     tower = text_model.text_model
     hidden = tower.embeddings(inputs_embeds=embeddings)
-    mask = create_causal_mask(config=tower.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+    # no attention mask, no cache; the cache argument is passed by position: transformers 5.25 renamed it from
+    # past_key_values to cache (the old name warns, and goes in 5.40)
+    mask = create_causal_mask(tower.config, hidden, None, None)
     hidden = tower.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
     hidden = tower.final_layer_norm(hidden)
     return text_model.text_projection(hidden[torch.arange(len(hidden), device=hidden.device), eos_index])

@@ -249,25 +249,34 @@ def part_masks(model: nn.Module, parsing: torch.Tensor) -> torch.Tensor:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, *, schedule: str, epochs: int,
                    warmup_epochs: int, warmup_lr: float, min_lr: float = 0.0, decay_epochs: Sequence[int] = (),
-                   decay_factor: float = 0.1) -> Scheduler:
+                   decay_factor: float = 0.1, per_epoch: bool = False, cosine_after_warmup: bool = True
+                   ) -> Scheduler:
     """timm's scheduler for a linear warm-up from ``warmup_lr`` to the optimiser's lr over ``warmup_epochs``, then
-    'cosine' to ``min_lr`` at ``epochs`` (the cosine starts after the warm-up: timm's ``warmup_prefix``) or 'step':
-    x ``decay_factor`` from each of ``decay_epochs`` on. Updated per optimiser step: call ``step_update(steps_done)``;
-    the rate of step 0 is set here."""
-    warmup = dict(warmup_t=warmup_epochs * steps_per_epoch, warmup_lr_init=warmup_lr, t_in_epochs=False)
+    'cosine' to ``min_lr`` at ``epochs`` or 'step': x ``decay_factor`` from each of ``decay_epochs`` on.
+
+    ``per_epoch=False``: the rate follows the schedule at every optimiser step, epochs counted from 0 (the loop calls
+    ``step_update(steps_done)``; the rate of step 0 is set here). ``per_epoch=True``: CLIP-ReID's code, which sets
+    the rate once at the start of each epoch, the n-th epoch counted from 1 (the loop calls ``step(n)``; the first
+    epoch runs at the schedule's value for 1, not 0). The loops make both calls; timm's scheduler acts on the one
+    of its unit. ``cosine_after_warmup``: the cosine spans the epochs after the warm-up (timm's ``warmup_prefix``);
+    False: it spans all epochs, the warm-up inside it (CLIP-ReID's stage 1)."""
+    unit = 1 if per_epoch else steps_per_epoch
     if schedule == 'step':
-        # timm's multistep scheduler applies milestone m at update m - 1 (its documented convention, kept on
-        # purpose); m + 1 makes the rate change at the milestone itself, as the closed form and torch's MultiStepLR
+        # timm's multistep scheduler applies milestone m at t = m - 1 (its documented convention, kept on purpose);
+        # m + 1 makes the rate change at the milestone itself, as torch's MultiStepLR and CLIP-ReID's
+        # WarmupMultiStepLR do (bisect_right over the milestones)
         scheduler = MultiStepLRScheduler(
-            optimizer, decay_t=[m * steps_per_epoch + 1 for m in decay_epochs], decay_rate=decay_factor,
-            warmup_prefix=False, **warmup)  # milestones count from epoch 0, warm-up included
+            optimizer, decay_t=[m * unit + 1 for m in decay_epochs], decay_rate=decay_factor,
+            warmup_t=warmup_epochs * unit, warmup_lr_init=warmup_lr, t_in_epochs=per_epoch,
+            warmup_prefix=False)  # milestones count from epoch 0, warm-up included
     else:
         scheduler, _ = create_scheduler_v2(
             optimizer, sched='cosine', min_lr=min_lr, warmup_lr=warmup_lr, warmup_epochs=warmup_epochs,
-            warmup_prefix=True, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+            warmup_prefix=cosine_after_warmup, step_on_epochs=per_epoch, updates_per_epoch=steps_per_epoch,
             # a warm-up as long as training never reaches the cosine; timm needs a positive length all the same
-            num_epochs=max(epochs - warmup_epochs, 1))
-    scheduler.step_update(0)
+            num_epochs=max(epochs - warmup_epochs, 1) if cosine_after_warmup else epochs)
+    if not per_epoch:
+        scheduler.step_update(0)
     return scheduler
 
 

@@ -2,6 +2,7 @@
 and a tiny offline text tower: both stages end to end, what each stage may change, exact resume inside either stage,
 the saved inference model, and bad input."""
 import json
+import math
 import os
 
 import pytest
@@ -162,12 +163,54 @@ def test_method_recipes_fill_the_fields_left_unset():
     pivl = TrainConfig(data_root='x', method='pivl', lr=1e-5)
     assert (pivl.stage1_epochs, pivl.stage1_part_epochs, pivl.alignment_head, pivl.lr) == (60, 20, 'pyramid', 1e-5)
     assert TrainConfig(data_root='x').optimizer == 'momentum'
-    from .test_training import scheduled_rates, stage2_schedule
-    # CLIP-ReID stage 2: 10 warm-up epochs from 0.1 x lr, then x0.1 at epochs 30 and 50
-    rates = scheduled_rates(10, clip.lr, **stage2_schedule(clip))
-    for epoch, expected in [(0, 5e-7), (5, 5e-7 + 0.5 * (5e-6 - 5e-7)), (10, 5e-6), (29.9, 5e-6), (30, 5e-7),
-                            (50, 5e-8), (59, 5e-8)]:
-        assert rates[round(epoch * 10)] == pytest.approx(expected), epoch
+    assert (clip.lr_update, TrainConfig(data_root='x').lr_update) == ('epoch', 'step')
+
+
+def per_epoch_rates(lr: float, epochs: int, **schedule) -> list:
+    """The rate each epoch runs at (the first epoch first), as the trainer's loops drive the scheduler."""
+    from train_utils import make_scheduler
+
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = make_scheduler(optimizer, 7, epochs=epochs, per_epoch=True, **schedule)
+    rates = []
+    for epoch in range(epochs):
+        scheduler.step(epoch + 1)  # at the start of the epoch, as both loops do
+        for step in range(7):  # the loops' per-step calls change nothing in this unit
+            scheduler.step_update(epoch * 7 + step + 1)
+        rates.append(optimizer.param_groups[0]['lr'])
+    return rates
+
+
+def test_stage2_rates_are_clipreids_per_epoch_table():
+    """CLIP-ReID's WarmupMultiStepLR (base 5e-6, warm-up factor 0.1 over 10 iterations, x0.1 at 30 and 50), stepped
+    once at the start of each epoch of ``range(1, 61)``: epoch n (1-based) runs at base x (0.1 (1 - n/10) + n/10)
+    while n < 10, then base x 0.1^(milestones <= n). The rates written out by hand:"""
+    clip = TrainConfig(data_root='x', method='clipreid')
+    rates = per_epoch_rates(clip.lr, clip.epochs, schedule=clip.lr_schedule, warmup_epochs=clip.warmup_epochs,
+                            warmup_lr=clip.warmup_lr, decay_epochs=clip.lr_decay_epochs,
+                            decay_factor=clip.lr_decay_factor)
+    first_twelve = [9.5e-7, 1.4e-6, 1.85e-6, 2.3e-6, 2.75e-6, 3.2e-6, 3.65e-6, 4.1e-6, 4.55e-6, 5e-6, 5e-6, 5e-6]
+    assert rates[:12] == pytest.approx(first_twelve, rel=1e-9)
+    # the 29th epoch still at the base rate, the 30th decayed; the 49th at 5e-7, the 50th and on at 5e-8
+    assert rates[27:31] == pytest.approx([5e-6, 5e-6, 5e-7, 5e-7], rel=1e-9)
+    assert rates[47:51] == pytest.approx([5e-7, 5e-7, 5e-8, 5e-8], rel=1e-9) and rates[-1] == pytest.approx(5e-8)
+
+
+def test_stage1_rates_are_clipreids_per_epoch_cosine():
+    """CLIP-ReID's stage 1: timm's CosineLRScheduler (t_initial = the stage-1 epochs, lr_min 1e-6, warm-up 5 epochs
+    from 1e-5 with no warm-up prefix), stepped with the 1-based epoch at its start: epoch n < 5 runs at
+    1e-5 + n (3.5e-4 - 1e-5) / 5, later ones at 1e-6 + (3.5e-4 - 1e-6) (1 + cos(pi n / 120)) / 2."""
+    config = TrainConfig(data_root='x', method='clipreid')
+    rates = per_epoch_rates(config.stage1_lr, config.stage1_epochs, schedule='cosine',
+                            warmup_epochs=config.stage1_warmup_epochs, warmup_lr=config.stage1_warmup_lr,
+                            min_lr=config.stage1_min_lr, cosine_after_warmup=False)
+    assert rates[:4] == pytest.approx([7.8e-5, 1.46e-4, 2.14e-4, 2.82e-4], rel=1e-9)  # the warm-up, by hand
+    cosine = lambda n: 1e-6 + (3.5e-4 - 1e-6) * (1 + math.cos(math.pi * n / 120)) / 2  # noqa: E731
+    assert rates[4:12] == pytest.approx([cosine(n) for n in range(5, 13)], rel=1e-9)
+    assert rates[4] == pytest.approx(3.4854e-4, rel=1e-4)  # epoch 5: just under the base, the cosine already bent
+    assert rates[59] == pytest.approx(cosine(60), rel=1e-9) and rates[59] == pytest.approx(1.755e-4, rel=1e-3)
+    assert rates[118] == pytest.approx(cosine(119), rel=1e-9)
+    assert rates[119] == pytest.approx(1e-6)  # epoch 120 = t_initial: the cycle is over, the minimum
 
 
 def test_runs_report_side_by_side(tmp_path):
@@ -300,3 +343,56 @@ def test_two_processes_share_one_prompt_learner(tmp_path, parsed_root, text_fold
     first, second = (load_file(out / f'rank{rank}.safetensors')['identity'] for rank in (0, 1))
     assert torch.equal(first, second)
     assert not torch.allclose(first[0], first[1])  # tuned per identity, not a constant
+
+
+def test_both_loops_set_each_epochs_rate_from_its_1_based_number(tmp_path, parsed_root, text_folder, monkeypatch):
+    """The loops drive the schedules as CLIP-ReID's code does: once at the start of each epoch, counted from 1."""
+    import train_clipreid
+    calls, real = [], train_clipreid.make_scheduler
+
+    def recording(optimizer, *args, **kwargs):
+        scheduler = real(optimizer, *args, **kwargs)
+        stage, step = ('stage 1' if kwargs.get('cosine_after_warmup') is False else 'stage 2'), scheduler.step
+
+        def step_and_record(epoch, metric=None):
+            step(epoch, metric)
+            calls.append((stage, epoch, optimizer.param_groups[0]['lr']))
+        scheduler.step = step_and_record
+        return scheduler
+    monkeypatch.setattr(train_clipreid, 'make_scheduler', recording)
+    train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'run', method='clipreid', stage1_part_epochs=None,
+                             stage1_epochs=2, epochs=2, warmup_epochs=1, warmup_lr=1e-4)))
+    # stage 1: warm-up of 5 epochs from 1e-5 to 3.5e-4, epochs 1 and 2; stage 2: a 1-epoch warm-up is over at epoch 1
+    assert [(stage, epoch) for stage, epoch, _ in calls] == [('stage 1', 1), ('stage 1', 2), ('stage 2', 1),
+                                                             ('stage 2', 2)]
+    assert [rate for *_, rate in calls] == pytest.approx([7.8e-5, 1.46e-4, 1e-3, 1e-3], rel=1e-9)
+
+
+def test_stage1_cache_skips_the_camera_embedding(tmp_path, parsed_root, text_folder):
+    """CLIP-ReID's stage-1 image features come without SIE: a model with a camera embedding caches what the same
+    model gives with the camera embedding left out (and not what it gives with the images' cameras)."""
+    from accelerate import Accelerator
+    from aaformer_hf.data import build_transforms, eval_loader
+    from train_clipreid import cache_image_features
+
+    config = TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'sie', method='clipreid', stage1_part_epochs=None,
+                                model_args={'num_cameras': 6}))
+    data = load_reid_dataset('market1501', config.data_root)
+    model, pretrained_cfg, _ = build_model(config, 24)
+    with torch.no_grad():
+        model.timm_model.camera_embed.normal_()  # cameras that change the features
+    cache = cache_image_features(model, Accelerator(cpu=True), config, data['train'], pretrained_cfg, 0, False)
+    pixels, _, cams = next(iter(eval_loader(data['train'], build_transforms(pretrained_cfg, train=False), 8, 0)))[:3]
+    trunk = model.timm_model.eval()
+    # the reference: the same weights in a model built without a camera embedding
+    no_sie = timm.create_model('pivl_vit_tiny', num_classes=24).eval()
+    no_sie.load_state_dict({k: v for k, v in trunk.state_dict().items() if k != 'camera_embed'})
+    with torch.no_grad():
+        plain = no_sie.proj(no_sie.forward_tokens(pixels)[0][:, 0])
+        with_cameras = trunk.proj(trunk.forward_tokens(pixels, camera_ids=cams)[0][:, 0])
+    torch.testing.assert_close(cache['image'][:8], plain)
+    assert not torch.allclose(cache['image'][:8], with_cameras)
+    with pytest.raises(ValueError, match='camera_ids given together with without_cameras'):
+        trunk.forward_tokens(pixels, camera_ids=cams, without_cameras=True)
+    with pytest.raises(ValueError, match='pass camera_ids'):  # leaving SIE out is never silent
+        trunk.forward_tokens(pixels)

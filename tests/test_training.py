@@ -90,7 +90,7 @@ def test_schedule_by_hand():
 @pytest.mark.parametrize('steps_per_epoch, lr, schedule', [
     (7, 8e-3, dict(schedule='cosine', epochs=120, warmup_epochs=10, warmup_lr=8e-4, min_lr=1.6e-5)),  # AAformer
     (5, 5e-6, dict(schedule='step', epochs=60, warmup_epochs=10, warmup_lr=5e-7, decay_epochs=[30, 50])),  # stage 2
-    (3, 3.5e-4, dict(schedule='cosine', epochs=120, warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6)),  # stage 1
+    (3, 3.5e-4, dict(schedule='cosine', epochs=120, warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6)),  # stage-1 sizes
     (4, 1e-3, dict(schedule='cosine', epochs=2, warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6)),  # warm-up only
     (4, 1e-3, dict(schedule='cosine', epochs=3, warmup_epochs=3, warmup_lr=1e-4)),  # warm-up as long as training
     (6, 1e-2, dict(schedule='cosine', epochs=4, warmup_epochs=0, warmup_lr=0.0, min_lr=1e-4)),

@@ -184,9 +184,12 @@ class PiVLViT(VisionTransformer):
     def no_weight_decay(self):
         return super().no_weight_decay() | {'camera_embed'}
 
-    def _pos_embed(self, x: torch.Tensor, camera_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _pos_embed(self, x: torch.Tensor, camera_ids: Optional[torch.Tensor] = None,
+                   without_cameras: bool = False) -> torch.Tensor:
         """timm's CLS + position embedding, plus (SIE) the scaled camera embedding on the CLS token only."""
         x = super()._pos_embed(x)
+        if without_cameras:
+            return x
         if self.camera_embed is None:
             if camera_ids is not None:
                 raise ValueError('camera_ids given to a model without a camera embedding (num_cameras=0)')
@@ -217,11 +220,14 @@ class PiVLViT(VisionTransformer):
         return self.forward_head(x)
 
     def forward_tokens(self, x: torch.Tensor, output_hidden_states: bool = False,
-                       camera_ids: Optional[torch.Tensor] = None
+                       camera_ids: Optional[torch.Tensor] = None, without_cameras: bool = False
                        ) -> Tuple[torch.Tensor, Optional[List[torch.Tensor]]]:
         """``forward_features`` that can also return the embeddings (after ``norm_pre``) and every block's output,
-        and takes the camera ids of a model with a camera embedding."""
-        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x), camera_ids)))
+        and takes the camera ids of a model with a camera embedding. ``without_cameras``: leave the camera embedding
+        out on purpose (CLIP-ReID's stage-1 image features do); otherwise a model with one needs ``camera_ids``."""
+        if without_cameras and camera_ids is not None:
+            raise ValueError('camera_ids given together with without_cameras=True')
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x), camera_ids, without_cameras)))
         if not output_hidden_states:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 return self.norm(checkpoint_seq(self.blocks, x)), None
