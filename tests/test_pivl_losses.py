@@ -39,9 +39,12 @@ def test_pixel_infonce_same_identity_same_part_positives_by_hand():
     # text of B: logits (0, 2, 2), positive pixel 2 -> 2 - log(1 + 2e^2)
     t2i = -(2 * (1 - math.log(2 * E + 1)) + (2 - math.log(1 + 2 * E ** 2))) / 3
     assert part_infonce_loss(pixels, keys, texts, text_keys).item() == pytest.approx(i2t + t2i, rel=1e-6)
-    # a temperature divides every logit
+    # temperature 2 halves every logit: the same sums by hand with the halved values
+    R = math.exp(0.5)
+    i2t = -(math.log(R / (1 + R)) + math.log(E / (E + 1)) + math.log(R / (R + E))) / 3
+    t2i = -(2 * (0.5 - math.log(2 * R + 1)) + (1 - math.log(1 + 2 * E))) / 3
     halved = part_infonce_loss(pixels, keys, texts, text_keys, temperature=2.0)
-    assert halved.item() == pytest.approx(part_infonce_loss(pixels / 2, keys, texts, text_keys).item(), rel=1e-6)
+    assert halved.item() == pytest.approx(i2t + t2i, rel=1e-6)
     with pytest.raises(ValueError, match='no text feature'):
         part_infonce_loss(pixels, torch.tensor([7, 3, 5]), texts, text_keys)
 
@@ -69,10 +72,33 @@ def test_clipreid_objective_sums_its_terms_with_clipreids_weights():
     assert loss['loss'].item() == pytest.approx(0.25 * 2 * math.log(2) + 3.9 + math.log(2), rel=1e-6)
     with_align = CLIPReIDLoss(align_weight=2.0)(logits, [feature] * 3, labels, torch.zeros(2, 1),
                                                 alignment=torch.tensor(0.5))
-    assert with_align['loss'].item() == pytest.approx(loss['loss'].item() + 1.0, rel=1e-6)
+    assert with_align['loss'].item() == pytest.approx(0.25 * 2 * math.log(2) + 3.9 + math.log(2) + 2 * 0.5, rel=1e-6)
     # image-to-text logits are plain dot products with the text features of all identities
     texts = t([1.0], [-1.0])
     i2t = CLIPReIDLoss(label_smoothing=0.0)(logits, [feature] * 3, labels, texts)['i2t_loss']
     expected = sum(-math.log(math.exp(s * f) / (math.exp(f) + math.exp(-f)))
                    for f, s in [(0, 1), (2, 1), (1, -1), (3, -1)]) / 4
     assert i2t.item() == pytest.approx(expected, rel=1e-6)
+
+
+def smoothed_ce(logits, label, smoothing=0.1):
+    """Label-smoothed cross-entropy of one sample, by its definition: (1 - e) of the target's -log p plus e spread
+    evenly over all classes' -log p."""
+    log_z = math.log(sum(math.exp(v) for v in logits))
+    log_p = [v - log_z for v in logits]
+    return -(1 - smoothing) * log_p[label] - smoothing / len(logits) * sum(log_p)
+
+
+def test_clipreid_objective_smooths_the_id_and_image_to_text_terms():
+    """Non-uniform logits, so a wrong (or missing) label smoothing in ID or I2T shows."""
+    labels = torch.tensor([0, 0, 1, 1])
+    logits = torch.tensor([[2.0, 0.0]]).expand(4, 2, 2)  # both classifiers, every sample: (2, 0)
+    feature = t([0], [2], [1], [3])
+    texts = t([1.0], [-1.0])  # image-to-text logits (f, -f)
+    loss = CLIPReIDLoss()(logits, [feature] * 3, labels, texts)
+    id_per_classifier = sum(smoothed_ce([2.0, 0.0], y) for y in (0, 0, 1, 1)) / 4
+    assert loss['id_loss'].item() == pytest.approx(2 * id_per_classifier, rel=1e-6)
+    i2t = sum(smoothed_ce([f, -f], y) for f, y in [(0, 0), (2, 0), (1, 1), (3, 1)]) / 4
+    assert loss['i2t_loss'].item() == pytest.approx(i2t, rel=1e-6)
+    assert smoothed_ce([2.0, 0.0], 1) != pytest.approx(smoothed_ce([2.0, 0.0], 1, smoothing=0.0))  # it matters here
+
