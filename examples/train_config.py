@@ -46,6 +46,7 @@ Baseline = Literal[tuple(BASELINES)]
 SamplerEpoch = Literal[EPOCH_MODES]
 LrSchedule = Literal['cosine', 'step']
 LrUpdate = Literal['step', 'epoch']
+WeightDecayScope = Literal['weights', 'all']
 MixedPrecision = Literal['no', 'fp16', 'bf16']
 PartPrompts = Literal['off', 'label', 'identity']
 AlignmentHead = Literal['off', 'linear', 'pyramid']
@@ -54,11 +55,12 @@ ParsingMissing = Literal['error', 'keep']
 
 _TWO_STAGE = dict(
     model='pivl_vit_base_patch16', optimizer='adam', lr=5e-6, epochs=60, warmup_epochs=10, warmup_lr=5e-7,
-    lr_schedule='step', lr_update='epoch', id_loss_weight=0.25)
+    lr_schedule='step', lr_update='epoch', weight_decay_scope='all', bias_lr_factor=2.0, id_loss_weight=0.25)
 # a method's recipe: the values of the fields left None
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'aaformer': dict(model='aaformer_base', optimizer='momentum', lr=8e-3, epochs=120, warmup_epochs=10,
-                     warmup_lr=8e-4, lr_schedule='cosine', lr_update='step', id_loss_weight=1.0, stage1_epochs=0,
+                     warmup_lr=8e-4, lr_schedule='cosine', lr_update='step', weight_decay_scope='weights',
+                     bias_lr_factor=1.0, id_loss_weight=1.0, stage1_epochs=0,
                      stage1_part_epochs=0, part_prompts='off', alignment_head='off'),
     'clipreid': dict(_TWO_STAGE, stage1_epochs=120, stage1_part_epochs=0, part_prompts='off', alignment_head='off'),
     'pivl': dict(_TWO_STAGE, stage1_epochs=60, stage1_part_epochs=20, part_prompts='identity',
@@ -116,7 +118,11 @@ class TrainConfig:
     lr_update: Optional[LrUpdate] = None
     lr_decay_factor: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 1e-4  # not applied to biases, norms and tokens (timm's convention; the paper is silent)
+    weight_decay: float = 1e-4
+    # 'weights': no decay on biases, norms and tokens (timm's convention; AAformer's paper is silent); 'all': every
+    # parameter decays (CLIP-ReID's code, its WEIGHT_DECAY_BIAS equal to WEIGHT_DECAY for the ViT)
+    weight_decay_scope: Optional[WeightDecayScope] = None
+    bias_lr_factor: Optional[float] = None  # CLIP-ReID's BIAS_LR_FACTOR (2): biases at 2x the rate, with scope 'all'
     label_smoothing: float = 0.1
     triplet_margin: Optional[float] = 0.3  # None: soft-margin triplet
     id_loss_weight: Optional[float] = None  # AAformer 1 (Eq. 8); CLIP-ReID's ViT 0.25

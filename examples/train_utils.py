@@ -135,11 +135,21 @@ def retrieval_metrics(qf, gf, q_pids, g_pids, q_cams, g_cams, config: TrainConfi
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """timm's optimiser ``config.optimizer``: AAformer's SGD with (heavy-ball) momentum as the paper and TransReID use
-    it (timm's 'momentum'; its 'sgd' is Nesterov's), CLIP-ReID's Adam. Weight decay on weights only: biases, norms
-    and the model's ``no_weight_decay`` tokens get none (timm's convention; CLIP-ReID decays biases too and gives
-    them 2x the learning rate, which this trainer does not copy)."""
+    it (timm's 'momentum'; its 'sgd' is Nesterov's), CLIP-ReID's Adam.
+
+    ``weight_decay_scope`` 'weights' (AAformer): timm's convention, no decay on biases, norms and the model's
+    ``no_weight_decay`` tokens. 'all' (CLIP-ReID's code): every parameter decays, one group per parameter, and a
+    parameter whose name contains 'bias' runs at ``bias_lr_factor`` x the rate (an ``lr_scale`` timm's schedulers
+    apply)."""
     extra = {'momentum': config.momentum} if config.optimizer in ('momentum', 'sgd', 'nesterov') else {}
-    return create_optimizer_v2(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra)
+    if config.weight_decay_scope == 'weights':
+        if config.bias_lr_factor != 1:
+            raise ValueError('bias_lr_factor is for weight_decay_scope all (CLIP-ReID\'s parameter groups)')
+        return create_optimizer_v2(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra)
+    groups = [{'params': [p], 'weight_decay': config.weight_decay,
+               **({'lr_scale': config.bias_lr_factor} if 'bias' in name else {})}
+              for name, p in model.named_parameters() if p.requires_grad]
+    return create_optimizer_v2(groups, config.optimizer, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
 def non_finite_parameters(model: nn.Module) -> list:

@@ -396,3 +396,32 @@ def test_stage1_cache_skips_the_camera_embedding(tmp_path, parsed_root, text_fol
         trunk.forward_tokens(pixels, camera_ids=cams, without_cameras=True)
     with pytest.raises(ValueError, match='pass camera_ids'):  # leaving SIE out is never silent
         trunk.forward_tokens(pixels)
+
+
+def test_stage2_parameter_groups_are_clipreids(tmp_path, parsed_root, text_folder):
+    """CLIP-ReID's make_optimizer_prompt: one group per trainable parameter, every one decays at 1e-4 (biases with
+    WEIGHT_DECAY_BIAS, the same value), and a parameter whose name contains 'bias' runs at BIAS_LR_FACTOR = 2 x the
+    rate, through the warm-up too. AAformer keeps timm's groups (no decay on biases and norms)."""
+    from train_utils import make_optimizer, make_scheduler
+
+    config = TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'groups', method='clipreid',
+                                stage1_part_epochs=None, lr=5e-6))
+    assert (config.weight_decay_scope, config.bias_lr_factor) == ('all', 2.0)
+    model, _, _ = build_model(config, 24)
+    models = TwoStageModels.build(config, model, 24)
+    named = [(n, p) for n, p in models.trainable.named_parameters() if p.requires_grad]
+    optimizer = make_optimizer(models.trainable, config)
+    scheduler = make_scheduler(optimizer, 5, schedule='step', epochs=60, warmup_epochs=10, warmup_lr=5e-7,
+                               decay_epochs=[30, 50], per_epoch=True)
+    scheduler.step(1)  # the first epoch: 5e-6 x 0.19
+    by_param = {id(p): g for g in optimizer.param_groups for p in g['params']}
+    assert len(optimizer.param_groups) == len(named)
+    for name, parameter in named:
+        group = by_param[id(parameter)]
+        assert group['weight_decay'] == 1e-4, name
+        assert group['lr'] == pytest.approx((2 if 'bias' in name else 1) * 9.5e-7, rel=1e-9), name
+    assert any('bias' in n for n, _ in named) and any('norm' in n and 'weight' in n for n, _ in named)
+    aaformer = TrainConfig(data_root='x')
+    assert (aaformer.weight_decay_scope, aaformer.bias_lr_factor) == ('weights', 1.0)
+    with pytest.raises(ValueError, match='bias_lr_factor is for weight_decay_scope all'):
+        make_optimizer(model, TrainConfig(data_root='x', bias_lr_factor=2.0))
