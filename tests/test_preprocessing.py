@@ -115,13 +115,19 @@ def test_a_folder_staged_from_a_timm_model_with_other_statistics(tmp_path):
     _check_every_reader(str(folder), folder, *IMAGENET, 'bicubic')
 
 
-def test_a_pivl_folder(tmp_path):
+def test_a_pivl_folder_has_clipreids_preprocessing(tmp_path):
+    """The π-VL family's defaults are CLIP-ReID's (mean = std = 0.5, bilinear), which π-VL keeps."""
     folder = _staged_from_timm(tmp_path, 'pivl_vit_tiny')
+    _check_every_reader(str(folder), folder, HALF, HALF, 'bilinear')
+
+
+def test_a_pivl_folder_with_openai_clip_statistics(tmp_path):
+    folder = _staged_from_timm(tmp_path / 'openai', 'pivl_vit_tiny', mean=CLIP[0], std=CLIP[1], interpolation='bicubic')
     _check_every_reader(str(folder), folder, *CLIP, 'bicubic')
 
 
 def test_a_converted_clipreid_folder_keeps_clipreids_preprocessing(tmp_path):
-    """CLIP-ReID normalises with mean = std = 0.5 and resizes bilinearly: not the π-VL family's CLIP defaults."""
+    """CLIP-ReID normalises with mean = std = 0.5 and resizes bilinearly (the π-VL family's defaults too)."""
     folder = _converted_clipreid(tmp_path)
     _check_every_reader(str(folder), folder, HALF, HALF, 'bilinear')
 
@@ -148,7 +154,7 @@ def test_a_folder_whose_two_files_disagree_is_refused(tmp_path):
 def test_preprocessing_fields_are_checked_and_always_saved(tmp_path):
     from aaformer_hf import AAformerConfig, PiVLConfig
     assert AAformerConfig(image_std=0.25).image_std == (0.25, 0.25, 0.25)  # one number for every channel
-    assert PiVLConfig().image_mean == CLIP[0] and PiVLConfig().interpolation == 'bicubic'  # the family's backbone
+    assert PiVLConfig().image_mean == HALF and PiVLConfig().interpolation == 'bilinear'  # CLIP-ReID's, the family's
     for bad, match in ((dict(image_mean=(0.5, 0.5)), 'image_mean must hold one number per channel'),
                        (dict(image_std=(0.5, 0.0, 0.5)), 'image_std must be > 0'),
                        (dict(interpolation='nearest'), 'interpolation must be one of')):

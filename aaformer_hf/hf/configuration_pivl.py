@@ -42,10 +42,11 @@ class PiVLConfig(TimmBackedConfig):
         initializer_range (`float`, defaults to 0.02): Std of the truncated normal init of linear layers.
         image_mean (`float` or `tuple[float, ...]`, *optional*): Mean the pixels are normalised with (one number
             for every channel, or one per channel, as transformers' image processors take it); `None` takes
-            the family's backbone statistics from its timm pretrained cfg (OpenAI CLIP's).
-        image_std (`float` or `tuple[float, ...]`, *optional*): Std, likewise (OpenAI CLIP's).
+            the family's statistics from its timm pretrained cfg: 0.5, CLIP-ReID's (which π-VL keeps), not
+            OpenAI CLIP's.
+        image_std (`float` or `tuple[float, ...]`, *optional*): Std, likewise (0.5).
         interpolation (`str`, *optional*): `"bilinear"` or `"bicubic"` resizing to `image_size`; `None` as the
-            timm pretrained cfg (bicubic). These three fields are the model's one preprocessing truth: timm's
+            timm pretrained cfg (bilinear, CLIP-ReID's). These three fields are the model's one preprocessing truth: timm's
             `pretrained_cfg` in config.json, `preprocessor_config.json` and the model card are written from them.
     """
 

@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Literal, NamedTuple, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import LayerNorm
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.layers import trunc_normal_
@@ -298,10 +297,13 @@ def _cfg(**kwargs) -> Dict[str, Any]:
         'pool_size': None,
         'crop_pct': 1.0,
         'crop_mode': 'squash',  # re-ID crops are resized whole to 256x128 (no aspect-keeping crop)
-        'interpolation': 'bicubic',
+        # CLIP-ReID trains and tests its CLIP towers at mean = std = 0.5 with bilinear resizing (its ViT configs'
+        # INPUT.PIXEL_MEAN / PIXEL_STD, torchvision's default Resize), not OpenAI CLIP's statistics and bicubic; π-VL
+        # keeps CLIP-ReID's settings
+        'interpolation': 'bilinear',
         'fixed_input_size': True,
-        'mean': OPENAI_CLIP_MEAN,
-        'std': OPENAI_CLIP_STD,
+        'mean': (0.5, 0.5, 0.5),
+        'std': (0.5, 0.5, 0.5),
         'first_conv': 'patch_embed.proj',
         'classifier': ('head.cls', 'head.proj'),
         'license': 'apache-2.0',
