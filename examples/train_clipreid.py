@@ -20,7 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -301,13 +301,8 @@ def stage1(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig
     total = config.stage1_epochs + config.stage1_part_epochs
     cache = cache_image_features(models.teacher, accelerator, config, data['train'], pretrained_cfg, workers,
                                  with_patches=config.stage1_part_epochs > 0)
-    if config.stage1_batch_size % (config.num_instances * accelerator.num_processes):
-        raise ValueError(f'stage1_batch_size ({config.stage1_batch_size}) must be divisible by num_instances x '
-                         f'processes ({config.num_instances} x {accelerator.num_processes})')
-    per_process = config.stage1_batch_size // accelerator.num_processes
-    sampler = PKSampler(cache['labels'].tolist(), per_process, config.num_instances, seed=config.seed + 1,
-                        num_replicas=accelerator.num_processes, rank=accelerator.process_index)
-    steps = len(sampler) // per_process
+    batches_of = stage1_batches(cache['labels'].tolist(), accelerator, config)
+    steps = len(batches_of(0))
     # CLIP-ReID's stage-1 schedule (its code): timm's cosine over all stage-1 epochs with the warm-up inside it, the
     # rate set at the start of each epoch counted from 1; set from the epoch alone (a resume needs no more)
     scheduler = make_scheduler(models.stage1_optimizer, steps, schedule='cosine', epochs=total,
@@ -317,12 +312,11 @@ def stage1(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig
                     disable=quiet_bars(accelerator))
     models.prompt_learner.train()
     for epoch in range(state['stage1_epoch'], total):
-        sampler.set_epoch(epoch)
-        order = list(sampler)
+        batches = batches_of(epoch)
         with_parts = epoch >= config.stage1_epochs
         scheduler.step(epoch + 1)
         for step in range(state['stage1_step_in_epoch'], steps):
-            index = torch.tensor(order[step * per_process:(step + 1) * per_process])
+            index = torch.tensor(batches[step])
             losses = stage1_losses(models, accelerator, config, cache, index, with_parts)
             # stage 1 does not accumulate; accelerate divides by gradient_accumulation_steps (a stage-2 setting)
             accelerator.backward(losses['loss'] * config.gradient_accumulation_steps)
@@ -349,6 +343,33 @@ def stage1(models: TwoStageModels, accelerator: Accelerator, config: TrainConfig
             save_checkpoint(accelerator, output_dir, f'stage1_epoch_{epoch + 1}', state,
                             config.checkpoints_total_limit)
     progress.close()
+
+
+def stage1_batches(labels: Sequence[int], accelerator: Accelerator, config: TrainConfig):
+    """``epoch -> this process's batches`` (lists of cache rows), the same on every call for an epoch (so a resumed
+    run sees the batches it left). ``stage1_sampling`` 'pk': π-VL §4.2's identities x ``num_instances`` images
+    (the PK sampler); 'shuffle': CLIP-ReID's code, every cached feature once an epoch in a random order, in batches of
+    ``stage1_batch_size``, the last one the remainder. Over several processes each batch is dealt out among them (a
+    remainder smaller than the process count is left out, the same on every process)."""
+    rank, world, size = accelerator.process_index, accelerator.num_processes, config.stage1_batch_size
+    if config.stage1_sampling == 'shuffle':
+        def shuffled(epoch: int) -> List[List[int]]:
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed + 1 + epoch))
+            whole = [order[start:start + size].tolist() for start in range(0, len(labels), size)]
+            return [batch[rank::world] for batch in whole if len(batch) >= world]
+        return shuffled
+    if size % (config.num_instances * world):
+        raise ValueError(f'stage1_batch_size ({size}) must be divisible by num_instances x processes '
+                         f'({config.num_instances} x {world})')
+    per_process = size // world
+    sampler = PKSampler(labels, per_process, config.num_instances, seed=config.seed + 1, num_replicas=world,
+                        rank=rank)
+
+    def identities_x_instances(epoch: int) -> List[List[int]]:
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        return [order[start:start + per_process] for start in range(0, len(order) - per_process + 1, per_process)]
+    return identities_x_instances
 
 
 @torch.no_grad()

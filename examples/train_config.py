@@ -47,6 +47,7 @@ SamplerEpoch = Literal[EPOCH_MODES]
 LrSchedule = Literal['cosine', 'step']
 LrUpdate = Literal['step', 'epoch']
 WeightDecayScope = Literal['weights', 'all']
+Stage1Sampling = Literal['pk', 'shuffle']
 MixedPrecision = Literal['no', 'fp16', 'bf16']
 PartPrompts = Literal['off', 'label', 'identity']
 AlignmentHead = Literal['off', 'linear', 'pyramid']
@@ -60,10 +61,11 @@ _TWO_STAGE = dict(
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'aaformer': dict(model='aaformer_base', optimizer='momentum', lr=8e-3, epochs=120, warmup_epochs=10,
                      warmup_lr=8e-4, lr_schedule='cosine', lr_update='step', weight_decay_scope='weights',
-                     bias_lr_factor=1.0, id_loss_weight=1.0, stage1_epochs=0,
-                     stage1_part_epochs=0, part_prompts='off', alignment_head='off'),
-    'clipreid': dict(_TWO_STAGE, stage1_epochs=120, stage1_part_epochs=0, part_prompts='off', alignment_head='off'),
-    'pivl': dict(_TWO_STAGE, stage1_epochs=60, stage1_part_epochs=20, part_prompts='identity',
+                     bias_lr_factor=1.0, id_loss_weight=1.0, stage1_epochs=0, stage1_part_epochs=0,
+                     stage1_sampling='pk', part_prompts='off', alignment_head='off'),
+    'clipreid': dict(_TWO_STAGE, stage1_epochs=120, stage1_part_epochs=0, stage1_sampling='shuffle', part_prompts='off',
+                     alignment_head='off'),
+    'pivl': dict(_TWO_STAGE, stage1_epochs=60, stage1_part_epochs=20, stage1_sampling='pk', part_prompts='identity',
                  alignment_head='pyramid'),
 }
 # π-VL's Table 3 rows (with --method pivl): B = CLIP-ReID; H = parsing-label prompts (no identity tokens);
@@ -137,7 +139,10 @@ class TrainConfig:
     num_context_tokens: int = 4  # learnable identity tokens per prompt (X1..X4)
     stage1_epochs: Optional[int] = None  # identity-prompt epochs (CLIP-ReID 120; π-VL 60)
     stage1_part_epochs: Optional[int] = None  # π-VL's part-informed prompt epochs that follow (20)
-    stage1_batch_size: int = 64  # P x K over all processes (num_instances per identity), as π-VL §4.2
+    stage1_batch_size: int = 64  # over all processes: CLIP-ReID's 64, π-VL's 16 identities x 4 (§4.2)
+    # 'shuffle' (CLIP-ReID's code: every cached feature once an epoch, shuffled, in batches of stage1_batch_size, the
+    # last the remainder) or 'pk' (π-VL §4.2: identities x num_instances images)
+    stage1_sampling: Optional[Stage1Sampling] = None
     stage1_lr: float = 3.5e-4
     stage1_warmup_epochs: int = 5  # CLIP-ReID's stage-1 scheduler (π-VL states only the cosine decay)
     stage1_warmup_lr: float = 1e-5
@@ -241,7 +246,7 @@ class TrainConfig:
             raise ValueError('stage1_part_epochs tunes identity-aware part prompts (part_prompts identity)')
         if self.stage1_epochs < 0 or self.stage1_part_epochs < 0:
             raise ValueError('stage1_epochs and stage1_part_epochs must be >= 0')
-        if self.stage1_batch_size % self.num_instances:
+        if self.stage1_sampling == 'pk' and self.stage1_batch_size % self.num_instances:
             raise ValueError(f'stage1_batch_size ({self.stage1_batch_size}) must be a multiple of num_instances '
                              f'({self.num_instances})')
         if self.part_temperature <= 0:

@@ -159,7 +159,8 @@ def test_method_recipes_fill_the_fields_left_unset():
     clip = TrainConfig(data_root='x', method='clipreid')
     assert (clip.model, clip.optimizer, clip.lr, clip.epochs, clip.lr_schedule, clip.id_loss_weight) == (
         'pivl_vit_base_patch16', 'adam', 5e-6, 60, 'step', 0.25)
-    assert (clip.stage1_epochs, clip.stage1_part_epochs, clip.part_prompts) == (120, 0, 'off')
+    assert (clip.stage1_epochs, clip.stage1_part_epochs, clip.part_prompts, clip.stage1_sampling) == (
+        120, 0, 'off', 'shuffle')
     pivl = TrainConfig(data_root='x', method='pivl', lr=1e-5)
     assert (pivl.stage1_epochs, pivl.stage1_part_epochs, pivl.alignment_head, pivl.lr) == (60, 20, 'pyramid', 1e-5)
     assert TrainConfig(data_root='x').optimizer == 'momentum'
@@ -425,3 +426,22 @@ def test_stage2_parameter_groups_are_clipreids(tmp_path, parsed_root, text_folde
     assert (aaformer.weight_decay_scope, aaformer.bias_lr_factor) == ('weights', 1.0)
     with pytest.raises(ValueError, match='bias_lr_factor is for weight_decay_scope all'):
         make_optimizer(model, TrainConfig(data_root='x', bias_lr_factor=2.0))
+
+
+def test_clipreid_stage1_walks_every_cached_feature_once_an_epoch(tmp_path, parsed_root, text_folder, monkeypatch):
+    """CLIP-ReID's stage 1: each epoch all cached features in a random order, in batches of stage1_batch_size with
+    the remainder last (144 training images, batches of 50: 50, 50, 44); π-VL's keeps identities x 4."""
+    import train_clipreid
+    seen, real = [], train_clipreid.stage1_losses
+
+    def recording(models, accelerator, config, cache, index, with_parts):
+        seen.append(index.tolist())
+        return real(models, accelerator, config, cache, index, with_parts)
+    monkeypatch.setattr(train_clipreid, 'stage1_losses', recording)
+    summary = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'run', method='clipreid', stage1_epochs=2,
+                                       stage1_part_epochs=None, stage1_batch_size=50, epochs=1)))
+    assert [len(batch) for batch in seen] == [50, 50, 44] * 2 and summary['stage1_step'] == 6
+    for epoch in (seen[:3], seen[3:]):
+        assert sorted(i for batch in epoch for i in batch) == list(range(144))  # every feature exactly once
+    assert seen[:3] != seen[3:]  # shuffled anew each epoch
+    assert TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'x')).stage1_sampling == 'pk'  # π-VL's
