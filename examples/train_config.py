@@ -76,6 +76,11 @@ PIVL_ABLATIONS: Dict[str, Dict[str, Any]] = {
     'B+P': dict(part_prompts='identity', alignment_head='linear'),
     'B+P+F': dict(part_prompts='identity', alignment_head='pyramid'),
 }
+# what a Table 3 row takes from another method for the fields left unset: B is CLIP-ReID, so its stage 1 is
+# CLIP-ReID's (120 epochs, every cached feature once an epoch), not π-VL's 60 epochs of 16 identities x 4
+PIVL_ABLATION_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    'B': {name: METHOD_DEFAULTS['clipreid'][name] for name in ('stage1_epochs', 'stage1_sampling')},
+}
 
 
 @dataclasses.dataclass
@@ -215,6 +220,9 @@ class TrainConfig:
                     raise ValueError(f'pivl_ablation {self.pivl_ablation!r} sets {name}={value!r}; '
                                      f'do not also pass {name}={getattr(self, name)!r}')
                 setattr(self, name, value)
+            for name, value in PIVL_ABLATION_DEFAULTS.get(self.pivl_ablation, {}).items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
         for name, value in METHOD_DEFAULTS[self.method].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

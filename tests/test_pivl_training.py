@@ -165,6 +165,11 @@ def test_method_recipes_fill_the_fields_left_unset():
     assert (pivl.stage1_epochs, pivl.stage1_part_epochs, pivl.alignment_head, pivl.lr) == (60, 20, 'pyramid', 1e-5)
     assert TrainConfig(data_root='x').optimizer == 'momentum'
     assert (clip.lr_update, TrainConfig(data_root='x').lr_update) == ('epoch', 'step')
+    # Table 3's B is CLIP-ReID: its stage 1 unless told otherwise (one YAML may set the epochs for every row)
+    row_b = TrainConfig(data_root='x', method='pivl', pivl_ablation='B')
+    assert (row_b.stage1_epochs, row_b.stage1_sampling, row_b.stage1_part_epochs) == (120, 'shuffle', 0)
+    assert TrainConfig(data_root='x', method='pivl', pivl_ablation='B', stage1_epochs=10).stage1_epochs == 10
+    assert TrainConfig(data_root='x', method='pivl', pivl_ablation='B+P').stage1_epochs == 60
 
 
 def per_epoch_rates(lr: float, epochs: int, **schedule) -> list:
