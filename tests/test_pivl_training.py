@@ -46,7 +46,9 @@ def tiny(root, text, out, **overrides):
 def test_two_stage_run_learns_and_saves_only_the_inference_model(tmp_path, parsed_root, text_folder):
     untrained = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'untrained', eval_only=True)))
     out = tmp_path / 'pivl'
-    trained = train(TrainConfig(**tiny(parsed_root, text_folder, out, epochs=4)))
+    # 8 epochs: with CLIP-ReID's mean = std = 0.5 the random-init tiny tower learns slower than it did with OpenAI
+    # CLIP's statistics (measured on this set: 4 epochs +0.07 mAP, 8 epochs +0.12; OpenAI's gave +0.22 in 4)
+    trained = train(TrainConfig(**tiny(parsed_root, text_folder, out, epochs=8)))
     assert trained['mAP'] > untrained['mAP'] + 0.1, (untrained['mAP'], trained['mAP'])
     # stage 1: 3 epochs of 24 identities x 2 groups of 4 / 4 identities per batch
     assert trained['stage1_step'] == 3 * 12 and trained['method'] == 'pivl'
