@@ -1,11 +1,10 @@
-"""π-VL / CLIP-ReID costs, each against its baseline in this one process, interleaved round by round (medians):
+"""π-VL's inference cost against its baseline, in this one process, interleaved round by round (medians): the π-VL
+model (``pivl_vit_base_patch16``, 1280-d head) vs timm's CLIP ViT-B/16 (``vit_base_patch16_clip_quickgelu_224`` at
+256x128, its 512-d projection head). Target: ratio ~1.00.
 
-1. inference: the π-VL model (``pivl_vit_base_patch16``, 1280-d head) vs timm's CLIP ViT-B/16
-   (``vit_base_patch16_clip_quickgelu_224`` at 256x128, its 512-d projection head). Target: ratio ~1.00.
-2. stage-2 training step (forward, loss, backward, Adam step): π-VL's (alignment head on the last patch map + the
-   MSE against the text-embedding map) vs CLIP-ReID's (no head). Target: <= 1.15x. The 'linear' head too.
-3. stage-1 step on cached image features: the share of the step spent in the text encoder (forward + backward
-   through the frozen CLIP text tower to the prompt tokens).
+Then the training costs (a stage-2 step with and without π-VL's alignment head, the text tower's share of a stage-1
+step): those use the training example's modules, so the example measures them itself - this script runs
+``examples/train_costs.py`` with the same flags (``--inference_only`` skips it).
 
     python benchmarks/bench_pivl.py                               # CPU, fp32, batch 8 (text: 64 prompts)
     python benchmarks/bench_pivl.py --device cuda --dtype bf16 --batch 64
@@ -13,6 +12,7 @@
 import argparse
 import platform
 import statistics
+import subprocess
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,12 +25,7 @@ from aaformer_hf.hf import PiVLConfig, PiVLForReID
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'examples'))
 from benchmarks.bench_model import timed  # noqa: E402
-from train_clipreid import Stage2Model  # noqa: E402
-from train_fusion import build_alignment_head, parsing_on_grid, text_embedding_map  # noqa: E402
-from train_losses import CLIPReIDLoss, alignment_loss, supcon_loss  # noqa: E402
-from train_prompts import encode_prompt_embeddings  # noqa: E402
 
 
 def interleaved(contenders, device, rounds, repeats, warmup=1):
@@ -59,6 +54,7 @@ def main():
     parser.add_argument('--classes', type=int, default=751)
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--inference_only', action='store_true', help='skip the training costs')
     args = parser.parse_args()
     device = torch.device(args.device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.dtype == 'bf16' else nullcontext
@@ -81,68 +77,10 @@ def main():
                           device, args.rounds, args.repeats)
     report('inference (forward, no grad)', medians, 'timm CLIP ViT-B/16 (256x128)')
     del pivl, clip
-
-    # 2. stage-2 step
-    C, E = args.classes, 512
-    labels = torch.arange(args.batch, device=device) % max(1, args.batch // 4)
-    parsing = torch.randint(0, 20, (args.batch, 256, 128), device=device)
-    texts = torch.randn(C, E, device=device)
-    part_texts = torch.randn(C, 20, E, device=device)
-    criterion = CLIPReIDLoss()
-
-    def stage2(head_kind):
-        torch.manual_seed(0)
-        reid = PiVLForReID(PiVLConfig(num_labels=C))
-        head = None if head_kind is None else build_alignment_head(head_kind, 768, E)
-        model = Stage2Model(reid, head).to(device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-6)
-
-        def step():
-            with autocast():
-                logits, features, aligned = model(x)
-                alignment = None
-                if aligned is not None:
-                    cells, _ = parsing_on_grid(parsing, aligned.shape[-2:])
-                    alignment = alignment_loss(aligned, text_embedding_map(part_texts, labels, cells))
-                loss = criterion(logits, features, labels, texts, alignment)['loss']
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step
-    medians = interleaved({'CLIP-ReID (no head)': stage2(None), 'B+P (linear head)': stage2('linear'),
-                           'π-VL B+P+F (pyramid head)': stage2('pyramid')}, device, args.rounds, args.repeats)
-    report('stage-2 training step (forward + loss + backward + Adam)', medians, 'CLIP-ReID (no head)')
-
-    # 3. stage-1 step: text-encoder share
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-    text = CLIPTextModelWithProjection(CLIPTextConfig(projection_dim=E)).to(device).eval().requires_grad_(False)
-    context = torch.nn.Parameter(torch.randn(C, 4, 512, device=device) * 0.02)
-    template = torch.randn(1, 77, 512, device=device)
-    eos = torch.full((args.text_batch,), 10, device=device)
-    ids = torch.arange(args.text_batch, device=device) % C
-    image_features = torch.randn(args.text_batch, E, device=device)
-    cached = torch.randn(args.text_batch, E, device=device, requires_grad=True)  # text features, for the loss alone
-
-    def loss_and_backward(feats):
-        loss = supcon_loss(image_features, feats, ids, ids) + supcon_loss(feats, image_features, ids, ids)
-        loss.backward()
-
-    def full_step():
-        embeddings = template.expand(args.text_batch, -1, -1).clone()
-        embeddings[:, 5:9] = context[ids]
-        with autocast():
-            feats = encode_prompt_embeddings(text, embeddings, eos).float()
-        loss_and_backward(feats)
-        context.grad = None
-
-    def loss_only():
-        loss_and_backward(cached)
-        cached.grad = None
-    medians = interleaved({'stage-1 step': full_step, 'its loss alone (no text encoder)': loss_only}, device,
-                          args.rounds, args.repeats)
-    report(f'stage-1 step ({args.text_batch} prompts, cached image features)', medians, 'stage-1 step')
-    print(f'  text encoder (forward + backward to the prompt tokens): '
-          f'{100 * (1 - medians["its loss alone (no text encoder)"] / medians["stage-1 step"]):.1f} % of the step')
+    if not args.inference_only:  # the training costs: the example's own script, same flags
+        flags = [f'--{name}={value}' for name, value in vars(args).items() if name != 'inference_only']
+        sys.stdout.flush()
+        subprocess.run([sys.executable, str(ROOT / 'examples' / 'train_costs.py'), *flags], check=True)
 
 
 if __name__ == '__main__':

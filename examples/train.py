@@ -17,7 +17,6 @@ R1/R5/R10/mAP/mINP, images/s), OUTPUT_DIR/model/ (save_pretrained: loadable by t
 OUTPUT_DIR/best_model/ and OUTPUT_DIR/checkpoints/{epoch_N,step_N}/. One CPU, one GPU or many.
 """
 import logging
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -27,15 +26,15 @@ from typing import Any, Dict, Optional, Sequence
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from aaformer_hf.data import build_transforms, eval_loader, train_loader
 from aaformer_hf.data.parsing import add_parsing_column
 from train_config import BASELINES, TrainConfig, parse_config
 from train_losses import AAformerLoss
 from train_outputs import claim_output_dir, read_state, resume_folder
 from train_utils import (
     build_model, check_finite_losses, extract, finish_run, format_summary, identity_labels,
-    library_bars_only_on_a_terminal, load_data, make_optimizer, make_scheduler, part_masks, quiet_bars, resumed_at,
-    retrieval_metrics, run_summary, save_checkpoint, save_model, start_accelerator, evaluate_and_keep_best,
+    library_bars_only_on_a_terminal, load_data, make_loaders, make_optimizer, part_masks, quiet_bars, resumed_at,
+    retrieval_metrics, run_summary, save_checkpoint, save_model, scheduler_from_config, start_accelerator,
+    evaluate_and_keep_best,
 )
 
 __all__ = ['BASELINES', 'TrainConfig', 'build_model', 'extract', 'format_summary', 'main', 'make_optimizer',
@@ -70,30 +69,17 @@ def train_aaformer(config: TrainConfig, accelerator, output_dir: Path, resume: O
         for split in (('query', 'gallery') if config.eval_only else ('train', 'query', 'gallery')):
             data[split] = add_parsing_column(data[split], config.data_root, missing=config.parsing_missing)
 
-    # torchrun (and so accelerate launch) says how many processes share this machine
-    workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
-    loader, sampler = train_loader(
-        data['train'], build_transforms(pretrained_cfg, train=True), config.batch_size, config.num_instances,
-        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch,
-        parsing=parsing and not config.eval_only)
-    test_transform = build_transforms(pretrained_cfg, train=False)
-    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers, parsing=parsing)
-    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers, parsing=parsing)
-    micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
-    steps_per_epoch = micro_per_epoch // config.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
+    loaders = make_loaders(config, data, pretrained_cfg, accelerator, train_parsing=parsing and not config.eval_only,
+                           eval_parsing=parsing)
+    loader, sampler, micro_per_epoch = loaders.train, loaders.sampler, loaders.micro_per_epoch
 
     criterion = AAformerLoss(label_smoothing=config.label_smoothing, margin=config.triplet_margin,
                              id_weight=config.id_loss_weight, triplet_weight=config.triplet_loss_weight)
     optimizer = make_optimizer(model.timm_model, config)  # timm's parameter groups need the timm model
-    scheduler = make_scheduler(
-        optimizer, steps_per_epoch, schedule=config.lr_schedule, epochs=config.epochs,
-        warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr,
-        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor,
-        per_epoch=config.lr_update == 'epoch')
+    scheduler = scheduler_from_config(optimizer, loaders.steps_per_epoch, config)
     # the train loader is not prepared: the PK sampler already deals whole identities to each process
-    model, optimizer, query_loader, gallery_loader = accelerator.prepare(model, optimizer, query_loader, gallery_loader)
+    model, optimizer, query_loader, gallery_loader = accelerator.prepare(model, optimizer, loaders.query,
+                                                                          loaders.gallery)
     accelerator.register_for_checkpointing(scheduler)
     if config.with_tracking:
         accelerator.init_trackers('aaformer_hf', config=config.tracker_values())
@@ -112,7 +98,7 @@ def train_aaformer(config: TrainConfig, accelerator, output_dir: Path, resume: O
     metrics: Optional[Dict[str, Any]] = None
     epochs = 0 if config.eval_only else config.epochs
     accumulation = config.gradient_accumulation_steps
-    progress = tqdm(total=epochs * steps_per_epoch, initial=state['global_step'], desc='training',
+    progress = tqdm(total=epochs * loaders.steps_per_epoch, initial=state['global_step'], desc='training',
                     disable=quiet_bars(accelerator))
     for epoch in range(state['epoch'], epochs):
         model.train()
@@ -142,7 +128,7 @@ def train_aaformer(config: TrainConfig, accelerator, output_dir: Path, resume: O
                 if progress.disable and config.log_every and state['step_in_epoch'] % config.log_every == 0 \
                         and accelerator.is_main_process:  # no bar drawn (not a terminal): a line now and then
                     logger.info('epoch %d: step %d / %d, loss %.3f', epoch + 1, state['step_in_epoch'],
-                                steps_per_epoch, losses['loss'].item())
+                                loaders.steps_per_epoch, losses['loss'].item())
                 if config.with_tracking:
                     accelerator.log({'train/' + k: v.item() for k, v in losses.items()}
                                     | {'train/lr': optimizer.param_groups[0]['lr']}, step=state['global_step'])

@@ -15,7 +15,6 @@ The head and the text side are never part of the saved model; the learned text f
 (``train_fusion.py``) and Table 5's student (``train_student.py``).
 """
 import logging
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from aaformer_hf.data import build_transforms, eval_loader, train_loader
+from aaformer_hf.data import build_transforms, eval_loader
 from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.sampler import PKSampler
 from train_config import TrainConfig
@@ -38,8 +37,9 @@ from train_losses import CLIPReIDLoss, alignment_loss, part_infonce_loss, supcon
 from train_outputs import claim_output_dir, read_state, resume_folder
 from train_prompts import LIP_PART_WORDS, PromptLearner, encode_prompt_embeddings, freeze
 from train_utils import (
-    build_model, check_finite_losses, finish_run, identity_labels, load_data, make_optimizer, make_scheduler,
-    quiet_bars, resumed_at, run_summary, save_checkpoint, save_model, start_accelerator, evaluate_and_keep_best,
+    build_model, check_finite_losses, evaluate_and_keep_best, finish_run, identity_labels, load_data, make_loaders,
+    make_optimizer, make_scheduler, quiet_bars, resumed_at, run_summary, save_checkpoint, save_model,
+    scheduler_from_config, start_accelerator,
 )
 
 __all__ = ['train_two_stage', 'TwoStageModels', 'stage1', 'fix_text_features', 'stage2_losses', 'Stage2Model',
@@ -74,33 +74,19 @@ def _train_two_stage(config: TrainConfig, accelerator: Accelerator, output_dir: 
     if models.parsing and not config.eval_only:  # checks every map now: a bad one fails before training
         data['train'] = add_parsing_column(data['train'], config.data_root, missing=config.parsing_missing)
 
-    # torchrun (and so accelerate launch) says how many processes share this machine
-    workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
-    loader, sampler = train_loader(
-        data['train'], build_transforms(input_cfg, train=True), config.batch_size, config.num_instances,
-        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch,
-        parsing=models.parsing and not config.eval_only)
-    test_transform = build_transforms(input_cfg, train=False)
-    query_loader = eval_loader(data['query'], test_transform, config.eval_batch_size, workers)
-    gallery_loader = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers)
-    micro_per_epoch = len(loader) - len(loader) % config.gradient_accumulation_steps  # whole optimiser steps only
-    steps_per_epoch = micro_per_epoch // config.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
+    loaders = make_loaders(config, data, input_cfg, accelerator, train_parsing=models.parsing and not config.eval_only)
+    loader, sampler, micro_per_epoch = loaders.train, loaders.sampler, loaders.micro_per_epoch
+    steps_per_epoch = loaders.steps_per_epoch
 
     criterion = CLIPReIDLoss(
         label_smoothing=config.label_smoothing, margin=config.triplet_margin, id_weight=config.id_loss_weight,
         triplet_weight=config.triplet_loss_weight, i2t_weight=config.i2t_loss_weight,
         align_weight=config.align_loss_weight)
     optimizer = make_optimizer(models.trainable, config)
-    scheduler = make_scheduler(
-        optimizer, steps_per_epoch, schedule=config.lr_schedule, epochs=config.epochs,
-        warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr,
-        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor,
-        per_epoch=config.lr_update == 'epoch')
+    scheduler = scheduler_from_config(optimizer, steps_per_epoch, config)
     # the train loader is not prepared: the PK sampler already deals whole identities to each process
     trainable, optimizer, query_loader, gallery_loader = accelerator.prepare(
-        models.trainable, optimizer, query_loader, gallery_loader)
+        models.trainable, optimizer, loaders.query, loaders.gallery)
     accelerator.register_for_checkpointing(scheduler)
     models.prepare(accelerator)  # after the objects above: checkpoints list them in this order
     reid_model = models.reid_model  # evaluated and saved (the head and the text side are not)
@@ -120,7 +106,7 @@ def _train_two_stage(config: TrainConfig, accelerator: Accelerator, output_dir: 
             state.setdefault(key, 0)
         total = config.stage1_epochs + config.stage1_part_epochs
         if state['stage'] == 1 and state['stage1_epoch'] < total:  # stage 1 (or what is left of it, resumed)
-            stage1(models, accelerator, config, data, pretrained_cfg, state, output_dir, workers)
+            stage1(models, accelerator, config, data, pretrained_cfg, state, output_dir, loaders.workers)
         state['stage'] = 2
         # stage 2's fixed text features (also after a resume in stage 2: the tuned tokens are in the checkpoint)
         text_features, part_text_features = fix_text_features(models, accelerator, config, len(id2label), output_dir)

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import timm
@@ -18,7 +19,7 @@ from timm.scheduler import MultiStepLRScheduler, create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from tqdm.auto import tqdm
 
-from aaformer_hf.data import load_reid_dataset
+from aaformer_hf.data import build_transforms, eval_loader, load_reid_dataset, train_loader
 from aaformer_hf.data.parsing import region_masks
 from aaformer_hf.data.synthetic import generate_market_layout, is_synthetic
 from aaformer_hf.hf.timm_backed import family_of_timm_model, wrap_timm_model
@@ -26,7 +27,8 @@ from aaformer_hf.reid.evaluation import evaluate, re_rank, summarise
 from train_config import TrainConfig
 from train_outputs import STATE_FILE, complete_checkpoints
 
-__all__ = ['start_accelerator', 'load_data', 'identity_labels', 'build_model', 'make_optimizer', 'make_scheduler',
+__all__ = ['start_accelerator', 'load_data', 'identity_labels', 'build_model', 'Loaders', 'make_loaders',
+           'make_optimizer', 'make_scheduler', 'scheduler_from_config',
            'extract', 'run_evaluation', 'evaluate_and_keep_best', 'retrieval_metrics', 'check_finite_losses',
            'save_checkpoint', 'save_model', 'run_summary', 'finish_run', 'part_masks', 'quiet_bars',
            'library_bars_only_on_a_terminal', 'model_init', 'resumed_at', 'format_summary']
@@ -82,6 +84,38 @@ def load_data(config: TrainConfig):
             generate_market_layout(root, **{'seed': config.seed, 'parsing': True, **config.dataset_options})
         return load_reid_dataset('market1501', root)
     return load_reid_dataset(config.dataset, config.data_root, **config.dataset_options)
+
+
+@dataclass
+class Loaders:
+    """The training loader (PK batches), its sampler, the two test loaders and the epoch's length in whole
+    optimiser steps."""
+    train: torch.utils.data.DataLoader
+    sampler: Any
+    query: torch.utils.data.DataLoader
+    gallery: torch.utils.data.DataLoader
+    micro_per_epoch: int  # batches an epoch runs: whole optimiser steps only
+    steps_per_epoch: int
+    workers: int  # loader processes, for any other loader the run makes
+
+
+def make_loaders(config: TrainConfig, data: Dict[str, Any], input_cfg: Dict[str, Any], accelerator: Accelerator,
+                 train_parsing: bool = False, eval_parsing: bool = False) -> Loaders:
+    """The loaders of a run; ``*_parsing``: batches carry the human-parsing maps."""
+    # torchrun (and so accelerate launch) says how many processes share this machine
+    workers = config.loader_workers(int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes)))
+    loader, sampler = train_loader(
+        data['train'], build_transforms(input_cfg, train=True), config.batch_size, config.num_instances,
+        config.seed, workers, accelerator.num_processes, accelerator.process_index, config.sampler_epoch,
+        parsing=train_parsing)
+    test_transform = build_transforms(input_cfg, train=False)
+    query = eval_loader(data['query'], test_transform, config.eval_batch_size, workers, parsing=eval_parsing)
+    gallery = eval_loader(data['gallery'], test_transform, config.eval_batch_size, workers, parsing=eval_parsing)
+    accumulation = config.gradient_accumulation_steps
+    micro_per_epoch = len(loader) - len(loader) % accumulation
+    if micro_per_epoch == 0:
+        raise ValueError(f'an epoch has {len(loader)} batches, fewer than gradient_accumulation_steps')
+    return Loaders(loader, sampler, query, gallery, micro_per_epoch, micro_per_epoch // accumulation, workers)
 
 
 @torch.no_grad()
@@ -288,6 +322,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, *, sc
     if not per_epoch:
         scheduler.step_update(0)
     return scheduler
+
+
+def scheduler_from_config(optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: TrainConfig
+                          ) -> Scheduler:
+    """The main training's (AAformer's, CLIP-ReID's stage 2) schedule, as the config's lr fields say."""
+    return make_scheduler(
+        optimizer, steps_per_epoch, schedule=config.lr_schedule, epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr, min_lr=config.min_lr,
+        decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor,
+        per_epoch=config.lr_update == 'epoch')
 
 
 def quiet_bars(accelerator: Accelerator) -> Optional[bool]:

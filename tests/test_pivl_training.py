@@ -356,7 +356,8 @@ def test_two_processes_share_one_prompt_learner(tmp_path, parsed_root, text_fold
 def test_both_loops_set_each_epochs_rate_from_its_1_based_number(tmp_path, parsed_root, text_folder, monkeypatch):
     """The loops drive the schedules as CLIP-ReID's code does: once at the start of each epoch, counted from 1."""
     import train_clipreid
-    calls, real = [], train_clipreid.make_scheduler
+    import train_utils
+    calls, real = [], train_utils.make_scheduler
 
     def recording(optimizer, *args, **kwargs):
         scheduler = real(optimizer, *args, **kwargs)
@@ -367,7 +368,8 @@ def test_both_loops_set_each_epochs_rate_from_its_1_based_number(tmp_path, parse
             calls.append((stage, epoch, optimizer.param_groups[0]['lr']))
         scheduler.step = step_and_record
         return scheduler
-    monkeypatch.setattr(train_clipreid, 'make_scheduler', recording)
+    monkeypatch.setattr(train_clipreid, 'make_scheduler', recording)  # stage 1
+    monkeypatch.setattr(train_utils, 'make_scheduler', recording)  # stage 2, through scheduler_from_config
     train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'run', method='clipreid', stage1_part_epochs=None,
                              stage1_epochs=2, epochs=2, warmup_epochs=1, warmup_lr=1e-4)))
     # stage 1: warm-up of 5 epochs from 1e-5 to 3.5e-4, epochs 1 and 2; stage 2: a 1-epoch warm-up is over at epoch 1

@@ -419,6 +419,27 @@ def test_flip_test_averages_the_horizontal_mirror():
     torch.testing.assert_close(plain, embed(images))
 
 
+def test_extraction_builds_no_autograd_graph():
+    """Evaluation features are computed without autograd (a graph over the whole gallery would hold every
+    activation): a model with trainable weights gives features that need no gradient."""
+    from types import SimpleNamespace
+    from accelerate import Accelerator
+    from train import extract
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, pixel_values):
+            return SimpleNamespace(embeddings=pixel_values.mean((2, 3)) * self.weight)
+
+    loader = torch.utils.data.DataLoader(list(zip(torch.randn(4, 3, 8, 4), torch.arange(4),
+                                                  torch.zeros(4, dtype=torch.long))), batch_size=2)
+    feats, _, _ = extract(Linear(), loader, Accelerator(cpu=True), flip=True)
+    assert feats.shape == (4, 3) and not feats.requires_grad
+
+
 def test_flip_test_mirrors_the_parsing_map_with_its_image():
     """A model whose [PART]s come from parsing maps (Table IV's SPReID row) gets, for the mirrored image, the masks
     of the mirrored map - not the original's."""
