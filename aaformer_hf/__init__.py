@@ -1,4 +1,4 @@
-"""aaformer-hf: AAformer and π-VL person re-ID models for timm and transformers.
+"""aaformer-hf: AAformer and π-VL (ViT and CNN) person re-ID models for timm and transformers.
 
 Importing the package registers the timm models (``timm.create_model('aaformer_base')``) and the transformers Auto
 classes (``AutoModel.from_pretrained(...)``, no ``trust_remote_code`` needed). It does so without importing timm or
@@ -16,6 +16,7 @@ _EXPORTS = {  # public name -> the submodule that defines it
     'AAformerConfig': 'hf', 'AAformerForReID': 'hf', 'AAformerImageProcessor': 'hf', 'AAformerModel': 'hf',
     'AutoModelForPersonReID': 'hf', 'AAformer': 'models',
     'PiVLConfig': 'hf', 'PiVLModel': 'hf', 'PiVLForReID': 'hf', 'PiVLImageProcessor': 'hf', 'PiVLViT': 'models',
+    'PiVLResNetConfig': 'hf', 'PiVLResNetModel': 'hf', 'PiVLResNetForReID': 'hf', 'PiVLResNet': 'models',
 }
 __all__ = sorted(_EXPORTS) + ['__version__']
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
