@@ -12,10 +12,11 @@ from aaformer_hf import AAformerConfig, AAformerModel
 TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=256)
 
 
-@pytest.fixture(scope='module', params=['aaformer_tiny', 'pivl_vit_tiny'])
+@pytest.fixture(scope='module', params=['aaformer_tiny', 'pivl_vit_tiny', 'pivl_resnet_tiny'])
 def timm_model(request):
     torch.manual_seed(0)
-    return timm.create_model(request.param, depth=2).eval()
+    shallower = {} if 'resnet' in request.param else dict(depth=2)
+    return timm.create_model(request.param, **shallower).eval()
 
 
 def test_torch_export_timm_model_with_dynamic_batch(timm_model):

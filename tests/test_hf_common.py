@@ -6,7 +6,10 @@ import unittest
 import torch
 from torch import nn
 
-from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel, PiVLConfig, PiVLForReID, PiVLModel
+from aaformer_hf import (
+    AAformerConfig, AAformerForReID, AAformerModel, PiVLConfig, PiVLForReID, PiVLModel, PiVLResNetConfig,
+    PiVLResNetForReID, PiVLResNetModel,
+)
 from .upstream import import_transformers_tests
 
 common, config_common = import_transformers_tests()
@@ -68,6 +71,11 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
     def test_config(self):
         self.config_tester.run_common_tests()
 
+    @staticmethod
+    def first_block(model):
+        """The first block timm's activation checkpointing wraps."""
+        return model.timm_model.blocks[0]
+
     # These upstream tests load checkpoints that deliberately lack encoder weights, to check transformers' fallback
     # initialisation of missing weights. Our from_pretrained refuses such checkpoints by design (a silently
     # re-initialised encoder changes the embedding; tests/test_bad_weights_and_config.py), so they run with that
@@ -106,7 +114,7 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
             model.activation_checkpointing_enable()
             self.assertTrue(model.is_activation_checkpointing and model.timm_model.grad_checkpointing)
             model.train()
-            calls, block = [], model.timm_model.blocks[0]
+            calls, block = [], self.first_block(model)
             forward = block.forward
             block.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
             out = model(**self._prepare_for_class(inputs_dict, model_class))
@@ -131,7 +139,7 @@ class AAformerModelTest(ModelTesterMixin, unittest.TestCase):
         expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
-        calls, block = [], model.timm_model.blocks[0]
+        calls, block = [], self.first_block(model)
         forward = block.forward
         block.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
         model(**inputs).loss.backward()
@@ -180,3 +188,56 @@ class PiVLModelTest(AAformerModelTest):
     def setUp(self):
         self.model_tester = PiVLModelTester(self)
         self.config_tester = ConfigTester(self, config_class=PiVLConfig, has_text_modality=False, hidden_size=48)
+
+
+class PiVLResNetModelTester(AAformerModelTester):
+    """A one-block-per-stage CLIP ResNet (widths 8-64, projection 16) at 64x32: a 4x2 last map with last stride 1."""
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, image_size=(64, 32), part_groups=(), **kwargs)
+        del self.num_hidden_layers  # a CNN: transformers' ResNet tester has num_stages instead
+        self.num_stages = 4
+
+    def get_config(self):
+        return PiVLResNetConfig(
+            image_size=self.image_size, num_channels=self.num_channels, stem_sizes=(4, 4, 8),
+            hidden_sizes=(8, 16, 32, 64), depths=(1, 1, 1, 1), projection_dim=16, num_labels=self.num_labels)
+
+
+class PiVLResNetModelTest(AAformerModelTest):
+    all_model_classes = (PiVLResNetModel, PiVLResNetForReID)
+    reid_class = PiVLResNetForReID
+    has_attentions = False  # a CNN; its attention pool's weights are not an output
+
+    def setUp(self):
+        self.model_tester = PiVLResNetModelTester(self)
+        self.config_tester = ConfigTester(self, config_class=PiVLResNetConfig, has_text_modality=False)
+
+    def test_config(self):
+        # transformers' ResNet tests leave out the common-properties check too: a CNN config has no
+        # num_attention_heads, and its hidden_size / num_hidden_layers are derived (last width, stages)
+        tester = self.config_tester
+        tester.create_and_test_config_to_json_string()
+        tester.create_and_test_config_to_json_file()
+        tester.create_and_test_config_from_and_save_pretrained()
+        tester.create_and_test_config_from_and_save_pretrained_subfolder()
+        tester.create_and_test_config_with_num_labels()
+        tester.check_config_can_be_init_without_params()
+        tester.check_config_arguments_init()
+
+    @staticmethod
+    def first_block(model):
+        return model.timm_model.stages[0][0]
+
+    def test_hidden_states_output(self):
+        """transformers' ResNet check: the stem's map and each stage's, at strides 4, 4, 8, 16, 16 (last stride 1)."""
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        height, width = self.model_tester.image_size
+        for model_class in self.all_model_classes:
+            model = model_class(config).eval()
+            with torch.no_grad():
+                out = model(**self._prepare_for_class(inputs_dict, model_class), output_hidden_states=True)
+            shapes = [tuple(h.shape[1:]) for h in out.hidden_states]
+            self.assertEqual(shapes, [(8, height // 4, width // 4), (8, height // 4, width // 4),
+                                      (16, height // 8, width // 8), (32, height // 16, width // 16),
+                                      (64, height // 16, width // 16)])

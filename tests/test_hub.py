@@ -16,7 +16,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
-from aaformer_hf import AAformerConfig, AAformerForReID, AAformerModel, PiVLConfig, PiVLForReID
+from aaformer_hf import (
+    AAformerConfig, AAformerForReID, AAformerModel, PiVLConfig, PiVLForReID, PiVLResNetConfig, PiVLResNetForReID,
+)
 from aaformer_hf.hf import AAFORMER
 from aaformer_hf.hub.cards import main as cards_main, planned_cards
 from aaformer_hf.hub import check_push_supported, prepare_folder, push_to_hub
@@ -24,6 +26,7 @@ from aaformer_hf.hub import check_push_supported, prepare_folder, push_to_hub
 TINY_AAFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 TINY_PIVL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                  projection_dim=32)
+TINY_PIVL_RESNET = dict(depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 64, 128), stem_sizes=(8, 8, 16), projection_dim=32)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -68,11 +71,13 @@ def _timm_embedding(model, x):
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-@pytest.mark.parametrize('family', ['aaformer', 'pivl'])
+@pytest.mark.parametrize('family', ['aaformer', 'pivl', 'pivl_resnet'])
 def test_one_repo_loads_in_timm_transformers_and_the_pipeline(hub, family):
     torch.manual_seed(0)
-    model = (AAformerForReID(AAformerConfig(**TINY_AAFORMER, num_labels=5)) if family == 'aaformer'
-             else PiVLForReID(PiVLConfig(**TINY_PIVL, num_labels=5))).eval()
+    model = {'aaformer': lambda: AAformerForReID(AAformerConfig(**TINY_AAFORMER, num_labels=5)),
+             'pivl': lambda: PiVLForReID(PiVLConfig(**TINY_PIVL, num_labels=5)),
+             'pivl_resnet': lambda: PiVLResNetForReID(PiVLResNetConfig(**TINY_PIVL_RESNET, num_labels=5))}[family]()
+    model.eval()
     commit = push_to_hub(model, 'org/tiny-reid')
     upload, = hub.uploads
     assert hub.created == [('org/tiny-reid', dict(private=None, exist_ok=True))]

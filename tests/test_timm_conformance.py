@@ -24,7 +24,8 @@ def _call(fn, **kwargs):
 
 
 def test_registered():
-    assert MODELS == ['aaformer_base', 'aaformer_base_cls_embedding', 'aaformer_small', 'aaformer_tiny', 'pivl_vit_base_patch16', 'pivl_vit_tiny']
+    assert MODELS == ['aaformer_base', 'aaformer_base_cls_embedding', 'aaformer_small', 'aaformer_tiny',
+                      'pivl_resnet50', 'pivl_resnet_tiny', 'pivl_vit_base_patch16', 'pivl_vit_tiny']
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -62,11 +63,12 @@ def test_default_cfgs_non_std(upstream, name):
     failing_model, width = local['model'], local['outputs'].shape[local['feat_dim']]
     assert failing_model.num_classes == 0
     # and it fails for exactly the intended reason: the embedding is wider than the trunk (AAformer: (1 + P) * D;
-    # π-VL: D + the CLIP projection's E), num_features is D
-    expected = ((1 + failing_model.num_parts) * failing_model.embed_dim if hasattr(failing_model, 'num_parts')
-                else failing_model.embed_dim + failing_model.proj_dim)
+    # π-VL: the trunk's D (ViT) or C (CNN) + the CLIP projection's E), num_features is the trunk width
+    trunk_width = getattr(failing_model, 'embed_dim', None) or failing_model.widths[-1]
+    expected = ((1 + failing_model.num_parts) * trunk_width if hasattr(failing_model, 'num_parts')
+                else trunk_width + failing_model.proj_dim)
     assert width == failing_model.head_hidden_size == expected
-    assert failing_model.num_features == failing_model.embed_dim
+    assert failing_model.num_features == trunk_width
 
     model = timm.create_model(name, device='meta', num_classes=0).eval()
     assert model(torch.randn(1, 3, 256, 128, device='meta')).shape == (1, model.head_hidden_size)
@@ -104,7 +106,7 @@ def test_forward_intermediates_features(upstream, name):
     _call(upstream.test_model_forward_intermediates_features, model_name=name, batch_size=1)
 
 
-@pytest.mark.parametrize('name', ['aaformer_tiny', 'pivl_vit_tiny'])
+@pytest.mark.parametrize('name', ['aaformer_tiny', 'pivl_resnet_tiny', 'pivl_vit_tiny'])
 def test_prune_intermediate_layers_contract(upstream, name):
     """Pruned / stop_early taps equal the unpruned model's and every parameter left is used (the re-ID head goes
     with the classifier). The tiny models only: the contract is architecture-level and the others are 12 layers deep."""

@@ -49,7 +49,7 @@ PIVL_CITATION = ('@article{lin2023pivl,\n  title={Exploring Part-Informed Visual
 PIVL = register_family(Family(
     config_class=PiVLConfig, model_class=PiVLModel, reid_class=PiVLForReID,
     image_processor_class=PiVLImageProcessor,
-    name='π-VL (ViT)', authors='Lin et al.', venue='2023',
+    name='π-VL', authors='Lin et al.', venue='2023',
     summary='A CLIP ViT-B/16 image encoder trained with CLIP-ReID\'s two stages plus π-VL\'s part-informed text '
             'prompts and hierarchical-fusion alignment (both used only in training). At inference it is a plain '
             'CLIP ViT: the re-ID feature is the CLS token and its CLIP projection concatenated.',
@@ -69,7 +69,7 @@ PIVL = register_family(Family(
 PIVL_RESNET = register_family(Family(
     config_class=PiVLResNetConfig, model_class=PiVLResNetModel, reid_class=PiVLResNetForReID,
     image_processor_class=PiVLImageProcessor,
-    name='π-VL (CNN)', authors='Lin et al.', venue='2023',
+    name='π-VL', authors='Lin et al.', venue='2023',
     summary='A CLIP ResNet-50 image encoder (last stride 1, attention pooling) trained with CLIP-ReID\'s two stages '
             'plus π-VL\'s part-informed text prompts and hierarchical-fusion alignment (both used only in training). '
             'At inference it is a plain CLIP ResNet: the re-ID feature is the pooled last map and the attention '
