@@ -1,17 +1,22 @@
 # Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
-"""Convert a CLIP-ReID ViT-B/16 checkpoint (Li et al., AAAI 2023; the ``.pth`` state dicts its README links) into the
-π-VL inference model's layout and a ``save_pretrained`` folder that timm and transformers both load.
+"""Convert a CLIP-ReID checkpoint (Li et al., AAAI 2023; the ``.pth`` state dicts its README links), ViT-B/16 or
+RN50, into the π-VL inference model's layout (``PiVLConfig`` / ``PiVLResNetConfig``) and a ``save_pretrained``
+folder that timm and transformers both load.
 
     python -m aaformer_hf.hf.convert_clipreid ViT-B-16_60.pth ./clipreid-msmt17
+    python -m aaformer_hf.hf.convert_clipreid RN50_120.pth ./clipreid-rn50-msmt17
 
 CLIP-ReID keeps OpenAI's CLIP image tower as ``image_encoder.*`` (position embedding already on the re-ID grid), two
 BatchNorm necks (``bottleneck``, ``bottleneck_proj``), two bias-free classifiers (``classifier``,
 ``classifier_proj``) and, with SIE, a camera embedding ``cv_embed``; its prompt learner and text encoder are
 training-only and are left out (the converter says how many tensors it leaves). The checkpoint does not record the
 input size or the patch stride: the size is an argument (CLIP-ReID's 256x128 by default), the stride is read off the
-position grid (16, or 12 for "OLP"), nor its preprocessing: CLIP-ReID's configs use mean = std = 0.5 and its test
-transform resizes bilinearly (``T.Resize``), which the saved config states (and with it timm's ``pretrained_cfg``,
-the image processor and the card). Files are read with ``torch.load(weights_only=True)``; nothing is unpickled.
+position grid (16, or 12 for "OLP"), nor its preprocessing: CLIP-ReID's ViT configs use mean = std = 0.5, its CNN
+config ImageNet's mean and std, and its test transform resizes bilinearly (``T.Resize``), which the saved config
+states (and with it timm's ``pretrained_cfg``, the image processor and the card). The RN50 variant keeps OpenAI's
+ResNet tower (``image_encoder.layer*``, ``attnpool``; the last stage at stride 1, the attention pool's position
+embedding on the re-ID grid) and has no camera embedding. Files are read with ``torch.load(weights_only=True)``;
+nothing is unpickled.
 """
 import argparse
 import logging
@@ -19,19 +24,26 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+from types import SimpleNamespace
+
 import torch
+from timm.layers import AttentionPool2d
+from timm.models.byobnet import _convert_openai_clip as _convert_openai_clip_resnet
 from timm.models.vision_transformer import _convert_openai_clip
 
 from ..models._loading import unwrap_state_dict
 from .configuration_pivl import PiVLConfig
+from .configuration_pivl_resnet import PiVLResNetConfig
 from .image_processing_pivl import PiVLImageProcessor
 from .modeling_pivl import PiVLForReID, PiVLModel
+from .modeling_pivl_resnet import PiVLResNetForReID, PiVLResNetModel
 
 __all__ = ['convert_clipreid_state_dict', 'convert_clipreid_checkpoint', 'main']
 
 _logger = logging.getLogger(__name__)
 
-CLIPREID_MEAN = CLIPREID_STD = (0.5, 0.5, 0.5)  # INPUT.PIXEL_MEAN / PIXEL_STD in CLIP-ReID's person configs
+CLIPREID_MEAN = CLIPREID_STD = (0.5, 0.5, 0.5)  # INPUT.PIXEL_MEAN / PIXEL_STD in CLIP-ReID's ViT person configs
+CLIPREID_CNN_MEAN, CLIPREID_CNN_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # its CNN config: ImageNet's
 CLIPREID_INTERPOLATION = 'bilinear'  # its test transform's T.Resize default
 _TRAINING_ONLY = ('prompt_learner.', 'text_encoder.')
 _NECKS = {'bottleneck.': 'bnneck.', 'bottleneck_proj.': 'bnneck_proj.'}
@@ -52,14 +64,16 @@ def convert_clipreid_state_dict(
         image_size: Sequence[int] = (256, 128),
         camera_embed_scale: float = 1.0,
         embedding: str = 'before_bnneck',
-        image_mean: Sequence[float] = CLIPREID_MEAN,
-        image_std: Sequence[float] = CLIPREID_STD,
+        image_mean: Optional[Sequence[float]] = None,
+        image_std: Optional[Sequence[float]] = None,
         interpolation: str = CLIPREID_INTERPOLATION,
-) -> Tuple[Dict[str, torch.Tensor], PiVLConfig]:
-    """CLIP-ReID weights -> (π-VL weights in timm's layout, the ``PiVLConfig`` describing them).
+) -> Tuple[Dict[str, torch.Tensor], PiVLConfig | PiVLResNetConfig]:
+    """CLIP-ReID weights -> (π-VL weights in timm's layout, the config describing them: ``PiVLConfig`` for a ViT,
+    ``PiVLResNetConfig`` for RN50).
 
     ``camera_embed_scale`` is CLIP-ReID's ``SIE_COE`` (not stored in checkpoints; used only if it has ``cv_embed``);
-    ``image_mean`` / ``image_std`` / ``interpolation``: the preprocessing it was trained with (CLIP-ReID's).
+    ``image_mean`` / ``image_std`` / ``interpolation``: the preprocessing it was trained with (None: CLIP-ReID's
+    config for that backbone, 0.5 for the ViT, ImageNet's for RN50).
     Keys the converter does not know are an error naming them; the training-only prompt learner and text encoder are
     left out and logged.
     """
@@ -70,10 +84,10 @@ def convert_clipreid_state_dict(
     if broken:
         raise ValueError(f'{len(broken)} tensor(s) hold NaN or Inf ({", ".join(broken[:4])}'
                          f'{", ..." if len(broken) > 4 else ""}): a diverged or damaged checkpoint')
-    if 'image_encoder.proj' not in state_dict:
-        resnet = any(k.startswith('image_encoder.layer1.') for k in state_dict)
-        raise ValueError('not a CLIP-ReID ViT checkpoint: no image_encoder.proj'
-                         + (' (this is the RN50 variant, which has no π-VL inference model here)' if resnet else ''))
+    resnet = 'image_encoder.attnpool.c_proj.weight' in state_dict
+    if 'image_encoder.proj' not in state_dict and not resnet:
+        raise ValueError('not a CLIP-ReID checkpoint: neither a ViT image tower (image_encoder.proj) nor an RN50 one '
+                         '(image_encoder.attnpool.*)')
     image_size = tuple(int(s) for s in image_size)
     visual, out, left_out, unknown = {}, {}, [], []
     for key, value in state_dict.items():
@@ -95,6 +109,15 @@ def convert_clipreid_state_dict(
                          f'{", ".join(unknown[:6])}{", ..." if len(unknown) > 6 else ""}')
     if left_out:
         _logger.info('left out %d training-only tensors (prompt learner, text encoder)', len(left_out))
+    num_labels = out['head.cls.weight'].shape[0] if 'head.cls.weight' in out else 2
+    if resnet:
+        if 'camera_embed' in out:
+            raise ValueError('an RN50 checkpoint with a camera embedding (cv_embed): CLIP-ReID\'s CNN model never '
+                             'uses it, so its features would not be what the checkpoint was evaluated with')
+        tower, config = _resnet_tower(visual, image_size, num_labels, embedding=embedding,
+                                      image_mean=tuple(image_mean or CLIPREID_CNN_MEAN),
+                                      image_std=tuple(image_std or CLIPREID_CNN_STD), interpolation=interpolation)
+        return {**tower, **out}, config
 
     conv = visual['visual.conv1.weight']
     width, patch = conv.shape[0], conv.shape[-1]
@@ -107,13 +130,45 @@ def convert_clipreid_state_dict(
         projection_dim=visual['visual.proj'].shape[1], hidden_act='quick_gelu', embedding=embedding,
         patch_stride=None if stride == patch else stride,
         num_cameras=out['camera_embed'].shape[0] if 'camera_embed' in out else 0,
-        camera_embed_scale=camera_embed_scale, image_mean=tuple(image_mean), image_std=tuple(image_std),
-        interpolation=interpolation,
-        num_labels=out['head.cls.weight'].shape[0] if 'head.cls.weight' in out else 2)
+        camera_embed_scale=camera_embed_scale, image_mean=tuple(image_mean or CLIPREID_MEAN),
+        image_std=tuple(image_std or CLIPREID_STD), interpolation=interpolation, num_labels=num_labels)
     tower = _convert_openai_clip(visual, model=None)  # timm's OpenAI-CLIP key mapping; the projection is `head`
     tower['proj.weight'] = tower.pop('head.weight')
     del tower['head.bias']  # zeros timm adds; CLIP's projection has none
     return {**tower, **out}, config
+
+
+def _resnet_tower(visual: Dict[str, torch.Tensor], image_size: Tuple[int, int], num_labels: int, **fields
+                  ) -> Tuple[Dict[str, torch.Tensor], PiVLResNetConfig]:
+    """OpenAI's CLIP ResNet (``visual.*``) as CLIP-ReID keeps it -> timm's layout and its ``PiVLResNetConfig``."""
+    def layer_of(key: str) -> Optional[Tuple[int, int]]:
+        m = re.match(r'visual\.layer(\d)\.(\d+)\.', key)
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+    blocks = {layer_of(k) for k in visual if layer_of(k)}
+    absent = [f'image_encoder.layer{stage}.*' for stage in (1, 2, 3, 4) if not any(s == stage for s, _ in blocks)]
+    needed = [f'visual.{name}.weight' for name in ('conv1', 'conv2', 'conv3', 'attnpool.c_proj')]
+    absent += [k.replace('visual.', 'image_encoder.') for k in needed + ['visual.attnpool.positional_embedding']
+               if k not in visual]
+    if absent:
+        raise ValueError(f'not a complete CLIP-ReID RN50 checkpoint: no {", ".join(absent)}')
+    depths = tuple(1 + max(b for s, b in blocks if s == stage) for stage in (1, 2, 3, 4))
+    widths = tuple(visual[f'visual.layer{stage}.0.conv3.weight'].shape[0] for stage in (1, 2, 3, 4))
+    stems = tuple(visual[f'visual.conv{i}.weight'].shape[0] for i in (1, 2, 3))
+    positions = visual['visual.attnpool.positional_embedding'].shape[0] - 1
+    last_stride = next((s for s in (1, 2) if (image_size[0] // (16 * s)) * (image_size[1] // (16 * s)) == positions),
+                       None)
+    if last_stride is None:
+        raise ValueError(f'the attention pool\'s position embedding has {positions} positions, which neither last '
+                         f'stride gives at image size {tuple(image_size)}; pass the size it was trained at')
+    config = PiVLResNetConfig(
+        image_size=image_size, num_channels=visual['visual.conv1.weight'].shape[1], stem_sizes=stems,
+        hidden_sizes=widths, depths=depths, projection_dim=visual['visual.attnpool.c_proj.weight'].shape[0],
+        last_stride=last_stride, num_labels=num_labels, **fields)
+    # timm's converter keeps the attnpool keys for a model whose `head` is an attention pool (any one will do)
+    tower = _convert_openai_clip_resnet(visual, SimpleNamespace(head=AttentionPool2d(64, feat_size=1)))
+    return {('attn_pool.' + k.removeprefix('head.') if k.startswith('head.') else k): v
+            for k, v in tower.items()}, config
 
 
 def convert_clipreid_checkpoint(
@@ -122,13 +177,13 @@ def convert_clipreid_checkpoint(
         image_size: Sequence[int] = (256, 128),
         camera_embed_scale: float = 1.0,
         embedding: str = 'before_bnneck',
-        image_mean: Sequence[float] = CLIPREID_MEAN,
-        image_std: Sequence[float] = CLIPREID_STD,
+        image_mean: Optional[Sequence[float]] = None,
+        image_std: Optional[Sequence[float]] = None,
         interpolation: str = CLIPREID_INTERPOLATION,
         overwrite: bool = False,
-) -> PiVLModel | PiVLForReID:
+) -> PiVLModel | PiVLForReID | PiVLResNetModel | PiVLResNetForReID:
     """Read a CLIP-ReID ``.pth`` (weights only), convert it and ``save_pretrained`` it (with its image processor)
-    into ``output_dir``; returns the model (``PiVLForReID`` when the checkpoint has its classifiers)."""
+    into ``output_dir``; returns the model (the ``...ForReID`` class when the checkpoint has its classifiers)."""
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'{checkpoint}: CLIP-ReID checkpoint not found')
@@ -146,11 +201,13 @@ def convert_clipreid_checkpoint(
     try:
         weights, config = convert_clipreid_state_dict(state_dict, image_size, camera_embed_scale, embedding,
                                                        image_mean, image_std, interpolation)
-        model = (PiVLForReID if 'head.cls.weight' in weights else PiVLModel)(config)
+        classes = (PiVLResNetForReID, PiVLResNetModel) if isinstance(config, PiVLResNetConfig) else (PiVLForReID,
+                                                                                                     PiVLModel)
+        model = classes[0 if 'head.cls.weight' in weights else 1](config)
         model.timm_model.load_state_dict(weights, strict=True)  # every tensor placed, none left over
     except (KeyError, RuntimeError) as error:  # a key missing, a tensor of another shape
         detail = f'missing tensor {error}' if isinstance(error, KeyError) else ' '.join(str(error).split())
-        raise ValueError(f'{checkpoint}: not a complete CLIP-ReID ViT checkpoint ({detail})') from error
+        raise ValueError(f'{checkpoint}: not a complete CLIP-ReID checkpoint ({detail})') from error
     except ValueError as error:
         raise ValueError(f'{checkpoint}: {error}') from error
     model.eval().save_pretrained(output_dir)
@@ -161,7 +218,7 @@ def convert_clipreid_checkpoint(
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
     parser = argparse.ArgumentParser(
         prog=prog or 'python -m aaformer_hf.hf.convert_clipreid', allow_abbrev=False,
-        description='Convert a CLIP-ReID ViT-B/16 checkpoint into a timm / transformers π-VL model folder.')
+        description='Convert a CLIP-ReID checkpoint (ViT-B/16 or RN50) into a timm / transformers π-VL model folder.')
     parser.add_argument('checkpoint', help='CLIP-ReID .pth state dict (read with weights_only=True)')
     parser.add_argument('output_dir', help='folder for save_pretrained (must be new or empty)')
     parser.add_argument('--image_size', type=int, nargs=2, default=(256, 128), metavar=('H', 'W'),
@@ -179,10 +236,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     except (OSError, ValueError) as error:
         parser.exit(2, f'{parser.prog}: error: {error}\n')
     config = model.config
-    print(f'{args.output_dir}: {type(model).__name__}, {config.num_hidden_layers} layers, grid '
-          f'{tuple(model.timm_model.patch_embed.grid_size)}, {config.num_cameras} camera(s), '
-          f'{config.num_labels if isinstance(model, PiVLForReID) else 0} identities; '
-          f'embedding {config.hidden_size + config.projection_dim}-d')
+    identities = config.num_labels if isinstance(model, (PiVLForReID, PiVLResNetForReID)) else 0
+    if isinstance(config, PiVLResNetConfig):
+        tower = (f'RN50-style, depths {config.depths}, last stride {config.last_stride}, grid '
+                 f'{tuple(model.timm_model.attn_pool.feat_size)}')
+    else:
+        tower = (f'{config.num_hidden_layers} layers, grid {tuple(model.timm_model.patch_embed.grid_size)}, '
+                 f'{config.num_cameras} camera(s)')
+    print(f'{args.output_dir}: {type(model).__name__}, {tower}, {identities} identities; '
+          f'embedding {config.embedding_size}-d')
 
 
 if __name__ == '__main__':

@@ -279,6 +279,7 @@ def pivl_resnet50(pretrained: bool = False, **kwargs) -> PiVLResNet:
 
 @register_model
 def pivl_resnet_tiny(pretrained: bool = False, **kwargs) -> PiVLResNet:
-    """ A tiny π-VL CNN (one block per stage, widths 16-128, projection 64) for tests and demos; not for re-ID. """
-    model_args = dict(depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_widths=(8, 8, 16), proj_dim=64)
+    """ A tiny π-VL CNN (one block per stage, CLIP's proportions at width 8, projection 64) for tests and demos; not
+    for re-ID. """
+    model_args = dict(depths=(1, 1, 1, 1), widths=(32, 64, 128, 256), stem_widths=(4, 4, 8), proj_dim=64)
     return _create_pivl_resnet('pivl_resnet_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
