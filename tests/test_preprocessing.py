@@ -126,6 +126,12 @@ def test_a_pivl_folder_with_openai_clip_statistics(tmp_path):
     _check_every_reader(str(folder), folder, *CLIP, 'bicubic')
 
 
+def test_a_pivl_cnn_folder_has_clipreids_cnn_preprocessing(tmp_path):
+    """CLIP-ReID's CNN config normalises with ImageNet's statistics (not OpenAI CLIP's), bilinear resizing."""
+    folder = _staged_from_timm(tmp_path, 'pivl_resnet_tiny')
+    _check_every_reader(str(folder), folder, *IMAGENET, 'bilinear')
+
+
 def test_a_converted_clipreid_folder_keeps_clipreids_preprocessing(tmp_path):
     """CLIP-ReID normalises with mean = std = 0.5 and resizes bilinearly (the π-VL family's defaults too)."""
     folder = _converted_clipreid(tmp_path)
@@ -155,6 +161,8 @@ def test_preprocessing_fields_are_checked_and_always_saved(tmp_path):
     from aaformer_hf import AAformerConfig, PiVLConfig
     assert AAformerConfig(image_std=0.25).image_std == (0.25, 0.25, 0.25)  # one number for every channel
     assert PiVLConfig().image_mean == HALF and PiVLConfig().interpolation == 'bilinear'  # CLIP-ReID's, the family's
+    from aaformer_hf import PiVLResNetConfig
+    assert (PiVLResNetConfig().image_mean, PiVLResNetConfig().image_std) == IMAGENET  # CLIP-ReID's CNN config
     for bad, match in ((dict(image_mean=(0.5, 0.5)), 'image_mean must hold one number per channel'),
                        (dict(image_std=(0.5, 0.0, 0.5)), 'image_std must be > 0'),
                        (dict(interpolation='nearest'), 'interpolation must be one of')):

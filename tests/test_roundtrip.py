@@ -136,6 +136,26 @@ def test_config_from_timm_model(tmp_path, pixels, kwargs):
     torch.testing.assert_close(loaded(pixels).logits, timm_model(pixels), atol=0, rtol=0)
 
 
+def test_pivl_cnn_config_from_timm_model(tmp_path, pixels):
+    """The CNN family: a timm model (other widths, last stride 2, dropout) is described by its config, wrapped, saved
+    and reloaded by transformers and timm unchanged."""
+    from aaformer_hf import PiVLResNetConfig
+    from aaformer_hf.hf.timm_backed import wrap_timm_model
+    timm_model = timm.create_model('pivl_resnet_tiny', num_classes=7, last_stride=2, drop_rate=0.1,
+                                   depths=(1, 2, 1, 1), embedding='after_bnneck').eval()
+    config = PiVLResNetConfig.from_timm_model(timm_model, num_labels=7)
+    assert (config.depths, config.last_stride, config.classifier_dropout) == ((1, 2, 1, 1), 2, 0.1)
+    rebuilt = timm.create_model('pivl_resnet_tiny', num_classes=7, **config.timm_kwargs())
+    assert repr(rebuilt) == repr(timm_model)
+    model = wrap_timm_model(timm_model)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForPersonReID.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(pixels).logits, timm_model(pixels), atol=0, rtol=0)
+    again = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    torch.testing.assert_close(again.forward_head(again.forward_features(pixels), pre_logits=True),
+                               loaded(pixels).embeddings, atol=0, rtol=0)
+
+
 def test_forward_refuses_unknown_keyword_arguments():
     """A misspelt argument is an error naming it and what forward takes, not silently dropped."""
     from aaformer_hf import PiVLConfig, PiVLModel
