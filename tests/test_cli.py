@@ -1,6 +1,7 @@
 """The aaformer-hf command: extract (sharded, resumable, split among processes), evaluate, the delegated commands,
 and their errors."""
 import json
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from aaformer_hf.reid.evaluation import evaluate
 from .test_hub import hub  # noqa: F401  (the fixture)
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+TINY_CNN = dict(depths=(1, 1, 1, 1), hidden_sizes=(32, 64, 128, 256), stem_sizes=(4, 4, 8), projection_dim=32)
 
 
 @pytest.fixture(scope='module')
@@ -202,14 +204,15 @@ def test_two_processes_share_the_shards_and_join_in_input_order(tmp_path, market
     assert load_embeddings(out)['paths'] == [str(p) for p in paths]
 
 
-@pytest.mark.parametrize('family', ['aaformer', 'pivl'])
+@pytest.mark.parametrize('family', ['aaformer', 'pivl', 'pivl_resnet'])
 def test_export_onnx_matches_pytorch_at_any_batch(tmp_path, family, capsys):
     import onnxruntime  # dev extras
-    from aaformer_hf import PiVLConfig, PiVLModel
+    from aaformer_hf import PiVLConfig, PiVLModel, PiVLResNetConfig, PiVLResNetModel
     torch.manual_seed(0)
     folder = tmp_path / 'model'
-    (AAformerModel(AAformerConfig(**TINY)) if family == 'aaformer'
-     else PiVLModel(PiVLConfig(**TINY, projection_dim=32))).save_pretrained(folder)
+    {'aaformer': lambda: AAformerModel(AAformerConfig(**TINY)),
+     'pivl': lambda: PiVLModel(PiVLConfig(**TINY, projection_dim=32)),
+     'pivl_resnet': lambda: PiVLResNetModel(PiVLResNetConfig(**TINY_CNN))}[family]().save_pretrained(folder)
     out = tmp_path / 'reid.onnx'
     assert main(['export-onnx', str(folder), '-o', str(out)]) == 0
     printed = capsys.readouterr().out
@@ -374,6 +377,42 @@ def test_visualize_attention_of_the_pivl_model_is_timms_own_attention(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(['visualize', 'attention', str(folder), str(image), '-o', str(tmp_path / 'x.png'), '--layer', '2'])
     assert exit_info.value.code == 2
+
+
+def test_visualize_attention_of_the_pivl_cnn_is_its_attention_pools(tmp_path, capsys):
+    """π-VL's CNN has one attention, its pool: the map is the mean token's attention over the last map's cells,
+    checked by rebuilding the pool's output (the CLIP projection) from those probabilities and the pool's values."""
+    import timm
+
+    from aaformer_hf import PiVLResNetConfig, PiVLResNetModel
+    from aaformer_hf.apps.visualize import CELL, attention_pool_attention
+    torch.manual_seed(0)
+    folder = tmp_path / 'cnn'
+    PiVLResNetModel(PiVLResNetConfig(**TINY_CNN)).save_pretrained(folder)
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    pixels = torch.randn(2, 3, 256, 128)
+    with torch.no_grad():
+        probs = attention_pool_attention(model, pixels)  # (B, heads, 1 + 16 * 8)
+        x = model.forward_features(pixels)
+        pool = model.attn_pool
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + pool.pos_embed
+        v = pool.v(tokens).reshape(2, -1, pool.num_heads, pool.head_dim).transpose(1, 2)
+        rebuilt = pool.proj((probs.unsqueeze(2) @ v).transpose(1, 2).reshape(2, -1))
+        torch.testing.assert_close(rebuilt, pool(x), rtol=1e-5, atol=1e-5)
+    assert probs.shape == (2, 4, 1 + 16 * 8)
+    image = tmp_path / 'a.png'
+    Image.new('RGB', (128, 256), (90, 90, 90)).save(image)
+    out = tmp_path / 'attention.png'
+    assert main(['visualize', 'attention', str(folder), str(image), '-o', str(out)]) == 0
+    panel, gap = (8 * CELL, 16 * CELL), 6
+    assert Image.open(out).size == (6 * panel[0] + 5 * gap, panel[1])  # image | 4 heads | mean
+    for argv, message in ((['attention', '--layer', '1'], 'has 1 attention layer'),
+                          (['parts'], 'assigns no patches to \\[PART\\]s')):
+        with pytest.raises(SystemExit) as exit_info:
+            main(['visualize', argv[0], str(folder), str(image), '-o', str(tmp_path / 'x.png'), *argv[1:]])
+        assert exit_info.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
 
 
 def test_visualize_ranks_frames_follow_the_protocol(tmp_path, market, model_dir):

@@ -316,10 +316,13 @@ def _visualize(args) -> int:
     if args.kind == 'ranks' and (not args.dataset or not args.root):
         raise ValueError('visualize ranks: needs --dataset and --root')
     model = load_inference_model(args.model, args.pretrained)
-    depth = len(getattr(model, 'blocks', ()))
+    if args.kind == 'parts' and not getattr(model, 'assigns_patches', False):
+        raise ValueError(f'visualize parts: {args.model} assigns no patches to [PART]s (only AAformer models do; '
+                         'try visualize attention)')
+    depth = len(getattr(model, 'blocks', ())) or (1 if hasattr(model, 'attn_pool') else 0)  # a CNN: its pool
     if args.kind != 'ranks' and not -depth <= args.layer < depth:
-        raise ValueError(f'--layer {args.layer}: {args.model} has {depth} layers (0..{depth - 1}, or -1..-{depth} '
-                         'from the last)')
+        raise ValueError(f'--layer {args.layer}: {args.model} has {depth} attention layer(s) (0..{depth - 1}, or '
+                         f'-1..-{depth} from the last)')
     transform = build_transforms(model.pretrained_cfg, train=False)
     if args.kind == 'ranks':
         figure = _ranks(args, model, transform)

@@ -4,7 +4,8 @@
 - ``parts_figure``: an AAformer's patch-to-[PART] assignment in one layer - per image, each group's parts by majority
   over heads, every head on its own, and how many heads agree with the majority (dark = heads disagree);
 - ``attention_figure``: where CLS (per head) and each [PART] (mean over heads) look, in one layer; for the π-VL model
-  (a plain CLIP ViT at inference) CLS per head and averaged over heads;
+  (a plain CLIP ViT at inference) CLS per head and averaged over heads; for π-VL's CNN (a CLIP ResNet), where its
+  attention pool's mean token (the query whose output is the CLIP projection) looks on the last map;
 - ``ranks_figure``: rank lists - each query, then its nearest gallery images under the evaluation protocol (same
   identity under the same camera left out), framed green for a correct match and red otherwise.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ['PALETTE', 'parts_figure', 'attention_figure', 'ranks_figure', 'tile']
+__all__ = ['PALETTE', 'parts_figure', 'attention_figure', 'attention_pool_attention', 'ranks_figure', 'tile']
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -109,21 +110,27 @@ def attention_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor,
     from timm.models.vision_transformer import VisionTransformer
 
     from ..models.aaformer import AAformer
-    if not -len(model.blocks) <= layer < len(model.blocks):
-        raise ValueError(f'--layer {layer}: the model has {len(model.blocks)} layers (0..{len(model.blocks) - 1}, '
+    from ..models.pivl_resnet import PiVLResNet
+    depth = 1 if isinstance(model, PiVLResNet) else len(model.blocks)  # a CNN's one attention: its pool
+    if not -depth <= layer < depth:
+        raise ValueError(f'--layer {layer}: the model has {depth} attention layer(s) (0..{depth - 1}, '
                          'or negative from the last)')
-    if isinstance(model, AAformer):
+    if isinstance(model, PiVLResNet):
+        rows_to_patches = attention_pool_attention(model, pixels)[..., 1:].unsqueeze(2)  # (B, H, 1, N)
+        prefix, grid = 1, tuple(model.forward_features(pixels[:1]).shape[-2:])
+    elif isinstance(model, AAformer):
         probs = model.forward_tokens(pixels, output_attentions=True).attentions[layer]  # (B, H, L, L)
-        prefix = model.num_prefix_tokens
+        prefix, grid = model.num_prefix_tokens, model.patch_embed.grid_size
+        rows_to_patches = probs[:, :, :prefix, prefix:]
     elif isinstance(model, VisionTransformer):
         probs, prefix = vit_attention(model, pixels, layer), model.num_prefix_tokens
+        grid, rows_to_patches = model.patch_embed.grid_size, probs[:, :, :prefix, prefix:]
     else:
-        raise ValueError(f'attention: needs an AAformer or a timm ViT (the π-VL model), got {type(model).__name__}')
-    grid = model.patch_embed.grid_size
+        raise ValueError(f'attention: needs an AAformer, a timm ViT (the π-VL model) or π-VL\'s CLIP ResNet, got '
+                         f'{type(model).__name__}')
     rows = []
-    for image, p in zip(images, probs):
+    for image, to_patches in zip(images, rows_to_patches):  # (H, prefix, N)
         shown = _display(image, grid)
-        to_patches = p[:, :prefix, prefix:]  # (H, prefix, N)
         row = [shown] + [_heat_panel(shown, head[0].view(*grid).numpy()) for head in to_patches]
         if prefix == 1:
             row.append(_heat_panel(shown, to_patches[:, 0].mean(0).view(*grid).numpy()))
@@ -145,6 +152,24 @@ def vit_attention(model, pixels: torch.Tensor, layer: int = -1) -> torch.Tensor:
     q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(q), attn.k_norm(k)
     return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+def attention_pool_attention(model, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, H, 1 + N) attention of a CLIP ResNet's attention pool (timm's ``AttentionPool2d``, π-VL's CNN
+    ``attn_pool``): its mean token's row - the query whose output becomes the CLIP projection - over itself and the
+    N cells of the last map, per head, recomputed with the pool's own projections (timm's fused attention never
+    forms it)."""
+    from timm.layers import resample_abs_pos_embed
+
+    pool = model.attn_pool
+    x = model.forward_features(pixels)
+    b, _, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2)
+    tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + resample_abs_pos_embed(
+        pool.pos_embed.unsqueeze(0), (h, w), old_size=pool.feat_size, num_prefix_tokens=1)
+    q = pool.q(tokens[:, :1]).reshape(b, 1, pool.num_heads, pool.head_dim).transpose(1, 2)
+    k = pool.k(tokens).reshape(b, h * w + 1, pool.num_heads, pool.head_dim).transpose(1, 2)
+    return ((q * pool.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0]
 
 
 def ranks_figure(query_images: Sequence[Image.Image], gallery_images: Sequence[Image.Image], distmat: torch.Tensor,
