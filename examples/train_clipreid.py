@@ -8,8 +8,10 @@ plus the pixel-level InfoNCE between projected patch features and the identity-a
 ``stage1_part_epochs``).
 Stage 2 (the epoch loop in ``train_two_stage``): the text features of every identity (and every identity's part
 prompts) are computed once and kept fixed (``fix_text_features``); the image encoder trains with ID + triplet +
-image-to-text cross-entropy (CLIP-ReID) plus π-VL's alignment MSE between an auxiliary head on the last block's patch
-map and the text-embedding map (Eq. 11-12; ``stage2_losses``).
+image-to-text cross-entropy (CLIP-ReID) plus π-VL's alignment MSE between an auxiliary head and the text-embedding
+map (Eq. 11-12; ``stage2_losses``): for the ViT on the last block's patch map, for the CNN on its C2-C4 stages.
+Both backbones of π-VL's Table 2 train here: the CLIP ViT (``pivl_vit_*``) and the CLIP ResNet (``pivl_resnet*``);
+where they differ (``image_features``, ``Stage2Model``) the code says which is which.
 The head and the text side are never part of the saved model; the learned text features are written beside it
 (``text_features.safetensors``). π-VL's pieces: the prompt learner (``train_prompts.py``), the alignment heads
 (``train_fusion.py``) and Table 5's student (``train_student.py``).
@@ -31,8 +33,11 @@ from tqdm.auto import tqdm
 from aaformer_hf.data import build_transforms, eval_loader
 from aaformer_hf.data.parsing import add_parsing_column
 from aaformer_hf.data.sampler import PKSampler
+from aaformer_hf.models.pivl_resnet import PiVLResNet
 from train_config import TrainConfig
-from train_fusion import NUM_PARSING_CLASSES, build_alignment_head, parsing_on_grid, text_embedding_map
+from train_fusion import (
+    NUM_PARSING_CLASSES, CNNHierarchicalFusion, build_alignment_head, parsing_on_grid, text_embedding_map,
+)
 from train_losses import CLIPReIDLoss, alignment_loss, part_infonce_loss, supcon_loss
 from train_outputs import claim_output_dir, read_state, resume_folder
 from train_prompts import LIP_PART_WORDS, PromptLearner, encode_prompt_embeddings, freeze
@@ -198,9 +203,11 @@ class TwoStageModels:
         parsing = config.part_prompts != 'off'
         width = model.config.projection_dim
         if config.student_model is None:
+            cnn = is_cnn(model)  # π-VL's CNN: the fusion reads C2-C4, the 1x1 head the last map
             head = None if config.alignment_head == 'off' else build_alignment_head(
-                config.alignment_head, model.config.hidden_size, width, config.align_hidden)
-            models = cls(model, model, Stage2Model(model, head), parsing, model.config.num_cameras > 0)
+                config.alignment_head, model.config.hidden_size, width, config.align_hidden,
+                cnn_widths=model.config.hidden_sizes[:3] if cnn else (), fusion_sum=config.cnn_fusion_sum)
+            models = cls(model, model, Stage2Model(model, head), parsing, getattr(model.config, 'num_cameras', 0) > 0)
         else:  # Table 5: a timm student learns from the teacher's prompts; the teacher only caches stage-1 features
             from train_student import build_student
             student, input_cfg = build_student(
@@ -237,11 +244,19 @@ class TwoStageModels:
         self.prompt_learner, self.stage1_optimizer = accelerator.prepare(self.prompt_learner, self.stage1_optimizer)
 
 
-class Stage2Model(nn.Module):
-    """What stage 2 trains: the re-ID model and (π-VL) the alignment head on its last block's patch map.
+def is_cnn(reid_model: nn.Module) -> bool:
+    """A π-VL CNN (CLIP ResNet) rather than a CLIP ViT."""
+    return isinstance(reid_model.timm_model, PiVLResNet)
 
-    ``forward`` returns the identity logits (B, 2, C), CLIP-ReID's three triplet features (the CLS after the
-    second-to-last block, the CLS after the final norm, its projection) and the head's map (B, E, h', w') or None.
+
+class Stage2Model(nn.Module):
+    """What stage 2 trains: the re-ID model and (π-VL) the alignment head.
+
+    ``forward`` returns the identity logits (B, 2, C), CLIP-ReID's three triplet features and the head's map
+    (B, E, h', w') or None. The triplet features, as CLIP-ReID's ``build_transformer`` returns them: for the ViT the
+    CLS after the second-to-last block, the CLS after the final norm and its projection; for the ResNet the third
+    stage's map and the last map, average-pooled, and the attention pool's projection. The head reads the ViT's last
+    patch map, or the ResNet's C2-C4 (fusion) / last map (1x1 head).
     """
 
     def __init__(self, reid_model: nn.Module, alignment_head: Optional[nn.Module] = None) -> None:
@@ -250,6 +265,17 @@ class Stage2Model(nn.Module):
         self.alignment_head = alignment_head
 
     def forward(self, pixel_values: torch.Tensor, camera_ids: Optional[torch.Tensor] = None):
+        if is_cnn(self.reid_model):
+            if camera_ids is not None:
+                raise ValueError('π-VL\'s CNN has no camera embedding (CLIP-ReID\'s never uses one)')
+            out = self.reid_model(pixel_values=pixel_values, output_hidden_states=True)
+            maps = out.hidden_states  # the stem's map, then stages 1-4
+            features = (maps[-2].mean((2, 3)), *out.features)  # stage 3 pooled, stage 4 pooled, its projection
+            aligned = None
+            if self.alignment_head is not None:
+                fusion = isinstance(self.alignment_head, CNNHierarchicalFusion)
+                aligned = self.alignment_head(maps[1:4] if fusion else maps[-1])
+            return out.logits, features, aligned
         out = self.reid_model(pixel_values=pixel_values, camera_ids=camera_ids, output_hidden_states=True)
         features = (out.hidden_states[-2][:, 0], *out.features)  # CLS after block 11, CLS, its projection
         aligned = None
@@ -361,8 +387,9 @@ def stage1_batches(labels: Sequence[int], accelerator: Accelerator, config: Trai
 @torch.no_grad()
 def cache_image_features(teacher: nn.Module, accelerator: Accelerator, config: TrainConfig, train_split,
                          pretrained_cfg: Dict[str, Any], workers: int, with_patches: bool) -> Dict[str, torch.Tensor]:
-    """Every training image's projected CLS (and, for the part epochs, its projected patch features and parsing
-    labels on the patch grid), computed once without augmentation; identical on every process."""
+    """Every training image's projected feature (and, for the part epochs, its projected features per cell of the
+    last map and the parsing labels on that grid), computed once without augmentation; identical on every
+    process."""
     trunk = teacher.timm_model
     loader = accelerator.prepare(eval_loader(
         train_split, build_transforms(pretrained_cfg, train=False), config.eval_batch_size, workers,
@@ -373,21 +400,41 @@ def cache_image_features(teacher: nn.Module, accelerator: Accelerator, config: T
     for batch in tqdm(loader, desc='stage 1: caching image features', leave=False, disable=quiet_bars(accelerator)):
         pixels, pids = batch[:2]
         with accelerator.autocast():
-            # no camera embedding on this path, as in CLIP-ReID's code (its stage-1 image features skip SIE)
-            tokens, _ = trunk.forward_tokens(pixels, without_cameras=True)
-            image = trunk.proj(tokens[:, 0]).float()
-            row = {'image': image, 'labels': pids}
+            image, cells, grid = image_features(trunk, pixels, with_cells=with_patches)
+            row = {'image': image.float(), 'labels': pids}
             if with_patches:
-                grid = trunk.patch_embed.dynamic_feat_size(pixels.shape[-2:])
-                # CLIP's final norm and projection applied to every patch token (as DenseCLIP / MaskCLIP do; the
-                # paper does not say how its patch features reach the text space); stored in fp16 to halve memory
-                row['patches'] = trunk.proj(tokens[:, trunk.num_prefix_tokens:]).half()
+                row['patches'] = cells.half()  # stored in fp16 to halve memory
                 row['cells'] = parsing_on_grid(batch[3], grid)[0]
                 row['has_parsing'] = batch[4]
         for key, value in accelerator.gather_for_metrics(row).items():
             columns[key].append(value.cpu())
     trunk.train(was_training)
     return {key: torch.cat(value) for key, value in columns.items() if value}
+
+
+def image_features(trunk: nn.Module, pixels: torch.Tensor, with_cells: bool
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Tuple[int, int]]:
+    """Stage 1's image features in the text space: (B, E) per image, and with ``with_cells`` (B, N, E) per cell of
+    the grid it returns. ViT: the projected CLS, and CLIP's final norm and projection applied to every patch token
+    (as DenseCLIP / MaskCLIP do). ResNet: the attention pool's output for its mean token (CLIP-ReID's
+    ``image_features_proj[0]``), and its outputs for every cell of the last map as queries (the rest of that
+    sequence). π-VL does not say how its patch features reach the text space. No camera embedding on this path, as
+    in CLIP-ReID's code (its stage-1 image features skip SIE)."""
+    if isinstance(trunk, PiVLResNet):
+        last = trunk.forward_features(pixels)
+        image, cells = trunk.attn_pool(last), None
+        if with_cells:
+            pool = trunk.attn_pool
+            pool.pool_type = ''  # timm's AttentionPool2d then returns every cell's output, as a map
+            try:
+                cells = pool(last).flatten(2).transpose(1, 2)
+            finally:
+                pool.pool_type = 'token'
+        return image, cells, tuple(last.shape[-2:])
+    tokens, _ = trunk.forward_tokens(pixels, without_cameras=True)
+    image = trunk.proj(tokens[:, 0])
+    cells = trunk.proj(tokens[:, trunk.num_prefix_tokens:]) if with_cells else None
+    return image, cells, tuple(trunk.patch_embed.dynamic_feat_size(pixels.shape[-2:]))
 
 
 def encode_prompts(models: TwoStageModels, accelerator: Accelerator, labels: torch.Tensor,

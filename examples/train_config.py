@@ -9,6 +9,9 @@
   + 20 part-informed epochs); stage 2 trains the image encoder (Adam 5e-6, weight decay 1e-4, 10 warm-up epochs from
   0.1 x lr, x0.1 at epochs 30 and 50 of 60; loss weights ID 0.25, TRI 1, I2T 1 [+ ALIGN 1]). Both stages set the rate
   once per epoch, epochs counted from 1, as CLIP-ReID's code does (``lr_update``).
+  With a CLIP ResNet (``--model pivl_resnet50``): CLIP-ReID's CNN config and π-VL's CNN recipe (``CNN_DEFAULTS``):
+  stage 1 60 epochs for CLIP-ReID; stage 2 Adam 3.5e-4, weight decay 5e-4, 10 warm-up epochs from 0.01 x lr, x0.1 at
+  epochs 40 and 70 of 120, ID loss weight 1.
 Fields the papers do not state say so.
 """
 import argparse
@@ -18,14 +21,15 @@ import logging
 import os
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Union, get_args
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import yaml
 
 from aaformer_hf.data.sampler import EPOCH_MODES
 
 logger = logging.getLogger(__name__)
-__all__ = ['TrainConfig', 'BASELINES', 'METHODS', 'METHOD_DEFAULTS', 'PIVL_ABLATIONS', 'parse_config']
+__all__ = ['TrainConfig', 'BASELINES', 'METHODS', 'METHOD_DEFAULTS', 'CNN_DEFAULTS', 'PIVL_ABLATIONS', 'parse_config',
+           'recipe', 'is_cnn_model']
 
 # The paper's ablation baselines as model arguments (Table IV: [PART]s on fixed partitions or on human-parsing
 # regions, and more CLS tokens; Table V: nearest neighbour instead of optimal transport; the ViT-baseline has no
@@ -51,23 +55,49 @@ Stage1Sampling = Literal['pk', 'shuffle']
 MixedPrecision = Literal['no', 'fp16', 'bf16']
 PartPrompts = Literal['off', 'label', 'identity']
 AlignmentHead = Literal['off', 'linear', 'pyramid']
+FusionSum = Literal['all', 'eq10']
 EvalMetric = Literal['euclidean', 'cosine']
 ParsingMissing = Literal['error', 'keep']
 
 _TWO_STAGE = dict(
     model='pivl_vit_base_patch16', optimizer='adam', lr=5e-6, epochs=60, warmup_epochs=10, warmup_lr=5e-7,
-    lr_schedule='step', lr_update='epoch', weight_decay_scope='all', bias_lr_factor=2.0, id_loss_weight=0.25)
+    lr_schedule='step', lr_decay_epochs=[30, 50], lr_update='epoch', weight_decay=1e-4, weight_decay_scope='all',
+    bias_lr_factor=2.0, id_loss_weight=0.25)
 # a method's recipe: the values of the fields left None
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'aaformer': dict(model='aaformer_base', optimizer='momentum', lr=8e-3, epochs=120, warmup_epochs=10,
-                     warmup_lr=8e-4, lr_schedule='cosine', lr_update='step', weight_decay_scope='weights',
-                     bias_lr_factor=1.0, id_loss_weight=1.0, stage1_epochs=0, stage1_part_epochs=0,
-                     stage1_sampling='pk', part_prompts='off', alignment_head='off'),
+                     warmup_lr=8e-4, lr_schedule='cosine', lr_decay_epochs=[30, 50], lr_update='step',
+                     weight_decay=1e-4, weight_decay_scope='weights', bias_lr_factor=1.0, id_loss_weight=1.0,
+                     stage1_epochs=0, stage1_part_epochs=0, stage1_sampling='pk', part_prompts='off',
+                     alignment_head='off'),
     'clipreid': dict(_TWO_STAGE, stage1_epochs=120, stage1_part_epochs=0, stage1_sampling='shuffle', part_prompts='off',
                      alignment_head='off'),
     'pivl': dict(_TWO_STAGE, stage1_epochs=60, stage1_part_epochs=20, stage1_sampling='pk', part_prompts='identity',
                  alignment_head='pyramid'),
 }
+# the two-stage methods with a CLIP ResNet (π-VL's CNN rows): CLIP-ReID's CNN config (configs/person/cnn_clipreid.yml)
+# and π-VL §4.2's CNN schedule, over the method's values
+_CNN_STAGE2 = dict(lr=3.5e-4, epochs=120, warmup_epochs=10, warmup_lr=3.5e-6, lr_decay_epochs=[40, 70],
+                   weight_decay=5e-4, id_loss_weight=1.0)
+CNN_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    'clipreid': dict(_CNN_STAGE2, stage1_epochs=60),  # its CNN config's stage 1: 60 epochs (the ViT's 120)
+    'pivl': dict(_CNN_STAGE2),  # π-VL's stage 1 (60 + 20) is the same for both backbones
+}
+
+
+def is_cnn_model(name: Optional[str]) -> bool:
+    """A π-VL CNN (CLIP ResNet) timm name: its recipe is ``CNN_DEFAULTS`` over the method's."""
+    import timm
+
+    import aaformer_hf.models  # noqa: F401  (registers the timm models)
+    return name is not None and name in timm.list_models(module='pivl_resnet')
+
+
+def recipe(method: str, model: Optional[str] = None) -> Dict[str, Any]:
+    """The values a method gives the fields left None, for this timm model."""
+    return {**METHOD_DEFAULTS[method], **(CNN_DEFAULTS.get(method, {}) if is_cnn_model(model) else {})}
+
+
 # π-VL's Table 3 rows (with --method pivl): B = CLIP-ReID; H = parsing-label prompts (no identity tokens);
 # P = identity-aware part prompts; F = hierarchical-fusion alignment head (without F: a 1x1 projection at the patch grid)
 PIVL_ABLATIONS: Dict[str, Dict[str, Any]] = {
@@ -77,9 +107,10 @@ PIVL_ABLATIONS: Dict[str, Dict[str, Any]] = {
     'B+P+F': dict(part_prompts='identity', alignment_head='pyramid'),
 }
 # what a Table 3 row takes from another method for the fields left unset: B is CLIP-ReID, so its stage 1 is
-# CLIP-ReID's (120 epochs, every cached feature once an epoch), not π-VL's 60 epochs of 16 identities x 4
-PIVL_ABLATION_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    'B': {name: METHOD_DEFAULTS['clipreid'][name] for name in ('stage1_epochs', 'stage1_sampling')},
+# CLIP-ReID's (120 epochs for the ViT, 60 for the CNN, every cached feature once an epoch), not π-VL's 60 epochs of
+# 16 identities x 4
+PIVL_ABLATION_FROM_METHOD: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    'B': ('clipreid', ('stage1_epochs', 'stage1_sampling')),
 }
 
 
@@ -118,14 +149,14 @@ class TrainConfig:
     warmup_lr: Optional[float] = None
     lr_schedule: Optional[LrSchedule] = None  # 'cosine' (to min_lr) | 'step' (x lr_decay_factor at each lr_decay_epochs)
     min_lr: float = 1.6e-5  # end of the cosine decay; not stated by the paper (TransReID's 0.002 x lr)
-    lr_decay_epochs: List[int] = dataclasses.field(default_factory=lambda: [30, 50])  # 'step' (CLIP-ReID ViT)
+    lr_decay_epochs: Optional[List[int]] = None  # 'step': [30, 50] (CLIP-ReID's ViT), [40, 70] (its CNN)
     # how the rate follows the schedule: 'step' (at every optimiser step, epochs counted from 0; AAformer, whose paper
     # does not say) or 'epoch' (CLIP-ReID's code: set at the start of each epoch, the n-th epoch counted from 1 runs
     # at the schedule's value for n, so warm-up starts above warmup_lr and a decay at epoch 30 hits the 30th epoch)
     lr_update: Optional[LrUpdate] = None
     lr_decay_factor: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: Optional[float] = None  # 1e-4 (AAformer, CLIP-ReID's ViT), 5e-4 (CLIP-ReID's CNN)
     # 'weights': no decay on biases, norms and tokens (timm's convention; AAformer's paper is silent); 'all': every
     # parameter decays (CLIP-ReID's code, its WEIGHT_DECAY_BIAS equal to WEIGHT_DECAY for the ViT)
     weight_decay_scope: Optional[WeightDecayScope] = None
@@ -161,7 +192,10 @@ class TrainConfig:
     pivl_ablation: Optional[str] = None  # 'B' | 'B+H' | 'B+P' | 'B+P+F' (with method 'pivl')
     # τ of the pixel-level InfoNCE (Eq. 7); the paper gives no value. Features are not normalised (CLIP-ReID's form)
     part_temperature: float = 1.0
-    align_hidden: int = 256  # the fusion head's width (ViTDet's 256; the paper gives none)
+    align_hidden: int = 256  # the ViT fusion head's width (ViTDet's 256; the paper gives none)
+    # the CNN fusion (Eq. 9-10): 'all' sums F2 + F3 + F4; 'eq10' sums F2 + F4 as Eq. 10 is printed (Eq. 9 computes F3
+    # and the text fuses "multi-stage" features, so 'all' reads the omission as a typo)
+    cnn_fusion_sum: FusionSum = 'all'
     i2t_loss_weight: float = 1.0
     align_loss_weight: float = 1.0  # Eq. 12 adds L_align with weight 1
     # π-VL v2 weights the alignment error by the parsing confidence (softmax over space). The PNG maps carry no
@@ -220,10 +254,12 @@ class TrainConfig:
                     raise ValueError(f'pivl_ablation {self.pivl_ablation!r} sets {name}={value!r}; '
                                      f'do not also pass {name}={getattr(self, name)!r}')
                 setattr(self, name, value)
-            for name, value in PIVL_ABLATION_DEFAULTS.get(self.pivl_ablation, {}).items():
-                if getattr(self, name) is None:
-                    setattr(self, name, value)
-        for name, value in METHOD_DEFAULTS[self.method].items():
+            if self.pivl_ablation in PIVL_ABLATION_FROM_METHOD:
+                method, names = PIVL_ABLATION_FROM_METHOD[self.pivl_ablation]
+                for name in names:
+                    if getattr(self, name) is None:
+                        setattr(self, name, recipe(method, self.model)[name])
+        for name, value in recipe(self.method, self.model).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.batch_size < 1 or self.num_instances < 1 or self.batch_size % self.num_instances:

@@ -1,7 +1,8 @@
 """π-VL's training-only alignment pieces: the parsing map on the feature grid, the text-embedding map built from it
 (Eq. 6) and the hierarchical-fusion auxiliary head (§3.4) that regresses it. None of this is part of the saved model.
 """
-from typing import Tuple
+import math
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -11,7 +12,9 @@ from timm.layers import LayerNorm2d
 from aaformer_hf.data.parsing import NUM_PARSING_CLASSES, label_counts_on_grid
 
 __all__ = ['NUM_PARSING_CLASSES', 'parsing_on_grid', 'text_embedding_map', 'SimpleFeaturePyramidFusion',
-           'PatchProjection', 'build_alignment_head']
+           'PatchProjection', 'CNNHierarchicalFusion', 'build_alignment_head', 'FUSION_SUMS']
+
+FUSION_SUMS = ('all', 'eq10')  # CNNHierarchicalFusion: F2 + F3 + F4, or Eq. 10 as printed (F2 + F4)
 
 
 def parsing_on_grid(parsing: torch.Tensor, grid: Tuple[int, int], num_classes: int = NUM_PARSING_CLASSES
@@ -104,9 +107,48 @@ class PatchProjection(nn.Module):
         return self.out(patch_map)
 
 
-def build_alignment_head(kind: str, in_dim: int, out_dim: int, hidden: int = 256) -> nn.Module:
-    """'pyramid' (π-VL's hierarchical fusion, F) or 'linear' (no fusion)."""
+class CNNHierarchicalFusion(nn.Module):
+    """π-VL's hierarchical fusion for CNNs (§3.4, Fig. 4a): C2, C3, C4 - the outputs of the conv2, conv3 and conv4
+    stages (ResNet's layer1-3, strides 4, 8, 16) - each through a 1x1 depth-wise convolution to the text width
+    (Eq. 9), then brought to stride 8 (Eq. 10: F2 down-sampled, F4 up-sampled) and summed.
+
+    What the paper leaves open, chosen here: the depth-wise convolution's groups are C_i when the text width is a
+    multiple of C_i (ResNet-50 to CLIP's 1024: x4, x2, x1 - a true depth-wise convolution), else gcd(C_i, width); it
+    has a bias; down-sampling is 2x2 average pooling and up-sampling bilinear. Eq. 10 as printed sums F2 and F4
+    only, although Eq. 9 computes F3 and the text fuses "multi-stage" features: ``fusion_sum`` 'all' (default) sums
+    the three, 'eq10' follows the equation as printed.
+    """
+
+    def __init__(self, in_widths: Sequence[int], out_dim: int, fusion_sum: str = 'all') -> None:
+        super().__init__()
+        if len(in_widths) != 3:
+            raise ValueError(f'CNNHierarchicalFusion takes C2, C3, C4: three widths, got {tuple(in_widths)}')
+        if fusion_sum not in FUSION_SUMS:
+            raise ValueError(f'fusion_sum must be one of {FUSION_SUMS}, got {fusion_sum!r}')
+        self.fusion_sum = fusion_sum
+        self.align = nn.ModuleList(nn.Conv2d(width, out_dim, 1, groups=math.gcd(width, out_dim))
+                                   for width in in_widths)
+
+    def output_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        """The stride-8 grid from the last map's (stride 16 with last stride 1)."""
+        return 2 * grid[0], 2 * grid[1]
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(C2, C3, C4) at strides 4, 8, 16 -> (B, out_dim, h8, w8)."""
+        c2, c3, c4 = maps
+        f2, f3, f4 = (align(c) for align, c in zip(self.align, (c2, c3, c4)))
+        f2 = F.avg_pool2d(f2, 2)
+        f4 = F.interpolate(f4, size=f3.shape[-2:], mode='bilinear', align_corners=False)
+        return f2 + f4 if self.fusion_sum == 'eq10' else f2 + f3 + f4
+
+
+def build_alignment_head(kind: str, in_dim: int, out_dim: int, hidden: int = 256,
+                         cnn_widths: Sequence[int] = (), fusion_sum: str = 'all') -> nn.Module:
+    """'pyramid' (π-VL's hierarchical fusion, F) or 'linear' (no fusion). ``cnn_widths`` (C2, C3, C4) given:
+    π-VL's CNN heads - the fusion of those stages, or a 1x1 conv on the last map; else the ViT's."""
     if kind == 'pyramid':
+        if cnn_widths:
+            return CNNHierarchicalFusion(cnn_widths, out_dim, fusion_sum)
         return SimpleFeaturePyramidFusion(in_dim, out_dim, hidden)
     if kind == 'linear':
         return PatchProjection(in_dim, out_dim)

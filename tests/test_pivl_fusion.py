@@ -64,3 +64,34 @@ def test_fusion_head_output_at_half_the_patch_stride_with_every_level_contributi
     assert build_alignment_head('linear', 32, 16)(patches).shape == (2, 16, 16, 8)
     with pytest.raises(ValueError, match="'pyramid' or 'linear'"):
         build_alignment_head('fpn', 32, 16)
+
+
+def test_cnn_fusion_by_hand():
+    """Eq. 9-10 on a hand case: 1x1 depth-wise convolutions (all weights 1, no bias) repeat each input channel
+    E / C_i times; F2 is averaged over 2x2 blocks, F4 (one cell) spread over the stride-8 grid; 'all' adds F3,
+    'eq10' leaves it out as Eq. 10 is printed."""
+    from train_fusion import CNNHierarchicalFusion
+
+    head = CNNHierarchicalFusion((2, 4, 8), 8)
+    assert [conv.groups for conv in head.align] == [2, 4, 8]  # depth-wise: one group per input channel
+    with torch.no_grad():
+        for conv in head.align:
+            conv.weight.fill_(1.0)
+            conv.bias.zero_()
+    c2 = torch.arange(2 * 4 * 4, dtype=torch.float).view(1, 2, 4, 4)
+    c3 = torch.arange(4 * 2 * 2, dtype=torch.float).view(1, 4, 2, 2) * 10
+    c4 = torch.tensor([100.0, 200, 300, 400, 500, 600, 700, 800]).view(1, 8, 1, 1)
+    # F2: channel k of 8 comes from input channel k // 4; the 2x2 block means of channel 0 are 2.5, 4.5, 10.5, 12.5
+    block_means = [[[2.5, 4.5], [10.5, 12.5]], [[18.5, 20.5], [26.5, 28.5]]]
+    f2 = torch.tensor([block_means[k // 4] for k in range(8)])
+    f3 = torch.stack([c3[0, k // 2] for k in range(8)])
+    f4 = c4[0].expand(8, 2, 2)
+    torch.testing.assert_close(head((c2, c3, c4))[0], f2 + f3 + f4)
+    head.fusion_sum = 'eq10'
+    torch.testing.assert_close(head((c2, c3, c4))[0], f2 + f4)
+    # ResNet-50 to CLIP's 1024: true depth-wise convolutions (x4, x2, x1), 1024 weights + 1024 biases each
+    rn50 = CNNHierarchicalFusion((256, 512, 1024), 1024)
+    assert [conv.groups for conv in rn50.align] == [256, 512, 1024]
+    assert sum(p.numel() for p in rn50.parameters()) == 3 * 2048
+    with pytest.raises(ValueError, match='three widths'):
+        CNNHierarchicalFusion((256, 512), 1024)

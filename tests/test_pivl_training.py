@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from huggingface_hub import ModelCard
-from transformers import AutoModel
+from transformers import AutoImageProcessor, AutoModel
 
 from aaformer_hf.data import load_reid_dataset
 from aaformer_hf.data.synthetic import generate_market_layout
@@ -61,6 +61,56 @@ def test_two_stage_run_learns_and_saves_only_the_inference_model(tmp_path, parse
     assert texts['identity'].shape == (24, 32) and texts['parts'].shape == (24, 20, 32)
     # identity-aware part prompts differ between identities (label-only ones would not)
     assert not torch.allclose(texts['parts'][0], texts['parts'][1])
+
+
+def test_cnn_two_stage_run_learns_and_saves_only_the_inference_model(tmp_path, parsed_root, text_folder):
+    """π-VL's CNN (Table 2's CNN rows, Table 3 B+P+F): CLIP ResNet, the C2-C4 fusion head, both stages."""
+    cnn = dict(model='pivl_resnet_tiny', model_args={'proj_dim': 32})
+    untrained = train(TrainConfig(**tiny(parsed_root, text_folder, tmp_path / 'untrained', eval_only=True, **cnn)))
+    out = tmp_path / 'cnn'
+    # measured on this set: 0.21 mAP untrained, 0.78 after 4 epochs
+    trained = train(TrainConfig(**tiny(parsed_root, text_folder, out, epochs=4, pivl_ablation='B+P+F', **cnn)))
+    assert trained['mAP'] > untrained['mAP'] + 0.3, (untrained['mAP'], trained['mAP'])
+    weights = load_file(out / 'model' / 'model.safetensors')
+    assert set(weights) == set(timm.create_model('pivl_resnet_tiny', proj_dim=32, num_classes=24).state_dict())
+    model = AutoModel.from_pretrained(out / 'model').eval()
+    assert type(model).__name__ == 'PiVLResNetModel'
+    assert model(torch.randn(2, 3, 256, 128)).pooler_output.shape == (2, 256 + 32)
+    assert list(AutoImageProcessor.from_pretrained(out / 'model').image_mean) == [0.485, 0.456, 0.406]
+
+
+def test_cnn_stage_features_are_clipreids(parsed_root, text_folder):
+    """Stage 2 of the CNN: CLIP-ReID's three triplet features (stage 3 pooled, stage 4 pooled, the attention pool's
+    projection) and the fusion over C2-C4 at stride 8; stage 1's cache: the attention pool's output for its mean
+    token and for every cell as query - checked against attention written out here (not timm's fused kernel)."""
+    from aaformer_hf import PiVLResNetConfig, PiVLResNetForReID
+    from train_clipreid import Stage2Model, image_features
+    from train_fusion import CNNHierarchicalFusion
+
+    torch.manual_seed(0)
+    model = PiVLResNetForReID(PiVLResNetConfig(depths=(1, 1, 1, 1), hidden_sizes=(32, 64, 128, 256),
+                                               stem_sizes=(4, 4, 8), projection_dim=32, num_labels=5)).eval()
+    x = torch.randn(2, 3, 256, 128)
+    stage2 = Stage2Model(model, CNNHierarchicalFusion((32, 64, 128), 32))
+    with torch.no_grad():
+        logits, features, aligned = stage2(x)
+    assert logits.shape == (2, 2, 5) and [f.shape[1] for f in features] == [128, 256, 32]
+    assert aligned.shape == (2, 32, 32, 16)  # stride 8 at 256x128
+    trunk = model.timm_model
+    with torch.no_grad():
+        trunk.attn_pool.q.weight.mul_(20)  # attention far from uniform, so a wrong query row would show
+        image, cells, grid = image_features(trunk, x, with_cells=True)
+        pool, last = trunk.attn_pool, trunk.forward_features(x)
+        tokens = last.flatten(2).transpose(1, 2)
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + pool.pos_embed  # (B, 1 + 128, C)
+        heads = lambda t: t.reshape(2, 129, pool.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(pool.q(tokens)), heads(pool.k(tokens)), heads(pool.v(tokens))
+        attn = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+        every = pool.proj((attn @ v).transpose(1, 2).reshape(2, 129, -1))
+    assert grid == (16, 8) and cells.shape == (2, 128, 32)
+    torch.testing.assert_close(image, every[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cells, every[:, 1:], rtol=1e-5, atol=1e-5)
+    assert pool.pool_type == 'token'  # left as it was
 
 
 def test_label_only_part_prompts_and_clipreid_rows_run(tmp_path, parsed_root, text_folder):
@@ -219,6 +269,32 @@ def test_stage1_rates_are_clipreids_per_epoch_cosine():
     assert rates[59] == pytest.approx(cosine(60), rel=1e-9) and rates[59] == pytest.approx(1.755e-4, rel=1e-3)
     assert rates[118] == pytest.approx(cosine(119), rel=1e-9)
     assert rates[119] == pytest.approx(1e-6)  # epoch 120 = t_initial: the cycle is over, the minimum
+
+
+def test_cnn_recipe_is_clipreids_cnn_config():
+    """With a CLIP ResNet the two-stage methods take CLIP-ReID's CNN config (configs/person/cnn_clipreid.yml) and
+    π-VL's CNN schedule: stage 2 Adam 3.5e-4, weight decay 5e-4 (biases too, at 2x the rate), ID weight 1; stage 1 60
+    epochs for CLIP-ReID, and for Table 3's B row."""
+    cnn = TrainConfig(data_root='x', method='clipreid', model='pivl_resnet50')
+    assert (cnn.lr, cnn.epochs, cnn.weight_decay, cnn.id_loss_weight, cnn.lr_decay_epochs, cnn.stage1_epochs) == (
+        3.5e-4, 120, 5e-4, 1.0, [40, 70], 60)
+    assert (cnn.weight_decay_scope, cnn.bias_lr_factor, cnn.stage1_sampling) == ('all', 2.0, 'shuffle')
+    pivl = TrainConfig(data_root='x', method='pivl', model='pivl_resnet_tiny')
+    assert (pivl.lr, pivl.epochs, pivl.stage1_epochs, pivl.stage1_part_epochs) == (3.5e-4, 120, 60, 20)
+    assert TrainConfig(data_root='x', method='pivl', model='pivl_resnet50', pivl_ablation='B').stage1_epochs == 60
+    vit = TrainConfig(data_root='x', method='clipreid')  # the ViT's are unchanged
+    assert (vit.lr, vit.weight_decay, vit.lr_decay_epochs) == (5e-6, 1e-4, [30, 50])
+    # CLIP-ReID's WarmupMultiStepLR with the CNN's values (warm-up factor 0.01 over 10, x0.1 at 40 and 70), the
+    # n-th epoch (1-based) at 3.5e-4 x (0.01 (1 - n/10) + n/10) while n < 10: written out by hand
+    rates = per_epoch_rates(cnn.lr, cnn.epochs, schedule=cnn.lr_schedule, warmup_epochs=cnn.warmup_epochs,
+                            warmup_lr=cnn.warmup_lr, decay_epochs=cnn.lr_decay_epochs,
+                            decay_factor=cnn.lr_decay_factor)
+    first_twelve = [3.815e-5, 7.28e-5, 1.0745e-4, 1.421e-4, 1.7675e-4, 2.114e-4, 2.4605e-4, 2.807e-4, 3.1535e-4,
+                    3.5e-4, 3.5e-4, 3.5e-4]
+    assert rates[:12] == pytest.approx(first_twelve, rel=1e-9)
+    assert rates[37:41] == pytest.approx([3.5e-4, 3.5e-4, 3.5e-5, 3.5e-5], rel=1e-9)
+    assert rates[67:71] == pytest.approx([3.5e-5, 3.5e-5, 3.5e-6, 3.5e-6], rel=1e-9) and rates[-1] == \
+        pytest.approx(3.5e-6)
 
 
 def test_runs_report_side_by_side(tmp_path):
