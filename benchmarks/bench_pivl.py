@@ -1,6 +1,8 @@
 """π-VL's inference cost against its baseline, in this one process, interleaved round by round (medians): the π-VL
 model (``pivl_vit_base_patch16``, 1280-d head) vs timm's CLIP ViT-B/16 (``vit_base_patch16_clip_quickgelu_224`` at
-256x128, its 512-d projection head). Target: ratio ~1.00.
+256x128, its 512-d projection head); and π-VL's CNN (``pivl_resnet50``, last stride 1, 3072-d head) vs timm's
+``resnet50_clip`` at 256x128 built with the same last stride 1 (timm's own ByobNet and attention pool), and as timm
+ships it (last stride 2: a quarter of the last stage's work, for reference). Target: ratio ~1.00 at equal stride.
 
 Then the training costs (a stage-2 step with and without π-VL's alignment head, the text tower's share of a stage-1
 step): those use the training example's modules, so the example measures them itself - this script runs
@@ -77,6 +79,22 @@ def main():
                           device, args.rounds, args.repeats)
     report('inference (forward, no grad)', medians, 'timm CLIP ViT-B/16 (256x128)')
     del pivl, clip
+
+    # π-VL's CNN against timm's resnet50_clip, the same last stride, and as timm ships it
+    from dataclasses import replace
+
+    from timm.models.byobnet import ByobNet, model_cfgs
+    base = model_cfgs['resnet50_clip']
+    stride1 = replace(base, blocks=base.blocks[:3] + (replace(base.blocks[3], s=1),))
+    contenders = {
+        'timm resnet50_clip, last stride 1': ByobNet(stride1, img_size=(256, 128), num_classes=1024),
+        'pivl_resnet50 (last stride 1)': timm.create_model('pivl_resnet50', num_classes=0),
+        'timm resnet50_clip as shipped (stride 2)': timm.create_model('resnet50_clip', img_size=(256, 128)),
+    }
+    medians = interleaved({name: infer(model.to(device).eval()) for name, model in contenders.items()},
+                          device, args.rounds, args.repeats)
+    report('inference, CNN (forward, no grad)', medians, 'timm resnet50_clip, last stride 1')
+    del contenders
     if not args.inference_only:  # the training costs: the example's own script, same flags
         flags = [f'--{name}={value}' for name, value in vars(args).items() if name != 'inference_only']
         sys.stdout.flush()

@@ -410,7 +410,7 @@ def test_visualize_attention_of_the_pivl_cnn_is_its_attention_pools(tmp_path, ca
     assert main(['visualize', 'attention', str(folder), str(image), '-o', str(out)]) == 0
     panel, gap = (8 * CELL, 16 * CELL), 6
     assert Image.open(out).size == (6 * panel[0] + 5 * gap, panel[1])  # image | 4 heads | mean
-    for argv, message in ((['attention', '--layer', '1'], 'has 1 attention layer'),
+    for argv, message in ((['attention', '--layer', '1'], r'has 1 attention layer \(its attention pool\)'),
                           (['parts'], 'assigns no patches to \\[PART\\]s')):
         with pytest.raises(SystemExit) as exit_info:
             main(['visualize', argv[0], str(folder), str(image), '-o', str(tmp_path / 'x.png'), *argv[1:]])

@@ -304,7 +304,7 @@ def test_convert_refuses_wrong_shapes_missing_keys_and_nan(tmp_path, capsys):
     cases = {'shape': dict(clipreid_state_dict(), **{'image_encoder.ln_pre.weight': torch.ones(7)}),
              'missing': {k: v for k, v in clipreid_state_dict().items() if k != 'image_encoder.ln_post.weight'},
              'nan': dict(clipreid_state_dict(), **{'classifier.weight': torch.full((5, 128), float('nan'))})}
-    expected = {'shape': 'not a complete CLIP-ReID ViT checkpoint (', 'missing': 'Missing key(s)',
+    expected = {'shape': 'not a complete CLIP-ReID checkpoint (', 'missing': 'Missing key(s)',
                 'nan': '1 tensor(s) hold NaN or Inf (classifier.weight)'}
     for name, state_dict in cases.items():
         path = tmp_path / f'{name}.pth'

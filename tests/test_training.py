@@ -370,7 +370,7 @@ def test_yaml_and_flag_values_are_typed_and_named(tmp_path, capsys):
                           ('epochs: 2.5\n', 'epochs must be an integer or none, got 2.5'),
                           ('flip_test: maybe\n', "flip_test must be a boolean, got 'maybe'"),
                           ('lr: true\n', 'lr must be a number or none, got True'),
-                          ('lr_decay_epochs: [30, fifty]\n', r"lr_decay_epochs must be a list of integers, got \[30, 'fifty'\]"),
+                          ('lr_decay_epochs: [30, fifty]\n', r"lr_decay_epochs must be a list of integers or none, got \[30, 'fifty'\]"),
                           ('model_args: [1, 2]\n', r'model_args must be a mapping, got \[1, 2\]'),
                           ('triplet_margin: wide\n', "triplet_margin must be a number or none, got 'wide'"),
                           ('eval_metric: l1\n', r"eval_metric must be one of \('euclidean', 'cosine'\), got 'l1'"),

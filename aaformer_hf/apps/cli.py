@@ -319,10 +319,12 @@ def _visualize(args) -> int:
     if args.kind == 'parts' and not getattr(model, 'assigns_patches', False):
         raise ValueError(f'visualize parts: {args.model} assigns no patches to [PART]s (only AAformer models do; '
                          'try visualize attention)')
-    depth = len(getattr(model, 'blocks', ())) or (1 if hasattr(model, 'attn_pool') else 0)  # a CNN: its pool
+    depth, what = len(getattr(model, 'blocks', ())), 'layers'
+    if not depth and hasattr(model, 'attn_pool'):  # a CLIP ResNet: its one attention is its pool
+        depth, what = 1, 'attention layer (its attention pool)'
     if args.kind != 'ranks' and not -depth <= args.layer < depth:
-        raise ValueError(f'--layer {args.layer}: {args.model} has {depth} attention layer(s) (0..{depth - 1}, or '
-                         f'-1..-{depth} from the last)')
+        raise ValueError(f'--layer {args.layer}: {args.model} has {depth} {what} (0..{depth - 1}, or -1..-{depth} '
+                         'from the last)')
     transform = build_transforms(model.pretrained_cfg, train=False)
     if args.kind == 'ranks':
         figure = _ranks(args, model, transform)
