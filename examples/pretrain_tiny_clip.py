@@ -6,14 +6,17 @@ their stage 1 meaningless).
 
 The images and captions come from aaformer_hf.data.synthetic (its own identities, drawn with another seed than any
 re-ID set, so none is shared); a CLIP-format byte-level BPE tokenizer is trained on the captions and prompt templates
-with the ``tokenizers`` library; the image tower is timm's ``pivl_vit_tiny`` (CLIP's pre-norm ViT), the text tower
-transformers' ``CLIPTextModelWithProjection``; both learn with CLIP's symmetric contrastive loss (images of one
-identity share a caption, so all of them are positives).
+with the ``tokenizers`` library; the image tower is timm's ``pivl_vit_tiny`` (CLIP's pre-norm ViT) or, for π-VL's CNN,
+``pivl_resnet_tiny`` (CLIP's ResNet with its attention pool; ``--image_model``), the text tower transformers'
+``CLIPTextModelWithProjection``; both learn with CLIP's symmetric contrastive loss (images of one identity share a
+caption, so all of them are positives).
 
-Writes OUTPUT_DIR/image/model.safetensors (the image tower in timm's CLIP layout, projection as ``head``: the
-trainer's ``pretrained_file`` for pivl_vit_tiny), OUTPUT_DIR/text/ (text tower + tokenizer: the trainer's
-``text_model``) and OUTPUT_DIR/pretraining.json (settings and the last loss). A finished folder is reused unless
---overwrite is given.
+    python examples/pretrain_tiny_clip.py --output_dir outputs/tiny_clip_cnn --image_model pivl_resnet_tiny
+
+Writes OUTPUT_DIR/image/model.safetensors (the image tower in timm's CLIP layout - the ViT's projection, the
+ResNet's attention pool as ``head`` -: the trainer's ``pretrained_file``), OUTPUT_DIR/text/ (text tower +
+tokenizer: the trainer's ``text_model``) and OUTPUT_DIR/pretraining.json (settings and the last loss). A finished
+folder is reused unless --overwrite is given.
 """
 import argparse
 import dataclasses
@@ -111,7 +114,10 @@ class TinyCLIP(nn.Module):
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         tower = self.image_model
-        image = F.normalize(tower.proj(tower.forward_features(pixels)[:, 0]), dim=-1)
+        if hasattr(tower, 'attn_pool'):  # a CLIP ResNet: its attention pool is the projection
+            image = F.normalize(tower.attn_pool(tower.forward_features(pixels)), dim=-1)
+        else:
+            image = F.normalize(tower.proj(tower.forward_features(pixels)[:, 0]), dim=-1)
         text = F.normalize(self.text_model(input_ids=input_ids, attention_mask=attention_mask).text_embeds, dim=-1)
         return self.logit_scale.exp().clamp(max=100) * image @ text.t()
 
@@ -182,7 +188,9 @@ def pretrain(config: PretrainConfig) -> Path:
     progress.close()
 
     (out / 'image').mkdir(parents=True)
-    weights = {('head.weight' if k == 'proj.weight' else k): v.contiguous()
+    # timm's CLIP layouts: the ViT's projection is `head` (vit_*_clip), the ResNet's attention pool too (resnet50_clip)
+    weights = {('head.weight' if k == 'proj.weight' else 'head.' + k.removeprefix('attn_pool.')
+                if k.startswith('attn_pool.') else k): v.contiguous()
                for k, v in image_model.state_dict().items() if not k.startswith(('bnneck', 'head.'))}
     save_file(weights, out / 'image' / 'model.safetensors', metadata={'format': 'pt'})  # timm's CLIP layout
     model.text_model.save_pretrained(out / 'text')

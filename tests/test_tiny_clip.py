@@ -96,6 +96,22 @@ def test_a_short_pretraining_writes_what_the_trainer_loads(tmp_path):
         pretrain(PretrainConfig(output_dir=str(tmp_path / 'half')))
 
 
+def test_a_tiny_clip_resnet_pretrains_into_timms_resnet_clip_layout(tmp_path):
+    """π-VL's CNN demo: a CLIP ResNet tower, saved as timm's resnet50_clip layout (attention pool as `head`), loads
+    into pivl_resnet_tiny through timm's pretrained path with its pool (and CLIP's whole image embedding) intact."""
+    out = pretrain(PretrainConfig(output_dir=str(tmp_path / 'clip'), image_model='pivl_resnet_tiny', identities=8,
+                                  images_per_id=4, epochs=1, batch_size=16, num_workers=0))
+    from safetensors.torch import load_file
+    saved = load_file(out / 'image' / 'model.safetensors')
+    assert 'head.pos_embed' in saved and not [k for k in saved if k.startswith(('attn_pool', 'bnneck'))]
+    model = timm.create_model('pivl_resnet_tiny', pretrained=True, num_classes=5,
+                              pretrained_cfg_overlay=dict(file=str(out / 'image' / 'model.safetensors'))).eval()
+    torch.testing.assert_close(model.attn_pool.proj.weight, saved['head.proj.weight'])
+    torch.testing.assert_close(model.attn_pool.pos_embed, saved['head.pos_embed'])  # pretrained at 256x128 already
+    text = CLIPTextModelWithProjection.from_pretrained(out / 'text')
+    assert text.config.projection_dim == model.proj_dim == 64
+
+
 def test_pretraining_is_reproducible(tmp_path):
     from safetensors.torch import load_file
     config = dict(identities=8, images_per_id=4, epochs=1, batch_size=16, num_workers=0)
