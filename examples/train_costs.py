@@ -1,8 +1,9 @@
 """What π-VL's training adds to CLIP-ReID's, measured in one process, contenders interleaved round by round (medians):
 
-1. a stage-2 training step (forward, loss, backward, Adam step) of ``pivl_vit_base_patch16``: π-VL's (the alignment
-   head on the last patch map + the MSE against the text-embedding map) against CLIP-ReID's (no head); the 'linear'
-   head (Table 3's B+P) too. Target: <= 1.15x.
+1. a stage-2 training step (forward, loss, backward, Adam step) of ``pivl_vit_base_patch16`` and of
+   ``pivl_resnet50``: π-VL's (the alignment head - the ViT's feature pyramid on the last patch map, the CNN's C2-C4
+   fusion - + the MSE against the text-embedding map) against CLIP-ReID's (no head); the 'linear' head (Table 3's
+   B+P) too. Target: <= 1.15x.
 2. a stage-1 step on cached image features: the share of the step spent in the CLIP text tower (forward + backward to
    the prompt tokens).
 
@@ -21,7 +22,7 @@ from typing import Callable, Dict
 
 import torch
 
-from aaformer_hf.hf import PiVLConfig, PiVLForReID
+from aaformer_hf.hf import PiVLConfig, PiVLForReID, PiVLResNetConfig, PiVLResNetForReID
 from train_clipreid import Stage2Model
 from train_fusion import build_alignment_head, parsing_on_grid, text_embedding_map
 from train_losses import CLIPReIDLoss, alignment_loss, supcon_loss
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument('--classes', type=int, default=751)
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--backbones', default='vit,cnn', help='stage-2 steps of: vit, cnn or both (vit,cnn)')
     args = parser.parse_args()
     device = torch.device(args.device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.dtype == 'bf16' else nullcontext
@@ -70,39 +72,47 @@ def main() -> None:
     print(f'{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.device}, {args.dtype}, '
           f'batch {args.batch}, {torch.get_num_threads()} threads')
 
-    # 1. stage-2 step
-    C, E = args.classes, 512
+    # 1. stage-2 step, each backbone: CLIP-ReID's against π-VL's
+    C = args.classes
     x = torch.randn(args.batch, 3, 256, 128, device=device)
     labels = torch.arange(args.batch, device=device) % max(1, args.batch // 4)
     parsing = torch.randint(0, 20, (args.batch, 256, 128), device=device)
-    texts = torch.randn(C, E, device=device)
-    part_texts = torch.randn(C, 20, E, device=device)
     criterion = CLIPReIDLoss()
+    backbones = {  # the re-ID model, its text width, the alignment head for a kind
+        'vit': (lambda: PiVLForReID(PiVLConfig(num_labels=C)), 512,
+                lambda kind: build_alignment_head(kind, 768, 512)),
+        'cnn': (lambda: PiVLResNetForReID(PiVLResNetConfig(num_labels=C)), 1024,
+                lambda kind: build_alignment_head(kind, 2048, 1024, cnn_widths=(256, 512, 1024))),
+    }
+    for name in args.backbones.split(','):
+        make_model, E, make_head = backbones[name]
+        texts = torch.randn(C, E, device=device)
+        part_texts = torch.randn(C, 20, E, device=device)
 
-    def stage2(head_kind):
-        torch.manual_seed(0)
-        reid = PiVLForReID(PiVLConfig(num_labels=C))
-        head = None if head_kind is None else build_alignment_head(head_kind, 768, E)
-        model = Stage2Model(reid, head).to(device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-6)
+        def stage2(head_kind):
+            torch.manual_seed(0)
+            head = None if head_kind is None else make_head(head_kind)
+            model = Stage2Model(make_model(), head).to(device).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=5e-6)
 
-        def step():
-            with autocast():
-                logits, features, aligned = model(x)
-                alignment = None
-                if aligned is not None:
-                    cells, _ = parsing_on_grid(parsing, aligned.shape[-2:])
-                    alignment = alignment_loss(aligned, text_embedding_map(part_texts, labels, cells))
-                loss = criterion(logits, features, labels, texts, alignment)['loss']
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step
-    medians = interleaved({'CLIP-ReID (no head)': stage2(None), 'B+P (linear head)': stage2('linear'),
-                           'π-VL B+P+F (pyramid head)': stage2('pyramid')}, device, args.rounds, args.repeats)
-    report('stage-2 training step (forward + loss + backward + Adam)', medians, 'CLIP-ReID (no head)')
+            def step():
+                with autocast():
+                    logits, features, aligned = model(x)
+                    alignment = None
+                    if aligned is not None:
+                        cells, _ = parsing_on_grid(parsing, aligned.shape[-2:])
+                        alignment = alignment_loss(aligned, text_embedding_map(part_texts, labels, cells))
+                    loss = criterion(logits, features, labels, texts, alignment)['loss']
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            return step
+        medians = interleaved({'CLIP-ReID (no head)': stage2(None), 'B+P (linear head)': stage2('linear'),
+                               'π-VL B+P+F (fusion head)': stage2('pyramid')}, device, args.rounds, args.repeats)
+        report(f'stage-2 training step, {name} (forward + loss + backward + Adam)', medians, 'CLIP-ReID (no head)')
 
-    # 2. stage-1 step: the text tower's share
+    # 2. stage-1 step: the text tower's share (ViT-B/16 CLIP's text tower, 512-d)
+    E = 512
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
     text = CLIPTextModelWithProjection(CLIPTextConfig(projection_dim=E)).to(device).eval().requires_grad_(False)
     context = torch.nn.Parameter(torch.randn(C, 4, 512, device=device) * 0.02)
