@@ -193,3 +193,32 @@ def test_overlapping_patches_and_camera_embedding_options(clip_file):
         from_clip(clip_file)(x, camera_ids=cams)
     with pytest.raises(ValueError, match='patch_stride must lie in'):
         PiVLConfig(patch_stride=20)
+
+
+def test_cnn_default_pretrained_tag_resolves_through_the_hub_cache(tmp_path):
+    """π-VL's CNN from OpenAI's CLIP ResNet-50 the way timm ships it (``timm/resnet50_clip.openai``: its attention
+    pool as ``head``, a 7x7 grid), offline from a pre-populated cache (a random resnet50_clip standing in): the pool
+    becomes ``attn_pool`` with its grid resized to 16x8 as CLIP-ReID resizes it (bilinear, mean-token row kept)."""
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    clip = timm.create_model('resnet50_clip')
+    repo = tmp_path / 'models--timm--resnet50_clip.openai'
+    sha = 'b' * 40
+    (repo / 'snapshots' / sha).mkdir(parents=True)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(sha)
+    weights = clip.state_dict()
+    save_file(weights, repo / 'snapshots' / sha / 'model.safetensors')
+    model = timm.create_model('pivl_resnet50', pretrained=True, cache_dir=str(tmp_path))
+    assert model.pretrained_cfg['hf_hub_id'] == 'timm/resnet50_clip.openai'
+    own = model.state_dict()
+    torch.testing.assert_close(own['stages.2.4.conv2_kxk.conv.weight'], weights['stages.2.4.conv2_kxk.conv.weight'])
+    torch.testing.assert_close(own['attn_pool.q.weight'], weights['head.q.weight'])
+    pos = weights['head.pos_embed']  # (1 + 49, 2048)
+    grid = F.interpolate(pos[1:].reshape(1, 7, 7, -1).permute(0, 3, 1, 2), size=(16, 8), mode='bilinear')
+    torch.testing.assert_close(own['attn_pool.pos_embed'],
+                               torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(128, -1)]))
+    # the last stage runs at stride 1 (CLIP's own at 2): the same weights, a 16x8 map at 256x128
+    assert model.forward_features(torch.randn(1, 3, 256, 128)).shape == (1, 2048, 16, 8)
