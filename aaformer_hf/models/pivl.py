@@ -24,7 +24,7 @@ from timm.models.vision_transformer import VisionTransformer, _convert_openai_cl
 from ..layers import BNNeck, OverlappingPatchEmbed
 from ._loading import classifier_fits, create_with_cfg, finish_loading, resampled_pos_embed, unwrap_state_dict
 
-__all__ = ['PiVLViT', 'PiVLHeadOutput']  # model_registry will add each entrypoint fn to this
+__all__ = ['PiVLViT', 'PiVLHeadOutput', 'CLIPReIDHead']  # model_registry will add each entrypoint fn to this
 
 
 EmbeddingSource = Literal['before_bnneck', 'after_bnneck']
@@ -54,7 +54,94 @@ class ReIDClassifierPair(nn.Module):
         return torch.stack([self.cls(cls), self.proj(proj)], dim=1)
 
 
-class PiVLViT(VisionTransformer):
+def check_head_arguments(global_pool: str, embedding: str, num_classes: int) -> None:
+    """The re-ID head's constructor arguments, checked once for both π-VL towers."""
+    if global_pool not in ('', 'token'):
+        raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
+    if embedding not in ('before_bnneck', 'after_bnneck'):
+        raise ValueError(f"embedding must be 'before_bnneck' or 'after_bnneck', got {embedding!r}")
+    if num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
+
+
+class CLIPReIDHead:
+    """CLIP-ReID's re-ID head on a CLIP image tower, shared by π-VL's ViT and CNN: a pooled feature of width
+    ``reid_width`` and its CLIP projection (``proj_dim``), a BNNeck on each (``bnneck``, ``bnneck_proj``), the two
+    classifiers as ``head`` and the embedding on the side of the BNNecks ``embedding`` names. The tower implements
+    ``forward_reid_head`` (how it pools and projects)."""
+
+    reid_width: int
+    proj_dim: int
+    num_classes: int
+    global_pool: str
+    embedding: str
+
+    def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return ReIDClassifierPair(self.reid_width, self.proj_dim, num_classes, device=device, dtype=dtype)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False
+                         ) -> None:
+        """Replace the identity classifiers (num_classes=0 removes them); ``reset_other`` (timm's pruning) is
+        accepted and changes nothing more: the projection and BNNecks make the embedding, not the classifier."""
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
+        if global_pool is not None:
+            if global_pool not in ('', 'token'):
+                raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = self.bnneck.weight
+        self.head = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype).train(self.training)
+
+    def _reid_head(self, pooled: torch.Tensor, proj: torch.Tensor) -> PiVLHeadOutput:
+        """The BNNecks and classifiers on the pooled feature and its projection."""
+        bn_pooled, bn_proj = self.bnneck(pooled), self.bnneck_proj(proj)
+        logits = None
+        if self.num_classes > 0:
+            logits = self.head(self.head_drop(bn_pooled), self.head_drop(bn_proj))
+        return PiVLHeadOutput((pooled, proj), (bn_pooled, bn_proj), logits)
+
+    def embed(self, head: PiVLHeadOutput) -> torch.Tensor:
+        """The re-ID embedding (pooled + projection widths) on the side of the BNNecks ``embedding`` names."""
+        return torch.cat(head.features if self.embedding == 'before_bnneck' else head.bn_features, dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.global_pool:
+            return x
+        head = self.forward_reid_head(x)
+        if pre_logits or head.logits is None:
+            return self.embed(head)
+        return head.logits
+
+
+def pivl_cfg(**kwargs) -> Dict[str, Any]:
+    """A π-VL timm pretrained cfg: 256x128 re-ID crops resized whole, bilinear, the paper's metadata; the tower's
+    statistics and first layer in ``kwargs``."""
+    return {
+        'url': '',
+        'num_classes': 0,
+        'input_size': (3, 256, 128),
+        'pool_size': None,
+        'crop_pct': 1.0,
+        'crop_mode': 'squash',  # re-ID crops are resized whole to 256x128 (no aspect-keeping crop)
+        # CLIP-ReID resizes bilinearly (torchvision's default Resize), not as OpenAI CLIP (bicubic); π-VL keeps it
+        'interpolation': 'bilinear',
+        'fixed_input_size': True,
+        'classifier': ('head.cls', 'head.proj'),
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2308.02738',
+        'paper_name': 'Exploring Part-Informed Visual-Language Learning for Person Re-Identification',
+        **kwargs,
+    }
+
+
+class PiVLViT(CLIPReIDHead, VisionTransformer):
     """CLIP ViT image tower + CLIP-ReID re-ID head (the π-VL / CLIP-ReID inference model).
 
     ``forward_features`` returns all tokens after the final norm (timm's ViT), ``forward_head(pre_logits=True)`` the
@@ -111,12 +198,7 @@ class PiVLViT(VisionTransformer):
             device, dtype: For parameters and buffers.
             kwargs: Other timm ``VisionTransformer`` arguments.
         """
-        if global_pool not in ('', 'token'):
-            raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
-        if embedding not in ('before_bnneck', 'after_bnneck'):
-            raise ValueError(f"embedding must be 'before_bnneck' or 'after_bnneck', got {embedding!r}")
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
+        check_head_arguments(global_pool, embedding, num_classes)
         if num_cameras < 0:
             raise ValueError(f'num_cameras must be >= 0 (0: no camera embedding), got {num_cameras}')
         dd = {'device': device, 'dtype': dtype}
@@ -135,6 +217,7 @@ class PiVLViT(VisionTransformer):
         self.proj = nn.Linear(embed_dim, proj_dim, bias=False, **dd)
         self.bnneck = BNNeck(embed_dim, **dd)
         self.bnneck_proj = BNNeck(proj_dim, **dd)
+        self.reid_width = embed_dim  # the head pools the CLS token
         self.head_hidden_size = embed_dim + proj_dim
         self.patch_stride = patch_stride or patch_size
         self.num_cameras = num_cameras
@@ -145,27 +228,6 @@ class PiVLViT(VisionTransformer):
             trunc_normal_(self.camera_embed, std=.02)  # CLIP-ReID's cv_embed init
         self.num_classes = num_classes
         self.head = self._make_classifier(num_classes, **dd)
-
-    def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        return ReIDClassifierPair(self.embed_dim, self.proj_dim, num_classes, device=device, dtype=dtype)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the identity classifiers (num_classes=0 removes them)."""
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
-        if global_pool is not None:
-            if global_pool not in ('', 'token'):
-                raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        ref = self.bnneck.weight
-        self.head = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype).train(self.training)
 
     def prune_intermediate_layers(
             self,
@@ -240,25 +302,7 @@ class PiVLViT(VisionTransformer):
     def forward_reid_head(self, x: torch.Tensor) -> PiVLHeadOutput:
         """CLS (after the final norm) and its projection, before and after the BNNecks, and the logits."""
         cls = x[:, 0]
-        proj = self.proj(cls)
-        bn_cls, bn_proj = self.bnneck(cls), self.bnneck_proj(proj)
-        logits = None
-        if self.num_classes > 0:
-            logits = self.head(self.head_drop(bn_cls), self.head_drop(bn_proj))
-        return PiVLHeadOutput((cls, proj), (bn_cls, bn_proj), logits)
-
-    def embed(self, head: PiVLHeadOutput) -> torch.Tensor:
-        """The re-ID embedding (D + E) on the side of the BNNecks ``embedding`` names."""
-        return torch.cat(head.features if self.embedding == 'before_bnneck' else head.bn_features, dim=1)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.global_pool:
-            return x
-        head = self.forward_reid_head(x)
-        if pre_logits or head.logits is None:
-            return self.embed(head)
-        return head.logits
-
+        return self._reid_head(cls, self.proj(cls))
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) -> Dict[str, torch.Tensor]:
     """Adapt a CLIP image tower or a π-VL checkpoint to ``model``.
@@ -290,27 +334,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) ->
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
-    return {
-        'url': '',
-        'num_classes': 0,
-        'input_size': (3, 256, 128),
-        'pool_size': None,
-        'crop_pct': 1.0,
-        'crop_mode': 'squash',  # re-ID crops are resized whole to 256x128 (no aspect-keeping crop)
-        # CLIP-ReID trains and tests its CLIP towers at mean = std = 0.5 with bilinear resizing (its ViT configs'
-        # INPUT.PIXEL_MEAN / PIXEL_STD, torchvision's default Resize), not OpenAI CLIP's statistics and bicubic; π-VL
-        # keeps CLIP-ReID's settings
-        'interpolation': 'bilinear',
-        'fixed_input_size': True,
-        'mean': (0.5, 0.5, 0.5),
-        'std': (0.5, 0.5, 0.5),
-        'first_conv': 'patch_embed.proj',
-        'classifier': ('head.cls', 'head.proj'),
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2308.02738',
-        'paper_name': 'Exploring Part-Informed Visual-Language Learning for Person Re-Identification',
-        **kwargs,
-    }
+    # CLIP-ReID trains and tests its CLIP ViTs at mean = std = 0.5 (its ViT configs' INPUT.PIXEL_MEAN / PIXEL_STD), not
+    # OpenAI CLIP's statistics; π-VL keeps CLIP-ReID's settings
+    return pivl_cfg(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), first_conv='patch_embed.proj', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -25,12 +25,12 @@ from timm.models.byobnet import ByobNet, ByoBlockCfg, _convert_openai_clip, mode
 
 from ..layers import BNNeck
 from ._loading import classifier_fits, create_with_cfg, finish_loading, unwrap_state_dict
-from .pivl import EmbeddingSource, PiVLHeadOutput, ReIDClassifierPair
+from .pivl import CLIPReIDHead, EmbeddingSource, PiVLHeadOutput, check_head_arguments, pivl_cfg
 
 __all__ = ['PiVLResNet']  # model_registry will add each entrypoint fn to this
 
 
-class PiVLResNet(ByobNet):
+class PiVLResNet(CLIPReIDHead, ByobNet):
     """CLIP ResNet image tower + CLIP-ReID re-ID head (π-VL's CNN inference model).
 
     ``forward_features`` returns the last stage's map (B, C, h, w) (timm's CNN convention),
@@ -76,12 +76,7 @@ class PiVLResNet(ByobNet):
             device, dtype: For parameters and buffers.
             kwargs: Other timm ``ByobNet`` arguments.
         """
-        if global_pool not in ('', 'token'):
-            raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
-        if embedding not in ('before_bnneck', 'after_bnneck'):
-            raise ValueError(f"embedding must be 'before_bnneck' or 'after_bnneck', got {embedding!r}")
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
+        check_head_arguments(global_pool, embedding, num_classes)
         if last_stride not in (1, 2):
             raise ValueError(f'last_stride must be 1 or 2, got {last_stride}')
         if not len(depths) == len(widths) == 4 or len(stem_widths) != 3:
@@ -109,32 +104,10 @@ class PiVLResNet(ByobNet):
         self.head_drop = nn.Dropout(drop_rate)
         self.bnneck = BNNeck(self.num_features, **dd)
         self.bnneck_proj = BNNeck(proj_dim, **dd)
+        self.reid_width = self.num_features  # the head average-pools the last map
         self.head_hidden_size = self.num_features + proj_dim
         self.num_classes = num_classes
         self.head = self._make_classifier(num_classes, **dd)
-
-    def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        return ReIDClassifierPair(self.num_features, self.proj_dim, num_classes, device=device, dtype=dtype)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False
-                         ) -> None:
-        """Replace the identity classifiers (num_classes=0 removes them); ``reset_other`` (timm's pruning) is
-        accepted and does nothing more: the attention pool and BNNecks are the embedding, not the classifier."""
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
-        if global_pool is not None:
-            if global_pool not in ('', 'token'):
-                raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        ref = self.bnneck.weight
-        self.head = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype).train(self.training)
 
     def prune_intermediate_layers(
             self,
@@ -171,25 +144,7 @@ class PiVLResNet(ByobNet):
     def forward_reid_head(self, x: torch.Tensor) -> PiVLHeadOutput:
         """The last map average-pooled and the attention pool's projection, before and after the BNNecks, and the
         logits."""
-        pooled = x.mean((2, 3))
-        proj = self.attn_pool(x)
-        bn_pooled, bn_proj = self.bnneck(pooled), self.bnneck_proj(proj)
-        logits = None
-        if self.num_classes > 0:
-            logits = self.head(self.head_drop(bn_pooled), self.head_drop(bn_proj))
-        return PiVLHeadOutput((pooled, proj), (bn_pooled, bn_proj), logits)
-
-    def embed(self, head: PiVLHeadOutput) -> torch.Tensor:
-        """The re-ID embedding (C + E) on the side of the BNNecks ``embedding`` names."""
-        return torch.cat(head.features if self.embedding == 'before_bnneck' else head.bn_features, dim=1)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.global_pool:
-            return x
-        head = self.forward_reid_head(x)
-        if pre_logits or head.logits is None:
-            return self.embed(head)
-        return head.logits
+        return self._reid_head(x.mean((2, 3)), self.attn_pool(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -234,26 +189,9 @@ def _resized_attn_pool_pos_embed(pos_embed: torch.Tensor, model: PiVLResNet) -> 
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
-    return {
-        'url': '',
-        'num_classes': 0,
-        'input_size': (3, 256, 128),
-        'pool_size': None,
-        'crop_pct': 1.0,
-        'crop_mode': 'squash',  # re-ID crops are resized whole to 256x128 (no aspect-keeping crop)
-        # CLIP-ReID's CNN config normalises with ImageNet's statistics (INPUT.PIXEL_MEAN / PIXEL_STD), not OpenAI
-        # CLIP's, and resizes bilinearly (torchvision's default Resize); π-VL keeps CLIP-ReID's settings
-        'interpolation': 'bilinear',
-        'fixed_input_size': True,
-        'mean': (0.485, 0.456, 0.406),
-        'std': (0.229, 0.224, 0.225),
-        'first_conv': 'stem.conv1.conv',
-        'classifier': ('head.cls', 'head.proj'),
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2308.02738',
-        'paper_name': 'Exploring Part-Informed Visual-Language Learning for Person Re-Identification',
-        **kwargs,
-    }
+    # CLIP-ReID's CNN config normalises with ImageNet's statistics (INPUT.PIXEL_MEAN / PIXEL_STD), not OpenAI CLIP's;
+    # π-VL keeps CLIP-ReID's settings
+    return pivl_cfg(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv='stem.conv1.conv', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
