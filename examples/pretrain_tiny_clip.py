@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from aaformer_hf.data import build_transforms, load_reid_dataset
 from aaformer_hf.data.loaders import ReIDItems
 from aaformer_hf.data.synthetic import CAPTIONS_FILE, generate_market_layout
+from aaformer_hf.models.pivl_resnet import PiVLResNet
 
 from train_prompts import IDENTITY_TEMPLATE, LABEL_PART_TEMPLATE, LIP_PART_WORDS, PART_TEMPLATE, PLACEHOLDER
 from train_utils import library_bars_only_on_a_terminal
@@ -114,7 +115,7 @@ class TinyCLIP(nn.Module):
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         tower = self.image_model
-        if hasattr(tower, 'attn_pool'):  # a CLIP ResNet: its attention pool is the projection
+        if isinstance(tower, PiVLResNet):  # a CLIP ResNet: its attention pool is the projection
             image = F.normalize(tower.attn_pool(tower.forward_features(pixels)), dim=-1)
         else:
             image = F.normalize(tower.proj(tower.forward_features(pixels)[:, 0]), dim=-1)

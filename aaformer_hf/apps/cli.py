@@ -320,7 +320,7 @@ def _visualize(args) -> int:
         raise ValueError(f'visualize parts: {args.model} assigns no patches to [PART]s (only AAformer models do; '
                          'try visualize attention)')
     depth, what = len(getattr(model, 'blocks', ())), 'layers'
-    if not depth and hasattr(model, 'attn_pool'):  # a CLIP ResNet: its one attention is its pool
+    if not depth and getattr(model, 'attn_pool', None) is not None:  # a CLIP ResNet: its one attention is its pool
         depth, what = 1, 'attention layer (its attention pool)'
     if args.kind != 'ranks' and not -depth <= args.layer < depth:
         raise ValueError(f'--layer {args.layer}: {args.model} has {depth} {what} (0..{depth - 1}, or -1..-{depth} '
