@@ -16,6 +16,30 @@ from aaformer_hf.hf.convert_clipreid import convert_clipreid_checkpoint, convert
 WIDTH, LAYERS, PROJ, CLASSES = 128, 2, 32, 5  # CLIP's head width is 64: 2 heads
 
 
+def head_state_dict(r, width, proj, classes):
+    """CLIP-ReID's re-ID head tensors (``build_transformer``): the two BatchNorm necks (shift frozen at 0) and, with
+    ``classes``, the two bias-free classifiers."""
+    sd = {}
+    for name, n in (('bottleneck', width), ('bottleneck_proj', proj)):
+        sd.update({f'{name}.weight': r(n, mean=1.0), f'{name}.bias': torch.zeros(n), f'{name}.running_mean': r(n),
+                   f'{name}.running_var': r(n).abs() + 0.5, f'{name}.num_batches_tracked': torch.tensor(1000)})
+    if classes:
+        sd['classifier.weight'], sd['classifier_proj.weight'] = r(classes, width), r(classes, proj)
+    return sd
+
+
+def clipreid_head(sd, pooled, proj):
+    """CLIP-ReID's eval head: the test feature before and after the necks, and the two classifiers' logits."""
+    def neck(f, name):
+        return (f - sd[name + '.running_mean']) / torch.sqrt(sd[name + '.running_var'] + 1e-5) * sd[name + '.weight']
+
+    bn_pooled, bn_proj = neck(pooled, 'bottleneck'), neck(proj, 'bottleneck_proj')
+    logits = None
+    if 'classifier.weight' in sd:
+        logits = torch.stack([bn_pooled @ sd['classifier.weight'].t(), bn_proj @ sd['classifier_proj.weight'].t()], 1)
+    return torch.cat([pooled, proj], 1), torch.cat([bn_pooled, bn_proj], 1), logits
+
+
 def clipreid_state_dict(grid=(16, 8), cameras=0, seed=0, text=True):
     """A state dict with CLIP-ReID's key names and shapes (ViT-B/16 layout at tiny width), random values."""
     g = torch.Generator().manual_seed(seed)
@@ -36,11 +60,7 @@ def clipreid_state_dict(grid=(16, 8), cameras=0, seed=0, text=True):
                    b + 'mlp.c_fc.weight': r(4 * WIDTH, WIDTH, std=0.1), b + 'mlp.c_fc.bias': r(4 * WIDTH),
                    b + 'mlp.c_proj.weight': r(WIDTH, 4 * WIDTH, std=0.05), b + 'mlp.c_proj.bias': r(WIDTH),
                    b + 'ln_2.weight': r(WIDTH, mean=1.0), b + 'ln_2.bias': r(WIDTH)})
-    for name, width in (('bottleneck', WIDTH), ('bottleneck_proj', PROJ)):
-        sd.update({f'{name}.weight': r(width, mean=1.0), f'{name}.bias': torch.zeros(width),
-                   f'{name}.running_mean': r(width), f'{name}.running_var': r(width).abs() + 0.5,
-                   f'{name}.num_batches_tracked': torch.tensor(1000)})
-    sd['classifier.weight'], sd['classifier_proj.weight'] = r(CLASSES, WIDTH), r(CLASSES, PROJ)
+    sd.update(head_state_dict(r, WIDTH, PROJ, CLASSES))
     if cameras:
         sd['cv_embed'] = r(cameras, WIDTH, std=0.5)
     if text:  # training-only parts the converter leaves out
@@ -72,16 +92,7 @@ def clipreid_features(sd, x, stride=16, cam=None, sie_coe=1.0):
         h = ln(t, b + 'ln_2') @ sd[b + 'mlp.c_fc.weight'].t() + sd[b + 'mlp.c_fc.bias']
         t = t + (h * torch.sigmoid(1.702 * h)) @ sd[b + 'mlp.c_proj.weight'].t() + sd[b + 'mlp.c_proj.bias']
     cls = ln(t, e + 'ln_post')[:, 0]
-    proj = cls @ sd[e + 'proj']
-
-    def bn(f, name):
-        return (f - sd[name + '.running_mean']) / torch.sqrt(sd[name + '.running_var'] + 1e-5) * sd[name + '.weight']
-
-    bn_cls, bn_proj = bn(cls, 'bottleneck'), bn(proj, 'bottleneck_proj')
-    logits = None
-    if 'classifier.weight' in sd:
-        logits = torch.stack([bn_cls @ sd['classifier.weight'].t(), bn_proj @ sd['classifier_proj.weight'].t()], 1)
-    return torch.cat([cls, proj], 1), torch.cat([bn_cls, bn_proj], 1), logits
+    return clipreid_head(sd, cls, cls @ sd[e + 'proj'])
 
 
 def test_converted_checkpoint_gives_clipreids_features_through_both_front_doors(tmp_path):
@@ -207,12 +218,7 @@ def clipreid_rn50_state_dict(grid=(16, 8), seed=0, classes=CLASSES):
     sd[a + 'positional_embedding'] = r(grid[0] * grid[1] + 1, inputs, std=inputs ** -0.5)
     for name, out in (('q_proj', inputs), ('k_proj', inputs), ('v_proj', inputs), ('c_proj', RN_PROJ)):
         sd[f'{a}{name}.weight'], sd[f'{a}{name}.bias'] = r(out, inputs, std=inputs ** -0.5), r(out, std=0.02)
-    for name, width in (('bottleneck', inputs), ('bottleneck_proj', RN_PROJ)):
-        sd.update({f'{name}.weight': r(width, mean=1.0), f'{name}.bias': torch.zeros(width),
-                   f'{name}.running_mean': r(width), f'{name}.running_var': r(width).abs() + 0.5,
-                   f'{name}.num_batches_tracked': torch.tensor(1000)})
-    if classes:
-        sd['classifier.weight'], sd['classifier_proj.weight'] = r(classes, inputs), r(classes, RN_PROJ)
+    sd.update(head_state_dict(r, inputs, RN_PROJ, classes))
     return sd
 
 
@@ -255,16 +261,7 @@ def clipreid_rn50_features(sd, x, last_stride=1, prefix='image_encoder.'):
 
     q, k, v = heads('q_proj'), heads('k_proj'), heads('v_proj')
     o = (torch.softmax(q @ k.transpose(-1, -2) / 8.0, -1) @ v).transpose(1, 2).reshape(B, n, C)
-    proj = (o @ sd[a + 'c_proj.weight'].t() + sd[a + 'c_proj.bias'])[:, 0]
-
-    def neck(f, name):
-        return (f - sd[name + '.running_mean']) / torch.sqrt(sd[name + '.running_var'] + 1e-5) * sd[name + '.weight']
-
-    bn_pooled, bn_proj = neck(pooled, 'bottleneck'), neck(proj, 'bottleneck_proj')
-    logits = None
-    if 'classifier.weight' in sd:
-        logits = torch.stack([bn_pooled @ sd['classifier.weight'].t(), bn_proj @ sd['classifier_proj.weight'].t()], 1)
-    return torch.cat([pooled, proj], 1), torch.cat([bn_pooled, bn_proj], 1), logits
+    return clipreid_head(sd, pooled, (o @ sd[a + 'c_proj.weight'].t() + sd[a + 'c_proj.bias'])[:, 0])
 
 
 def test_converted_rn50_checkpoint_gives_clipreids_features_through_both_front_doors(tmp_path):

@@ -117,7 +117,8 @@ def attention_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor,
                          'or negative from the last)')
     if isinstance(model, PiVLResNet):
         rows_to_patches = attention_pool_attention(model, pixels)[..., 1:].unsqueeze(2)  # (B, H, 1, N)
-        prefix, grid = 1, tuple(model.forward_features(pixels[:1]).shape[-2:])
+        reduction = model.feature_info[-1]['reduction']  # the last map's stride (16 with last stride 1)
+        prefix, grid = 1, (pixels.shape[-2] // reduction, pixels.shape[-1] // reduction)
     elif isinstance(model, AAformer):
         probs = model.forward_tokens(pixels, output_attentions=True).attentions[layer]  # (B, H, L, L)
         prefix, grid = model.num_prefix_tokens, model.patch_embed.grid_size

@@ -14,7 +14,7 @@ with safetensors or ``torch.load(weights_only=True)``; nothing is unpickled.
 import argparse
 import re
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 

@@ -24,14 +24,11 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from types import SimpleNamespace
-
 import torch
-from timm.layers import AttentionPool2d
-from timm.models.byobnet import _convert_openai_clip as _convert_openai_clip_resnet
 from timm.models.vision_transformer import _convert_openai_clip
 
 from ..models._loading import unwrap_state_dict
+from ..models.pivl_resnet import clip_resnet_state_dict
 from .configuration_pivl import PiVLConfig
 from .configuration_pivl_resnet import PiVLResNetConfig
 from .image_processing_pivl import PiVLImageProcessor
@@ -165,10 +162,7 @@ def _resnet_tower(visual: Dict[str, torch.Tensor], image_size: Tuple[int, int], 
         image_size=image_size, num_channels=visual['visual.conv1.weight'].shape[1], stem_sizes=stems,
         hidden_sizes=widths, depths=depths, projection_dim=visual['visual.attnpool.c_proj.weight'].shape[0],
         last_stride=last_stride, num_labels=num_labels, **fields)
-    # timm's converter keeps the attnpool keys for a model whose `head` is an attention pool (any one will do)
-    tower = _convert_openai_clip_resnet(visual, SimpleNamespace(head=AttentionPool2d(64, feat_size=1)))
-    return {('attn_pool.' + k.removeprefix('head.') if k.startswith('head.') else k): v
-            for k, v in tower.items()}, config
+    return clip_resnet_state_dict(visual), config
 
 
 def convert_clipreid_checkpoint(

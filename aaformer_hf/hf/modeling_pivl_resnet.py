@@ -4,6 +4,7 @@ implementation). The training-only parts of π-VL (text tower, prompts, fusion h
 from dataclasses import dataclass
 
 import torch
+from timm.layers import AttentionPool2d
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
@@ -57,7 +58,7 @@ class PiVLResNetPreTrainedModel(TimmBackedPreTrainedModel):
         elif isinstance(module, ReIDClassifierPair):
             init.normal_(module.cls.weight, std=0.001)
             init.normal_(module.proj.weight, std=0.001)
-        elif type(module).__name__ == 'AttentionPool2d':
+        elif isinstance(module, AttentionPool2d):
             init.trunc_normal_(module.pos_embed, std=module.in_features ** -0.5)
 
     def get_input_embeddings(self) -> torch.nn.Module:

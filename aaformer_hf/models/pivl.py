@@ -89,13 +89,9 @@ class CLIPReIDHead:
                          ) -> None:
         """Replace the identity classifiers (num_classes=0 removes them); ``reset_other`` (timm's pruning) is
         accepted and changes nothing more: the projection and BNNecks make the embedding, not the classifier."""
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0 (0: no identity classifiers), got {num_classes}')
-        if global_pool is not None:
-            if global_pool not in ('', 'token'):
-                raise ValueError(f"global_pool must be '' or 'token', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
+        global_pool = self.global_pool if global_pool is None else global_pool
+        check_head_arguments(global_pool, self.embedding, num_classes)
+        self.global_pool, self.num_classes = global_pool, num_classes
         ref = self.bnneck.weight
         self.head = self._make_classifier(num_classes, device=ref.device, dtype=ref.dtype).train(self.training)
 
@@ -303,6 +299,7 @@ class PiVLViT(CLIPReIDHead, VisionTransformer):
         """CLS (after the final norm) and its projection, before and after the BNNecks, and the logits."""
         cls = x[:, 0]
         return self._reid_head(cls, self.proj(cls))
+
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLViT) -> Dict[str, torch.Tensor]:
     """Adapt a CLIP image tower or a π-VL checkpoint to ``model``.

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm.layers import resample_abs_pos_embed, to_2tuple
+from timm.layers import AttentionPool2d, resample_abs_pos_embed, to_2tuple
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.byobnet import ByobNet, ByoBlockCfg, _convert_openai_clip, model_cfgs
 
@@ -27,7 +27,7 @@ from ..layers import BNNeck
 from ._loading import classifier_fits, create_with_cfg, finish_loading, unwrap_state_dict
 from .pivl import CLIPReIDHead, EmbeddingSource, PiVLHeadOutput, check_head_arguments, pivl_cfg
 
-__all__ = ['PiVLResNet']  # model_registry will add each entrypoint fn to this
+__all__ = ['PiVLResNet', 'clip_resnet_state_dict']  # model_registry will add each entrypoint fn to this
 
 
 class PiVLResNet(CLIPReIDHead, ByobNet):
@@ -161,20 +161,27 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PiVLResNet)
     weights the model needs and the checkpoint lacks, or has in another shape, are an error naming them.
     """
     state_dict = unwrap_state_dict(state_dict)
-    if 'visual.conv1.weight' in state_dict:  # OpenAI layout: timm's converter, which reads only `model.head`
-        state_dict = _convert_openai_clip(state_dict, SimpleNamespace(head=model.attn_pool))
-    own = model.state_dict()
     is_clip = 'bnneck.weight' not in state_dict
+    if is_clip:
+        state_dict = clip_resnet_state_dict(state_dict)
+    own = model.state_dict()
     out = {}
     for k, v in state_dict.items():
-        if is_clip and k.startswith('head.'):
-            k = 'attn_pool.' + k.removeprefix('head.')
         if k == 'attn_pool.pos_embed' and k in own and v.shape != own[k].shape:
             v = _resized_attn_pool_pos_embed(v, model)
         if not classifier_fits(k, v, own):
             continue
         out[k] = v
     return finish_loading(out, own, ('head.',) + (('bnneck.', 'bnneck_proj.') if is_clip else ()))
+
+
+def clip_resnet_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A CLIP ResNet image tower in OpenAI's layout (``visual.*``, through timm's own converter) or timm's
+    (``resnet50_clip``: the attention pool as ``head``) in this model's keys (the pool as ``attn_pool``)."""
+    if 'visual.conv1.weight' in state_dict:
+        # timm's converter keeps the attnpool keys for a model whose `head` is an attention pool (any one will do)
+        state_dict = _convert_openai_clip(state_dict, SimpleNamespace(head=AttentionPool2d(64, feat_size=1)))
+    return {('attn_pool.' + k.removeprefix('head.') if k.startswith('head.') else k): v for k, v in state_dict.items()}
 
 
 def _resized_attn_pool_pos_embed(pos_embed: torch.Tensor, model: PiVLResNet) -> torch.Tensor:
