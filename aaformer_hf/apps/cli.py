@@ -6,6 +6,8 @@
     aaformer-hf export-onnx MODEL -o reid.onnx              ONNX of the embedding, checked in onnxruntime
     aaformer-hf search GALLERY QUERY -o matches.json        nearest gallery embeddings of each query embedding
     aaformer-hf visualize parts|attention|ranks MODEL ...   PNGs of [PART] assignments, attention or rank lists
+    aaformer-hf app [MODEL --gallery G | --dataset N --root R]   the web app: query -> ranked gallery, on 127.0.0.1
+    aaformer-hf space MODEL --gallery G -o DIR [--push org/name]  a Hugging Face Space folder of that app
     aaformer-hf card FOLDER --repo_id org/name              write a model card from the run's metrics.json
     aaformer-hf convert CKPT OUT                            CLIP-ReID checkpoint -> π-VL model folder
     aaformer-hf parse ...                                   human-parsing maps for a dataset
@@ -49,6 +51,15 @@ _EXAMPLES = {
                  '  aaformer-hf visualize attention outputs/synthetic/model a.jpg b.jpg -o attention.png --layer 0\n'
                  '  aaformer-hf visualize ranks outputs/synthetic/model --dataset market1501 '
                  '--root data/synthetic_market -o ranks.png',
+    'app': 'examples:\n'
+           '  aaformer-hf app        # after `bash tools/demo.sh`: its trained model on the SYNTHETIC gallery\n'
+           '  aaformer-hf app outputs/synthetic/model --dataset market1501 --root data/synthetic_market\n'
+           '  aaformer-hf app org/aaformer-msmt17 --gallery crops/ --queries probes/ --port 8080\n'
+           '  aaformer-hf app MODEL --gallery gallery.safetensors   # embeddings written by aaformer-hf extract',
+    'space': 'examples:\n'
+             '  aaformer-hf space org/aaformer-msmt17 --gallery crops/ -o my-space\n'
+             '  aaformer-hf space outputs/synthetic/model --dataset market1501 --root data/synthetic_market '
+             '-o space --push org/reid-demo',
 }
 
 
@@ -138,6 +149,31 @@ def _parser() -> argparse.ArgumentParser:
     visualize.add_argument('--batch_size', type=int, default=64)
     visualize.add_argument('--overwrite', action='store_true', help='replace an existing output file')
 
+    app = commands.add_parser('app', help='the web app (Gradio): query -> ranked gallery, parts, attention',
+                              epilog=_EXAMPLES['app'], formatter_class=raw, allow_abbrev=False)
+    _app_arguments(app, default_model=True)
+    app.add_argument('--host', default='127.0.0.1', help='address to serve on (default 127.0.0.1: this machine only)')
+    app.add_argument('--port', type=int, help='port (default: 7860, or the next free one)')
+    app.add_argument('--share', action='store_true', help="also make a public gradio.live link (off by default)")
+    app.add_argument('--concurrency', type=int, default=2, help='queries run at once; more wait in the queue '
+                                                                  '(default 2)')
+    app.add_argument('--max_upload_mb', type=int, default=10, help='largest upload accepted, in MB (default 10)')
+    app.add_argument('--max_megapixels', type=float, default=25.0,
+                     help='largest upload accepted, in millions of pixels (default 25)')
+    app.add_argument('--cache_dir', type=Path, help='where gallery embeddings are cached (default '
+                                                    '$AAFORMER_HF_CACHE/galleries or ~/.cache/aaformer-hf/galleries)')
+    app.add_argument('--batch_size', type=int, default=64, help='gallery embedding batch size')
+    app.add_argument('--num_workers', type=int, default=0, help='gallery image-loading worker processes')
+
+    space = commands.add_parser('space', help='write (and push) a Hugging Face Space folder of the web app',
+                                epilog=_EXAMPLES['space'], formatter_class=raw, allow_abbrev=False)
+    _app_arguments(space, default_model=False)
+    space.add_argument('-o', '--output', type=Path, required=True, help='the Space folder to write')
+    space.add_argument('--push', metavar='ORG/NAME', help='also upload it as this Space (repo_type space)')
+    space.add_argument('--private', action='store_true', help='with --push: create the Space private')
+    space.add_argument('--title', default='Person re-identification', help="the Space's title")
+    space.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+
     for name, (_, help_text) in _DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -149,6 +185,22 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--batch_size', type=int, default=64)
     parser.add_argument('--num_workers', type=int, default=0, help='image-loading worker processes')
     parser.add_argument('--flip', action='store_true', help='average each crop\'s and its mirror\'s embeddings')
+
+
+def _app_arguments(parser: argparse.ArgumentParser, default_model: bool) -> None:
+    if default_model:
+        parser.add_argument('model', nargs='?', help='timm name, saved model folder, or Hub id (org/name[@revision]); '
+                                                     'default, with no gallery either: the demo\'s trained model')
+    else:
+        parser.add_argument('model', help='timm name, saved model folder, or Hub id (org/name[@revision])')
+    parser.add_argument('--pretrained', action='store_true', help='for a timm name: its pretrained weights')
+    parser.add_argument('--gallery', type=Path, help='a folder of crops, a text file listing them, or a .safetensors '
+                                                     'file of their embeddings (aaformer-hf extract)')
+    parser.add_argument('--queries', type=Path, help='with --gallery: a folder of example query crops')
+    parser.add_argument('--dataset', help='instead of --gallery: a re-ID loader name (market1501, msmt17, ...): its '
+                                          'gallery is searched, its queries are the examples')
+    parser.add_argument('--root', type=Path, help='the --dataset folder')
+    parser.add_argument('--flip', action='store_true', help="average each crop's and its mirror's embeddings")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -165,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger('aaformer_hf').setLevel(logging.INFO)
     try:
         return {'extract': _extract, 'evaluate': _evaluate, 'export-onnx': _export_onnx,
-                'visualize': _visualize, 'search': _search}[args.command](args)
+                'visualize': _visualize, 'search': _search, 'app': _app, 'space': _space}[args.command](args)
     except (OSError, ValueError, ImportError, RuntimeError) as error:
         parser.exit(2, f'aaformer-hf {args.command}: error: {_message(error)}\n')
 
@@ -242,6 +294,83 @@ def _hub_split(args):
     integer = lambda c: getattr(rows.features.get(c), 'dtype', '').startswith(('int', 'uint'))  # noqa: E731
     labels = (rows['pid'], rows['camid']) if integer('pid') and integer('camid') else None
     return names, labels, rows
+
+
+def _app_source(args):
+    """The model and gallery an app/space command names, checked before anything loads; with neither (``app``),
+    the demo's: what ``bash tools/demo.sh`` trains, on its SYNTHETIC set."""
+    from .app import DEFAULT_DATASET, DEFAULT_MODEL
+
+    if args.model is None and args.gallery is None and args.dataset is None:
+        if not (DEFAULT_MODEL / 'config.json').is_file() or not DEFAULT_DATASET[1].is_dir():
+            raise FileNotFoundError(f'no MODEL given and no demo model at {DEFAULT_MODEL}: run `bash tools/demo.sh` '
+                                    'first (it trains one on a SYNTHETIC set), or give MODEL and --gallery')
+        args.model, (args.dataset, args.root) = str(DEFAULT_MODEL), DEFAULT_DATASET
+    if args.model is None:
+        raise ValueError('give MODEL (a timm name, model folder or Hub id) with the gallery')
+    if (args.gallery is None) == (args.dataset is None):
+        raise ValueError('give --gallery (crops or an embeddings file) or --dataset NAME --root DIR, not both')
+    if args.dataset is not None and args.root is None:
+        raise ValueError('--dataset needs --root')
+    if args.dataset is not None and args.queries is not None:
+        raise ValueError("--queries is read with --gallery only (a dataset's queries are its examples)")
+    if args.gallery is not None and not args.gallery.exists():
+        raise FileNotFoundError(f'--gallery {args.gallery}: no such folder or file')
+    if args.queries is not None and not args.queries.is_dir():
+        raise FileNotFoundError(f'--queries {args.queries}: no such folder')
+
+
+def _load_gallery(args, model, cache_dir=None):
+    from . import gallery as galleries
+
+    options = dict(cache_dir=cache_dir, batch_size=getattr(args, 'batch_size', 64),
+                   num_workers=getattr(args, 'num_workers', 0), flip=args.flip)
+    if args.dataset is not None:
+        return galleries.gallery_from_dataset(model, args.model, args.dataset, args.root, **options)
+    if args.gallery.suffix == '.safetensors':
+        gallery = galleries.gallery_from_embeddings(model, args.model, args.gallery, args.queries)
+        if args.flip and not gallery.flip:
+            raise ValueError(f'--flip: {args.gallery} was extracted without --flip; queries are embedded as its '
+                             'gallery was (re-extract with --flip, or drop it here)')
+        return gallery
+    return galleries.gallery_from_images(model, args.model, args.gallery, args.queries, **options)
+
+
+def _app(args) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError as error:
+        raise ImportError('the app needs Gradio: pip install "aaformer-hf[app]"') from error
+    from .app import ReIDDemo, launch, model_card_text
+    from .extract import load_inference_model
+
+    _app_source(args)
+    if args.concurrency < 1 or args.max_upload_mb < 1 or args.max_megapixels <= 0 or args.batch_size < 1:
+        raise ValueError('--concurrency, --max_upload_mb, --batch_size must be >= 1 and --max_megapixels > 0')
+    if args.share:
+        print('--share: a public gradio.live link will reach this app from anywhere', file=sys.stderr)
+    model = load_inference_model(args.model, args.pretrained)
+    gallery = _load_gallery(args, model, args.cache_dir)
+    demo = ReIDDemo(model, args.model, gallery, model_card_text(args.model, model),
+                    max_pixels=int(args.max_megapixels * 1e6), max_upload_bytes=args.max_upload_mb * 2 ** 20)
+    print(f'{args.model}: {len(gallery)} gallery crops from {gallery.source}; serving on {args.host} '
+          '(Ctrl+C stops)', flush=True)
+    launch(demo, args.host, args.port, args.share, args.concurrency, args.max_upload_mb)
+    return 0
+
+
+def _space(args) -> int:
+    from .space import write_space, push_space
+
+    _app_source(args)
+    folder = write_space(args.model, args.output, gallery=args.gallery, queries=args.queries, dataset=args.dataset,
+                         root=args.root, pretrained=args.pretrained, flip=args.flip, title=args.title,
+                         overwrite=args.overwrite)
+    print(f'{folder}: a Space of {args.model} (sdk gradio)')
+    if args.push:
+        url = push_space(folder, args.push, private=args.private)
+        print(f'pushed to {url}')
+    return 0
 
 
 def _export_onnx(args) -> int:

@@ -184,7 +184,8 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
             state.wait_for_everyone()
         if not join or rank != 0:
             return None
-        return _join(written, paths, out, model_name, flip, labels)
+        model_job = job if images is None else job_fingerprint(model, flip)  # a split's job also hashes its content
+        return _join(written, paths, out, model_name, flip, labels, model_job)
 
 
 def job_fingerprint(model, flip: bool, content: str = '') -> str:
@@ -282,8 +283,8 @@ def process_state():
 
 
 def load_embeddings(path: Path) -> Dict[str, Any]:
-    """An embeddings file as a dict: ``embeddings`` (N, D), ``paths``, ``model``, and ``pids``/``camids`` when
-    present."""
+    """An embeddings file as a dict: ``embeddings`` (N, D), ``paths``, ``model``, ``flip``, ``model_job`` (the model's
+    ``job_fingerprint``; None in files written before it was recorded), and ``pids``/``camids`` when present."""
     path = Path(path)
     metadata = _read_metadata(path)
     if metadata.get('format') != FORMAT:
@@ -292,7 +293,8 @@ def load_embeddings(path: Path) -> Dict[str, Any]:
         paths = json.loads(metadata['paths'])
     except (KeyError, ValueError) as error:
         raise ValueError(f'{path}: its paths metadata is missing or unreadable ({error})') from error
-    out: Dict[str, Any] = {'paths': paths, 'model': metadata.get('model'), 'flip': metadata.get('flip') == 'true'}
+    out: Dict[str, Any] = {'paths': paths, 'model': metadata.get('model'), 'flip': metadata.get('flip') == 'true',
+                           'model_job': metadata.get('model_job')}  # None in files of earlier releases
     with safe_open(path, 'pt') as handle:
         for name in handle.keys():
             out[name] = handle.get_tensor(name)
@@ -307,7 +309,7 @@ def load_embeddings(path: Path) -> Dict[str, Any]:
     return out
 
 
-def _join(count: int, paths: List, out: Path, model_name: str, flip: bool, labels) -> Path:
+def _join(count: int, paths: List, out: Path, model_name: str, flip: bool, labels, model_job: str) -> Path:
     parts = Path(f'{out}.parts')
     feats = []
     for index in range(count):
@@ -317,7 +319,8 @@ def _join(count: int, paths: List, out: Path, model_name: str, flip: bool, label
     labels = names_to_labels(paths) if labels is None else tuple(torch.as_tensor(v) for v in labels)
     if labels is not None:
         tensors['pids'], tensors['camids'] = labels
-    metadata = {'format': FORMAT, 'model': model_name, 'flip': str(flip).lower(),
+    # model_job: the model's job_fingerprint, so a reader can tell these embeddings' model from another's by content
+    metadata = {'format': FORMAT, 'model': model_name, 'flip': str(flip).lower(), 'model_job': model_job,
                 'paths': json.dumps([str(p) for p in paths])}
     _save(tensors, metadata, out)
     shutil.rmtree(parts)

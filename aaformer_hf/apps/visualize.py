@@ -9,13 +9,13 @@
 - ``ranks_figure``: rank lists - each query, then its nearest gallery images under the evaluation protocol (same
   identity under the same camera left out), framed green for a correct match and red otherwise.
 """
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ['PALETTE', 'parts_figure', 'attention_figure', 'attention_pool_attention', 'ranks_figure', 'tile']
+__all__ = ['PALETTE', 'PartPanels', 'part_panels', 'parts_figure', 'attention_figure', 'attention_pool_attention', 'ranks_figure', 'tile']
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -74,6 +74,32 @@ def majority_row(image: Image.Image, assigned: torch.Tensor, groups: Sequence[in
     return row
 
 
+class PartPanels(NamedTuple):
+    """One image's [PART] assignment in one layer, drawn: the image; per group, its parts by majority over heads and
+    each head's own; the share of heads agreeing with the majority part of the first group (black 0 - white 1)."""
+    image: Image.Image
+    majority: List[Image.Image]
+    heads: List[List[Image.Image]]
+    agreement: Image.Image
+
+
+def part_panels(image: Image.Image, assigned: torch.Tensor, groups: Sequence[int], grid) -> PartPanels:
+    """``PartPanels`` of one image from its (H, P, N) assignment in one layer."""
+    shown = _display(image, grid)
+    majority, heads, start, agreement = [], [], 0, None
+    for size in groups:
+        group = assigned[:, start:start + size].float()  # (H, P_g, N)
+        per_head = group.argmax(1).view(-1, *grid).numpy()  # (H, h, w)
+        by_majority = group.sum(0).argmax(0).view(*grid).numpy()
+        majority.append(_labels_panel(shown, by_majority, start))
+        heads.append([_labels_panel(shown, head, start) for head in per_head])
+        if agreement is None:
+            agreement = (per_head == by_majority).mean(0)
+        start += size
+    agreement_panel = Image.fromarray((255 * agreement).astype(np.uint8)).resize(shown.size, Image.NEAREST)
+    return PartPanels(shown, majority, heads, agreement_panel.convert('RGB'))
+
+
 @torch.no_grad()
 def parts_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, layer: int = -1) -> Image.Image:
     """One row per image: the image; per group, its parts by majority over heads, then each head; then the share of
@@ -81,24 +107,13 @@ def parts_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor, lay
     if not getattr(model, 'assigns_patches', False):
         raise ValueError('parts: the model assigns no patches itself (no [PART]s, or parts given from outside)')
     assigned = model.forward_tokens(pixels, output_assignments=True).assignments[layer]  # (B, H, P, N)
-    grid = model.patch_embed.grid_size
     rows = []
     for image, a in zip(images, assigned):
-        shown = _display(image, grid)
-        row, start = [shown], 0
-        agreement = None
-        for size in model.part_groups:
-            group = a[:, start:start + size].float()  # (H, P_g, N)
-            per_head = group.argmax(1).view(-1, *grid).numpy()  # (H, h, w)
-            majority = group.sum(0).argmax(0).view(*grid).numpy()
-            row.append(_labels_panel(shown, majority, start))
-            row += [_labels_panel(shown, head, start) for head in per_head]
-            if agreement is None:
-                agreement = (per_head == majority).mean(0)
-            start += size
-        row.append(Image.fromarray((255 * agreement).astype(np.uint8)).resize(shown.size, Image.NEAREST)
-                   .convert('RGB'))
-        rows.append(row)
+        panels = part_panels(image, a, model.part_groups, model.patch_embed.grid_size)
+        row = [panels.image]
+        for majority, heads in zip(panels.majority, panels.heads):
+            row += [majority] + heads
+        rows.append(row + [panels.agreement])
     return tile(rows)
 
 

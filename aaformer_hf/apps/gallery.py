@@ -1,0 +1,206 @@
+# Copyright 2026 The aaformer-hf Authors. Licensed under the Apache License, Version 2.0.
+"""A searchable gallery for the web app (``aaformer-hf app``): crops, their embeddings, and identities and cameras
+when known - from a folder of crops, a re-ID dataset's gallery split, or an embeddings file written by
+``aaformer-hf extract``.
+
+A folder or dataset gallery is embedded once by ``extract_to_file`` (the same pipeline, progress bar and speed as
+``aaformer-hf extract``) into a cache file keyed by what its embeddings depend on: the model's weights and
+preprocessing (``job_fingerprint``) and the crops (resolved path, size, modification time of each). A changed model
+or gallery is embedded anew; an unchanged one loads in a moment. A query then costs one forward and one search.
+"""
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .extract import collect_images, extract_to_file, job_fingerprint, load_embeddings, names_to_labels
+
+__all__ = ['Gallery', 'Ranked', 'default_cache_dir', 'gallery_from_images', 'gallery_from_dataset',
+           'gallery_from_embeddings', 'FAISS_FROM']
+
+FAISS_FROM = 200_000  # gallery size from which the app searches with FAISS when it is installed (exact below)
+
+
+def default_cache_dir() -> Path:
+    """``$AAFORMER_HF_CACHE/galleries``, by default ``~/.cache/aaformer-hf/galleries``."""
+    root = os.environ.get('AAFORMER_HF_CACHE') or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'),
+                                                         'aaformer-hf')
+    return Path(root) / 'galleries'
+
+
+@dataclass
+class Ranked:
+    """One query's top-k: gallery indices and cosine distances in rank order; ``correct`` per result when the query's
+    identity is known (else None); ``left_out``: gallery crops the evaluation protocol left out for this query."""
+    indices: List[int]
+    distances: List[float]
+    correct: Optional[List[bool]]
+    left_out: int
+
+
+@dataclass
+class Gallery:
+    """Crops (files), their (N, D) embeddings, and (N,) identities and cameras when known. ``queries``: example query
+    crops with their (pid, camid) or None each, for the app's strip of examples. ``flip``: the embeddings average each
+    crop's and its mirror's (queries must then be embedded so too)."""
+    paths: List[Path]
+    embeddings: torch.Tensor
+    pids: Optional[torch.Tensor] = None
+    camids: Optional[torch.Tensor] = None
+    queries: List[Tuple[Path, Optional[Tuple[int, int]]]] = field(default_factory=list)
+    source: str = ''
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if not len(self.paths):
+            raise ValueError(f'{self.source}: the gallery is empty')
+        self._unit = F.normalize(self.embeddings.float(), dim=1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def rank(self, query: torch.Tensor, k: int, identity: Optional[Tuple[int, int]] = None) -> Ranked:
+        """The ``k`` nearest crops to one (D,) query embedding by cosine distance (1 - cos). With the query's
+        ``identity`` (pid, camid) and gallery labels, the evaluation protocol applies (Market-1501's, as
+        ``reid.evaluate``): crops of the same identity under the same camera, and junk (pid -1), are left out, and
+        each result is marked correct when it shows the same identity."""
+        labelled = identity is not None and self.pids is not None
+        keep = None
+        if labelled:
+            pid, cam = identity
+            keep = ~(((self.pids == pid) & (self.camids == cam)) | (self.pids == -1))
+        left_out = 0 if keep is None else int((~keep).sum())
+        k = max(0, min(k, len(self) - left_out))
+        if k == 0:
+            return Ranked([], [], [] if labelled else None, left_out)
+        query = F.normalize(query.float().reshape(1, -1), dim=1)
+        if len(self) >= FAISS_FROM and _faiss_installed():
+            from ..reid.search import search
+            distances, indices = search(query, self._unit, k + left_out, 'cosine', 'faiss', device='cpu')
+            distances, indices = distances[0], indices[0]
+            if keep is not None:
+                chosen = keep[indices]
+                distances, indices = distances[chosen], indices[chosen]
+        else:
+            distances = 1 - self._unit @ query[0]
+            if keep is not None:
+                distances = distances.masked_fill(~keep, float('inf'))
+            distances, indices = torch.topk(distances, k, largest=False, sorted=True)
+        indices, distances = indices[:k].tolist(), distances[:k].tolist()
+        correct = [bool(self.pids[i] == identity[0]) for i in indices] if labelled else None
+        return Ranked(indices, distances, correct, left_out)
+
+    def label(self, index: int) -> Optional[Tuple[int, int]]:
+        return None if self.pids is None else (int(self.pids[index]), int(self.camids[index]))
+
+
+def _faiss_installed() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _content_key(model, paths: Sequence[Path], flip: bool) -> str:
+    """What the gallery's embeddings depend on: the model (``job_fingerprint``) and each crop's resolved path, size
+    and modification time."""
+    digest = hashlib.sha256(job_fingerprint(model, flip).encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f'{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+    return digest.hexdigest()[:32]
+
+
+def _embedded(model, model_name: str, paths: Sequence[Path], labels, cache_dir: Optional[Path], batch_size: int,
+              num_workers: int, flip: bool) -> dict:
+    paths = [Path(p).resolve() for p in paths]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / f'{_content_key(model, paths, flip)}.safetensors'
+    if not cached.is_file():
+        extract_to_file(model, paths, cached, model_name, batch_size=batch_size, num_workers=num_workers, flip=flip,
+                        labels=labels, process_index=0, num_processes=1)
+    return load_embeddings(cached)
+
+
+def _labels_tensors(saved: dict):
+    return saved.get('pids'), saved.get('camids')
+
+
+def gallery_from_images(model, model_name: str, source: Path, queries: Optional[Path] = None,
+                        cache_dir: Optional[Path] = None, batch_size: int = 64, num_workers: int = 0,
+                        flip: bool = False) -> Gallery:
+    """A folder of crops (or a text file listing them); identities and cameras from the file names when they all
+    follow a re-ID naming convention. ``queries``: a folder of example query crops, labelled likewise."""
+    paths = collect_images(Path(source))
+    saved = _embedded(model, model_name, paths, None, cache_dir, batch_size, num_workers, flip)
+    examples = []
+    if queries is not None:
+        query_paths = collect_images(Path(queries))
+        labels = names_to_labels(query_paths)
+        examples = [(p, None if labels is None else (int(labels[0][i]), int(labels[1][i])))
+                    for i, p in enumerate(query_paths)]
+    return Gallery([Path(p) for p in saved['paths']], saved['embeddings'], *_labels_tensors(saved), examples,
+                   source=str(source), flip=flip)
+
+
+def gallery_from_dataset(model, model_name: str, name: str, root: Path, cache_dir: Optional[Path] = None,
+                         batch_size: int = 64, num_workers: int = 0, flip: bool = False) -> Gallery:
+    """A re-ID dataset (``load_reid_dataset``): its gallery split searched, its query split as the examples, both
+    with the dataset's identities and cameras."""
+    from ..data import load_reid_dataset
+
+    if name == 'hub':
+        raise ValueError('--dataset hub: the app shows crops from files; extract the split first and pass the '
+                         'embeddings file, or use a re-ID dataset folder')
+    data = load_reid_dataset(name, root)
+
+    def labelled(split):
+        ids = 'pid_original' if 'pid_original' in split.column_names else 'pid'
+        split = split.select_columns(['path', ids, 'camid'])
+        return [Path(p) for p in split['path']], split[ids], split['camid']
+
+    paths, pids, cams = labelled(data['gallery'])
+    saved = _embedded(model, model_name, paths, (pids, cams), cache_dir, batch_size, num_workers, flip)
+    query_paths, query_pids, query_cams = labelled(data['query'])
+    examples = [(p, (int(pid), int(cam))) for p, pid, cam in zip(query_paths, query_pids, query_cams)]
+    return Gallery([Path(p) for p in saved['paths']], saved['embeddings'], *_labels_tensors(saved), examples,
+                   source=f'{name}:{root}', flip=flip)
+
+
+def gallery_from_embeddings(model, model_name: str, path: Path, queries: Optional[Path] = None) -> Gallery:
+    """An embeddings file of ``aaformer-hf extract``: refused when written by another model (its recorded job
+    fingerprint, else its recorded model name, differs) or when its crops are not files here (the app shows them)."""
+    saved = load_embeddings(Path(path))
+    recorded = saved.get('model_job')
+    if recorded is not None:
+        if recorded != job_fingerprint(model, saved['flip']):
+            raise ValueError(f'{path}: embedded by another model ({saved["model"]}, other weights or '
+                             f'preprocessing) than {model_name}: distances between two models mean nothing')
+    elif saved['model'] != model_name and _resolved(saved['model']) != _resolved(model_name):
+        raise ValueError(f'{path}: holds embeddings of {saved["model"]}, not of {model_name}: distances between two '
+                         'models mean nothing')
+    paths = [Path(p) for p in saved['paths']]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f'{path}: {len(missing)} of its {len(paths)} crops are not files here (first: '
+                                f'{missing[0]}); the app shows each result\'s crop')
+    gallery = Gallery(paths, saved['embeddings'], *_labels_tensors(saved), source=str(path), flip=saved['flip'])
+    if queries is not None:
+        query_paths = collect_images(Path(queries))
+        labels = names_to_labels(query_paths)
+        gallery.queries = [(p, None if labels is None else (int(labels[0][i]), int(labels[1][i])))
+                           for i, p in enumerate(query_paths)]
+    return gallery
+
+
+def _resolved(spec: Optional[str]) -> Optional[str]:
+    if spec is None:
+        return None
+    path = Path(spec.removeprefix('local-dir:'))
+    return str(path.resolve()) if path.exists() else spec
