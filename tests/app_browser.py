@@ -52,19 +52,31 @@ def browser_page(width: int = 1400, height: int = 1000) -> Iterator:
 def open_app(page, url: str, timeout_ms: int = 60000) -> None:
     page.goto(url, timeout=timeout_ms)
     page.wait_for_selector(UPLOAD, state='attached', timeout=timeout_ms)
+    page.wait_for_selector('#results', state='attached', timeout=timeout_ms)
 
 
-RENDERED = """(k) => {
+DRAWN = """(k) => {
   const images = [...document.querySelectorAll('#results img')];
   return images.length === k && images.every(i => i.complete && i.naturalWidth > 0)
          && [...document.querySelectorAll('#model_map img')].some(i => i.complete && i.naturalWidth > 0);
+}"""
+RENDERED = DRAWN.replace('return images', 'return window.__cleared && images')  # and cleared since the upload
+# the page clears the last results when an upload starts: seeing that (with an observer, as it may last only a few
+# milliseconds) tells the new results from the old ones, which can be the very same crops
+WATCH_CLEARING = """() => {
+  window.__cleared = false;
+  window.__watch?.disconnect();
+  window.__watch = new MutationObserver(() => {
+    if (!document.querySelector('#results img')) window.__cleared = true;
+  });
+  window.__watch.observe(document.querySelector('#results'), {childList: true, subtree: true});
 }"""
 
 
 def query(page, image: Path, k: int, timeout_ms: int = 60000) -> float:
     """Upload ``image`` through the file input and wait until the ``k`` results and the model's map are drawn (every
     image loaded). Returns the seconds from the upload to that."""
-    page.evaluate("() => document.querySelectorAll('#results img, #model_map img').forEach(i => i.remove())")
+    page.evaluate(WATCH_CLEARING)
     start = time.perf_counter()
     page.set_input_files(UPLOAD, str(image))
     page.wait_for_function(RENDERED, arg=k, timeout=timeout_ms, polling=10)
@@ -80,10 +92,8 @@ def map_source(page) -> str:
 
 
 def set_slider(page, elem_id: str, value: int) -> None:
-    """Type ``value`` into a Gradio slider's number box (what a visitor can do instead of dragging)."""
-    box = page.locator(f'#{elem_id} input[type=number]')
-    box.fill(str(value))
-    box.press('Enter')
+    """Move a Gradio slider to ``value`` as a drag ends there (the range input's input and change events)."""
+    page.locator(f'#{elem_id} input[type=range]').fill(str(value))
 
 
 def main(argv=None) -> int:
@@ -105,12 +115,17 @@ def main(argv=None) -> int:
     try:
         with browser_page(1280, 900) as page:
             open_app(page, app.local_url)
-            page.locator('#examples button').first.click()  # an example query: its identity is known
-            page.wait_for_function(RENDERED, arg=10, timeout=60000)
+            page.locator('#examples button.thumbnail-item').first.click()  # an example: its identity is known
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('left out')")
+            page.wait_for_function(DRAWN, arg=10, timeout=60000)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), full_page=True)
     finally:
         app.close()
+    from PIL import Image
+    with Image.open(out) as shot:
+        shot = shot.convert('RGB')
+    shot.quantize(256).save(out, optimize=True)  # 256 colours: a fraction of the bytes, for the README
     print(f'{out}: screenshot of the app')
     return 0
 

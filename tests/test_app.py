@@ -81,7 +81,10 @@ def test_rank_with_faiss_matches_the_exact_search(monkeypatch):
     query, identity = torch.randn(16), (int(pids[5]), int(cams[5]))
     exact = gallery.rank(query, 12, identity)
     monkeypatch.setattr(galleries, 'FAISS_FROM', 1)
-    approximate = gallery.rank(query, 12, identity)
+    monkeypatch.setattr(galleries, 'FAISS_NPROBE', 1000)  # every list searched: FAISS's IVF is then exhaustive
+    indexed = galleries.Gallery(gallery.paths, embeddings, pids, cams)
+    assert indexed.method.startswith('approximate: FAISS IVF69,Flat')
+    approximate = indexed.rank(query, 12, identity)
     assert approximate.indices == exact.indices and approximate.correct == exact.correct
     np.testing.assert_allclose(approximate.distances, exact.distances, atol=1e-5)
 
@@ -143,6 +146,7 @@ def test_good_uploads_decode_and_bad_ones_say_why(demo):
     person = Image.new('RGB', (64, 128), (200, 30, 30))
     assert demo.decode_upload(_png(person)).size == (64, 128)
     assert demo.decode_upload(_png(person.convert('L'))).mode == 'RGB'  # grey: converted, not refused
+    assert demo.decode_upload(_png(Image.new('RGB', (1500, 3000)))).size == (512, 1024)  # kept at most 1024 high
     jpeg = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 64, 3), dtype=np.uint8)).save(jpeg, 'JPEG')
     cases = {
@@ -285,3 +289,26 @@ def test_served_app_answers_queries_and_bad_uploads(served, demo, tmp_path):
     [v.start() for v in visitors]
     [v.join(timeout=60) for v in visitors]
     assert len(answers) == 2 and all(len(a[2]) == 3 for a in answers)
+
+
+def test_pivl_models_show_their_attention(market):
+    from aaformer_hf.apps.app import ReIDDemo, UploadError
+    import timm
+    from aaformer_hf.apps.visualize import attention_figure
+
+    paths = sorted((market / 'bounding_box_test').glob('*.jpg'))[:3]
+    image = Image.open(paths[0]).convert('RGB')
+    torch.manual_seed(0)
+    vit, cnn = timm.create_model('pivl_vit_tiny').eval(), timm.create_model('pivl_resnet_tiny').eval()
+    depth_vit = len(vit.blocks)
+    for model, depth in ((vit, depth_vit), (cnn, 1)):
+        gallery = galleries.Gallery(paths, torch.randn(3, 8))
+        demo = ReIDDemo(model, 'pivl', gallery)
+        assert demo.kind == 'attention' and demo.depth == depth and len(demo.views()) == 1
+        pixels = demo.transform(image).unsqueeze(0)
+        for layer in range(depth):  # what `aaformer-hf visualize attention` draws for that layer
+            expected = np.asarray(attention_figure(model, [image], pixels, layer))
+            assert np.array_equal(np.asarray(demo.model_map(image, layer)), expected)
+        with pytest.raises(UploadError, match=f'layer {depth}'):
+            demo.model_map(image, depth)
+    assert 'attention pool' in ReIDDemo(cnn, 'c', galleries.Gallery(paths, torch.randn(3, 8))).map_caption(0, None, 'Q')

@@ -27,6 +27,7 @@ DEFAULT_DATASET = ('market1501', Path('data/synthetic_market'))  # ... on this S
 THUMB = (64, 128)  # example-strip thumbnails (w, h)
 RESULT = (96, 192)  # result crops as shown
 MIN_SIDE = 16  # smaller uploads are refused: nothing of a person is left
+KEEP_SIDE = 1024  # larger uploads are scaled down to this on their longer side once decoded
 VIEWS = {'parts': ('majority over heads', 'each head', 'heads agreeing'), 'attention': ('each head and mean',)}
 
 INTENDED_USE = (
@@ -68,7 +69,9 @@ class ReIDDemo:
 
     # --- queries -----------------------------------------------------------------------------------------------
     def decode_upload(self, data: Optional[bytes]) -> Image.Image:
-        """The uploaded bytes as an RGB image, or ``UploadError`` saying why not (never naming a server path)."""
+        """The uploaded bytes as an RGB image (scaled down to ``KEEP_SIDE`` pixels on its longer side when larger: the
+        session keeps it for redraws, and the model sees 256x128), or ``UploadError`` saying why not (never naming a
+        server path)."""
         if not data:
             raise UploadError('the upload is empty')
         if len(data) > self.max_upload_bytes:
@@ -97,9 +100,12 @@ class ReIDDemo:
             raise UploadError(f'the image could not be decoded ({type(error).__name__}: {error}); the file may be '
                               'truncated or damaged') from None
         try:
-            return as_rgb(image, 'the upload')
+            image = as_rgb(image, 'the upload')
         except ValueError as error:
             raise UploadError(str(error)) from None
+        if max(image.size) > KEEP_SIDE:  # kept for the session's redraws; the model sees 256x128 anyway
+            image.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.BICUBIC)
+        return image
 
     def example(self, index: int) -> Tuple[Image.Image, Optional[Tuple[int, int]]]:
         """Example query ``index`` (a position in the strip, not a path) and its identity when known."""
@@ -134,24 +140,27 @@ class ReIDDemo:
         return self.gallery.rank(self.embed(image), int(k), identity)
 
     def results(self, ranked: Ranked) -> List[Tuple[Image.Image, str]]:
-        """The ranked crops with captions: rank, distance, identity and camera when known, ✓/✗ when judged."""
+        """The ranked crops with captions: rank, ✓ (same person) / ✗ when judged, distance, identity and camera
+        when known."""
         from ..data.images import read_rgb
 
         shown = []
         for rank, (index, distance) in enumerate(zip(ranked.indices, ranked.distances), start=1):
-            caption = f'#{rank}  d={distance:.3f}'
+            caption = f'#{rank}'
+            if ranked.correct is not None:  # the verdict first: long captions are cut short on the page
+                caption += ' ✓' if ranked.correct[rank - 1] else ' ✗'
+            caption += f' d={distance:.3f}'
             label = self.gallery.label(index)
             if label is not None:
-                caption += f'  {_identity_text(label)}'
-            if ranked.correct is not None:
-                caption += '  ✓ same' if ranked.correct[rank - 1] else '  ✗ other'
+                caption += f' {_identity_text(label)}'
             shown.append((read_rgb(self.gallery.paths[index]).resize(RESULT), caption))
         return shown
 
     def summary(self, ranked: Ranked, identity: Optional[Tuple[int, int]]) -> str:
         """What the page says above the results: how many, how judged, what the protocol left out."""
         n = len(self.gallery)
-        text = f'Top {len(ranked.indices)} of {n} gallery crops by cosine distance (1 - cos, smaller = closer).'
+        text = f'Top {len(ranked.indices)} of {n} gallery crops by cosine distance (1 - cos, smaller = closer)'
+        text += '.' if self.gallery.method == 'exact' else f' ({self.gallery.method}).'
         if identity is None:
             return text + ' The query\'s identity is unknown, so results are not marked correct or wrong.'
         if ranked.correct is None:
@@ -312,7 +321,7 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
                                       elem_id='examples')
             with gr.Column(scale=3):
                 status = gr.Markdown('Upload a crop to search the gallery.', elem_id='status')
-                results = gr.Gallery(label='Ranked gallery (click a result to map it)', columns=6, height=420,
+                results = gr.Gallery(label='Ranked gallery (click a result to map it)', columns=5, height=420,
                                      allow_preview=False, object_fit='contain', elem_id='results')
                 with gr.Row():
                     layer = gr.Slider(0, max(last, 1), value=last, step=1, label='layer', elem_id='layer',
@@ -326,7 +335,9 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
             gr.Markdown(demo.card or model_card_text(demo.model_name, demo.model), elem_id='card')
 
         outputs = [state, query, status, results, map_caption, model_map]
-        upload.upload(on_upload, [upload, k, layer, view], outputs, api_name='search')
+        # the last query's results go at once, in the browser (no round trip), while the new one is searched
+        upload.upload(None, None, [results, model_map], js='() => [[], null]', api_name=False, queue=False).then(
+            on_upload, [upload, k, layer, view], outputs, api_name='search')
         examples.select(on_example, [k, layer, view], outputs, api_name=False)
         k.change(on_k, [state, k, layer, view], [status, results], api_name=False, trigger_mode='always_last')
         results.select(on_result, [state, layer, view], [state, map_caption, model_map], api_name=False)

@@ -22,7 +22,8 @@ from .extract import collect_images, extract_to_file, job_fingerprint, load_embe
 __all__ = ['Gallery', 'Ranked', 'default_cache_dir', 'gallery_from_images', 'gallery_from_dataset',
            'gallery_from_embeddings', 'FAISS_FROM']
 
-FAISS_FROM = 200_000  # gallery size from which the app searches with FAISS when it is installed (exact below)
+FAISS_FROM = 200_000  # gallery size from which the app searches an IVF index when FAISS is installed (exact below)
+FAISS_NPROBE = 32  # inverted lists searched per query (of 4 sqrt(N))
 
 
 def default_cache_dir() -> Path:
@@ -59,6 +60,13 @@ class Gallery:
         if not len(self.paths):
             raise ValueError(f'{self.source}: the gallery is empty')
         self._unit = F.normalize(self.embeddings.float(), dim=1)
+        self._index, self.method = None, 'exact'
+        if len(self) >= FAISS_FROM and _faiss_installed():  # built once; each query then searches a few lists
+            from ..reid.search import faiss_index
+            lists = int(4 * len(self) ** 0.5)
+            self._index = faiss_index(self._unit, 'cosine', f'IVF{lists},Flat', min(FAISS_NPROBE, lists),
+                                      use_gpus=False)
+            self.method = f'approximate: FAISS IVF{lists},Flat, {min(FAISS_NPROBE, lists)} lists searched'
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,10 +86,11 @@ class Gallery:
         if k == 0:
             return Ranked([], [], [] if labelled else None, left_out)
         query = F.normalize(query.float().reshape(1, -1), dim=1)
-        if len(self) >= FAISS_FROM and _faiss_installed():
-            from ..reid.search import search
-            distances, indices = search(query, self._unit, k + left_out, 'cosine', 'faiss', device='cpu')
-            distances, indices = distances[0], indices[0]
+        if self._index is not None:
+            from ..reid.search import faiss_query
+            distances, indices = faiss_query(self._index, query, k + left_out)
+            found = indices[0] >= 0
+            distances, indices = distances[0][found], indices[0][found]
             if keep is not None:
                 chosen = keep[indices]
                 distances, indices = distances[chosen], indices[chosen]

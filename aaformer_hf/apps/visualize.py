@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ['PALETTE', 'PartPanels', 'part_panels', 'parts_figure', 'attention_figure', 'attention_pool_attention', 'ranks_figure', 'tile']
+__all__ = ['PALETTE', 'PartPanels', 'part_panels', 'parts_figure', 'attention_figure', 'attention_pool_attention',
+           'ranks_figure', 'tile']
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ['search', 'recall_at']
+__all__ = ['search', 'recall_at', 'faiss_index', 'faiss_query']
 
 
 def search(query: torch.Tensor, gallery: torch.Tensor, top: int = 10, metric: str = 'cosine',
@@ -72,6 +72,13 @@ def _torch_search(query, gallery, top, metric, chunk_bytes):
 
 
 def _faiss_search(query, gallery, top, metric, index: str, nprobe: int, use_gpus: bool = True):
+    return faiss_query(faiss_index(gallery, metric, index, nprobe, use_gpus), query, top, metric)
+
+
+def faiss_index(gallery: torch.Tensor, metric: str = 'cosine', index: str = 'Flat', nprobe: int = 16,
+                use_gpus: bool = True):
+    """A FAISS index (``index_factory`` string ``index``) built and filled once with the (G, D) ``gallery`` (for
+    'cosine', already L2-normalised), for ``faiss_query`` to search many times."""
     try:
         import faiss
     except ImportError as error:
@@ -103,7 +110,13 @@ def _faiss_search(query, gallery, top, metric, index: str, nprobe: int, use_gpus
         faiss.GpuParameterSpace().set_index_parameter(built, 'nprobe', nprobe)
     elif hasattr(built, 'nprobe'):
         built.nprobe = nprobe
-    scores, found = built.search(np.ascontiguousarray(query.numpy()), top)
+    return built
+
+
+def faiss_query(built, query: torch.Tensor, top: int, metric: str = 'cosine') -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``top`` nearest rows of a ``faiss_index`` for each (Q, D) query row (for 'cosine', L2-normalised):
+    distances as ``search`` gives them, and indices (-1 where an approximate index found fewer than ``top``)."""
+    scores, found = built.search(np.ascontiguousarray(query.float().numpy()), top)
     scores = torch.from_numpy(scores)
     distances = 1 - scores if metric == 'cosine' else scores
     return distances, torch.from_numpy(found).long()
