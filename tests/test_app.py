@@ -312,3 +312,27 @@ def test_pivl_models_show_their_attention(market):
         with pytest.raises(UploadError, match=f'layer {depth}'):
             demo.model_map(image, depth)
     assert 'attention pool' in ReIDDemo(cnn, 'c', galleries.Gallery(paths, torch.randn(3, 8))).map_caption(0, None, 'Q')
+
+
+def test_app_command_serves_the_demo_model_by_default_and_a_given_gallery(market, model_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    pytest.importorskip('gradio', reason='the app extra (aaformer-hf[app]) is not installed')
+    import shutil
+    from aaformer_hf.apps import app as app_module
+
+    served = []
+    monkeypatch.setattr(app_module, 'launch', lambda demo, *args: served.append((demo, args)))
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(model_dir, tmp_path / 'outputs' / 'synthetic' / 'model')  # what tools/demo.sh leaves
+    shutil.copytree(market, tmp_path / 'data' / 'synthetic_market')
+    cache = ['--cache_dir', str(tmp_path / 'cache')]
+    assert main(['app'] + cache) == 0
+    demo, (host, port, share, concurrency, max_mb) = served[-1]
+    assert (host, port, share, concurrency, max_mb) == ('127.0.0.1', None, False, 2, 10)
+    assert demo.model_name == 'outputs/synthetic/model' and demo.gallery.queries  # the dataset's queries
+    crops = sorted((market / 'bounding_box_test').glob('*.jpg'))
+    assert main(['app', str(model_dir), '--gallery', str(market / 'bounding_box_test'), '--port', '7999',
+                 '--concurrency', '3'] + cache) == 0
+    demo, (host, port, share, concurrency, _) = served[-1]
+    assert len(demo.gallery) == len(crops) and port == 7999 and concurrency == 3 and not demo.gallery.queries
+    assert f'{len(crops)} gallery crops' in capsys.readouterr().out
