@@ -61,6 +61,9 @@ def main():
     parser.add_argument('--compare_plain_rows', action='store_true',
                         help='also time the same model with its [PART] rows in plain PyTorch instead of the one '
                              'registered operator (aaformer::part_rows)')
+    parser.add_argument('--compare_merged_rows', action='store_true',
+                        help='also time the same model merging its [PART] rows into a copy of the attention output '
+                             'at inference, as before issue #26 (default: written in place)')
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -79,6 +82,11 @@ def main():
         for blk in plain.blocks:
             blk.attn.part_rows_op = False
         contenders[f'{args.model} plain rows'] = plain
+    if args.compare_merged_rows:
+        merged = copy.deepcopy(model)
+        for blk in merged.blocks:
+            blk.attn.rows_in_place = False
+        contenders[f'{args.model} merged rows'] = merged
     # which contenders run the fused Triton kernels (a module switch, set before each call)
     kernels_on = {name: False for name in contenders}
     if args.triton_kernels == 'on':
@@ -171,6 +179,10 @@ def main():
     print(f'{args.model} / {names[1]} (cost of auto-alignment at equal length): inference '
           f'{statistics.median(a / b for a, b in zip(ours, same_len)):.3f}x, train step '
           f'{statistics.median(a / b for a, b in zip(times[args.model, "train_step"], times[names[1], "train_step"])):.3f}x')
+    for name in names[3:]:  # the model's variants, at equal length too
+        ratios = {task: statistics.median(a / b for a, b in zip(times[name, task], times[names[1], task]))
+                  for task in ('inference', 'train_step')}
+        print(f'{name} / {names[1]}: inference {ratios["inference"]:.3f}x, train step {ratios["train_step"]:.3f}x')
     print(f'assignment (scores + Sinkhorn + rounding, all {len(blocks)} layers, eager) = '
           f'{100 * statistics.median(share):.2f}% of the {args.model} forward')
 

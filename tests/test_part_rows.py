@@ -117,3 +117,47 @@ def test_forward_and_backward_never_wait_on_the_host(monkeypatch, kernels):
         out.float().sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.parametrize('case', CASES + [dict(assignment='given')],
+                         ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()) or 'default')
+def test_inference_writes_the_rows_in_place_with_the_same_outputs(case, monkeypatch):
+    """Issue #26: without gradients the [PART] rows go over the attention output in place (``part_rows_only``)
+    instead of into a copy of it - against the explicit masked attention over the whole sequence
+    (``output_attentions``, another way to the same rows), and taken only when no gradient is needed."""
+    from aaformer_hf.layers import auto_alignment
+
+    torch.manual_seed(0)
+    layer = _layer(**case).eval()
+    x = torch.randn(3, 1 + layer.num_parts + 12, 24)
+    masks = torch.rand(3, layer.num_parts, 12) > 0.5 if layer.assignment == 'given' else None
+    calls = []
+    real = auto_alignment.part_rows_only
+    monkeypatch.setattr(auto_alignment, 'part_rows_only', lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        out, _, assigned = layer(x, part_masks=masks)
+        dense, _, dense_assigned = layer(x, output_attentions=True, part_masks=masks)
+    assert len(calls) == (layer.assignment != 'global')
+    assert torch.equal(assigned, dense_assigned)
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
+    layer(x, part_masks=masks)  # with gradients: the operator, not the in-place path
+    assert len(calls) == (layer.assignment != 'global')
+
+
+def test_inference_copies_neither_q_k_v_nor_the_attention_output():
+    """What the in-place path is for: a ViT layer copies neither its permuted q, k, v nor its attention output. In
+    training this layer copies both (one contiguous qkv for the operator's products, then the merge of the [PART]
+    rows into a new output); at inference neither (only k, inside the operator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    # ViT-B's head width and sequence: CPU fused attention then leaves its output in (B, L, H, d) order, which a ViT
+    # layer reshapes without a copy (short or narrow ones take a path whose reshape copies in any layer)
+    layer = MultiHeadAutoAlignment(128, num_heads=2, qkv_bias=True, part_groups=(2, 3), grid_size=(16, 8)).eval()
+    x = torch.randn(2, 1 + layer.num_parts + 128, 128)
+    qkv_shape, output_shape = [3, 2, 2, x.shape[1], 64], [2, x.shape[1], 2, 64]
+    for grad, expect_copies in ((False, False), (True, True)):
+        with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            layer(x)
+        copies = [e.input_shapes for e in prof.events() if e.name == 'aten::copy_']
+        assert any(qkv_shape in shapes for shapes in copies) == expect_copies, copies
+        assert any(output_shape in shapes for shapes in copies) == expect_copies, copies

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows, part_rows_reference, round_scores,
-                        similarity, triton_kernels_on)
+from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows, part_rows_only, part_rows_reference,
+                        round_scores, similarity, triton_kernels_on)
 from .choices import check_choice
 from .sinkhorn import PartGroupLayout, stripe_assignment
 
@@ -109,6 +109,9 @@ class MultiHeadAutoAlignment(nn.Module):
     fused_assignment: bool = True
     # the [PART] rows as one registered operator (part_rows.py; see _part_rows_as_one_op); False: plain PyTorch
     part_rows_op: bool = True
+    # at inference, the operator's rows written over the attention output in place (see _rows_in_place); False:
+    # merged into a copy of it, as in training
+    rows_in_place: bool = True
 
     def __init__(
             self,
@@ -239,10 +242,13 @@ class MultiHeadAutoAlignment(nn.Module):
         p = self.num_parts if self.assignment != 'global' else 0
         drop = self.attn_drop.p if self.training else 0.
         one_op = bool(p) and not output_attentions and self._part_rows_as_one_op(x, drop)
+        in_place = one_op and self._rows_in_place(x)
         qkv = self.qkv(x).reshape(b, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if p and not (one_op and triton_kernels_on(x)):
+        if p and not (one_op and triton_kernels_on(x)) and not in_place:
             # one copy into (3, B, H, L, d): the [PART] matmuls then need no copies of k and v of their own, and
-            # the fused attention none of its inputs (the Triton kernels read the permuted views as they are)
+            # the fused attention none of its inputs (the Triton kernels read the permuted views as they are). At
+            # inference the views stay as they are, as in a ViT: CPU fused attention then writes its output in
+            # (B, L, H, d) order, which the in-place [PART] rows and the final reshape keep without a copy
             qkv = qkv.contiguous()
         q, k, v = qkv.unbind(0)
 
@@ -267,7 +273,17 @@ class MultiHeadAutoAlignment(nn.Module):
             else:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             out = out.transpose(1, 2)  # (B, L, H, d)
-            if one_op:
+            if in_place:
+                # inference: the [PART] rows written over the plain attention's rows 1..P of this fresh output, in
+                # place (nothing reads those rows, no gradient flows), rather than into a copy of the whole output
+                rows, assigned = part_rows_only(
+                    q, k, v, assigned, [self.group_gather_index, self.group_slot_size, self.group_of_part,
+                                        self.slot_of_part, self.group_size_of_part],
+                    list(self.part_groups), self.assignment == 'nearest', self.assignment_score == 'cosine',
+                    self.sinkhorn_epsilon, self.sinkhorn_iters, self.part_self_key == 'always', self.scale,
+                    self.fused_assignment)
+                out[:, 1:1 + p] = rows
+            elif one_op:
                 # Eq. 2 (and the assignment): the few [PART] rows, each restricted to its own patches, as one
                 # registered operator (part_rows.py)
                 out, assigned = part_rows(
@@ -293,6 +309,13 @@ class MultiHeadAutoAlignment(nn.Module):
         if torch.jit.is_tracing() or _is_exporting() or torch.onnx.is_in_onnx_export():
             return False
         return not (x.is_cuda and torch.compiler.is_compiling() and not triton_kernels_on(x))
+
+    def _rows_in_place(self, x: torch.Tensor) -> bool:
+        """Whether the [PART] rows go over the attention output in place (``part_rows_only``): when no gradient is
+        needed, outside ``torch.compile`` and without the Triton kernels (which merge the rows themselves)."""
+        if not self.rows_in_place or triton_kernels_on(x) or torch.compiler.is_compiling():
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad))
 
     def _dense_attention(self, q, k, v, part_keys: Optional[torch.Tensor]):
         """Explicit attention with one (B, H, L, L) mask; returns probabilities too. Slow path for inspection."""

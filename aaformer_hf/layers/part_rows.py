@@ -24,7 +24,7 @@ from .triton_assign import sinkhorn_assign_cosine_triton, triton, triton_availab
 from .triton_part_rows import part_rows_backward_triton, part_rows_forward_triton
 
 __all__ = ['assign_patches', 'round_scores', 'similarity', 'part_key_mask', 'part_rows_reference', 'part_rows',
-           'part_rows_backward', 'autocast_off', 'triton_kernels_on']
+           'part_rows_only', 'part_rows_backward', 'autocast_off', 'triton_kernels_on']
 
 
 def kernel_can_assign(nearest: bool, cosine: bool, epsilon: float) -> bool:
@@ -152,6 +152,20 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch
         return part_rows_forward_triton(q, k, v, attn_out, None, self_key_always, scale, assign, traceable=True)
     assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
     return part_rows_forward_triton(q, k, v, attn_out, assigned, self_key_always, scale, traceable=True)
+
+
+@_operator('aaformer::part_rows_only')
+def part_rows_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: Optional[torch.Tensor],
+                   layout: List[torch.Tensor], part_groups: List[int], nearest: bool, cosine: bool, epsilon: float,
+                   iters: int, self_key_always: bool, scale: float, fused: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``part_rows`` for inference without Triton: the [PART] rows alone, (B, P, H, d), and the assignment, which
+    the layer writes over its own attention output's rows in place - ``part_rows`` must return a new tensor (an
+    operator's outputs never alias its inputs), and on a CPU that copy of the whole output was a third of the
+    operator's time (issue #26). No autograd: the layer calls it only when no gradient is needed. q, k, v may be the
+    permuted views of the layer's qkv output; k is copied once here for the two products that read it."""
+    k = k.contiguous()
+    assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
+    return part_rows_reference(q, k, v, assigned, self_key_always, scale).transpose(1, 2).contiguous(), assigned
 
 
 def _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
