@@ -13,31 +13,13 @@ from PIL import Image
 from aaformer_hf.apps import gallery as galleries
 from aaformer_hf.apps.cli import main
 from aaformer_hf.apps.extract import extract_to_file, load_inference_model, names_to_labels
-from aaformer_hf.data.synthetic import generate_market_layout
-from aaformer_hf.hf import AAformerConfig, AAformerImageProcessor, AAformerModel
 
+from .test_cli import market, model_dir  # noqa: F401  (the fixtures: a small SYNTHETIC set, a tiny model)
 from .test_hub import hub  # noqa: F401  (the fixture)
 
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-
 
 @pytest.fixture(scope='module')
-def market(tmp_path_factory):
-    return generate_market_layout(tmp_path_factory.mktemp('app') / 'market', train_ids=2, test_ids=6,
-                                  images_per_id=3, distractors=2, junk=1, seed=7)
-
-
-@pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp('app_model') / 'model'
-    AAformerModel(AAformerConfig(**TINY)).save_pretrained(folder)
-    AAformerImageProcessor().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope='module')
-def demo(market, model_dir, tmp_path_factory):
+def demo(market, model_dir, tmp_path_factory):  # noqa: F811
     from aaformer_hf.apps.app import ReIDDemo, model_card_text
     model = load_inference_model(str(model_dir))
     gallery = galleries.gallery_from_dataset(model, str(model_dir), 'market1501', market,
