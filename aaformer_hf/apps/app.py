@@ -361,5 +361,5 @@ def launch(demo: ReIDDemo, host: str = '127.0.0.1', port: Optional[int] = None, 
     app = build_app(demo)
     app.queue(default_concurrency_limit=concurrency, max_size=64)
     app.launch(server_name=host, server_port=port, share=share, max_file_size=f'{max_upload_mb}mb',
-               prevent_thread_lock=not block, show_error=True, quiet=not block)
+               prevent_thread_lock=not block, show_error=False, quiet=not block)  # no server details to visitors
     return app

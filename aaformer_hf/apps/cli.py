@@ -336,11 +336,15 @@ def _load_gallery(args, model, cache_dir=None):
     return galleries.gallery_from_images(model, args.model, args.gallery, args.queries, **options)
 
 
-def _app(args) -> int:
+def _need_gradio(command: str) -> None:
     try:
         import gradio  # noqa: F401
     except ImportError as error:
-        raise ImportError('the app needs Gradio: pip install "aaformer-hf[app]"') from error
+        raise ImportError(f'{command} needs Gradio: pip install "aaformer-hf[app]"') from error
+
+
+def _app(args) -> int:
+    _need_gradio('the app')
     from .app import ReIDDemo, launch, model_card_text
     from .extract import load_inference_model
 
@@ -360,6 +364,7 @@ def _app(args) -> int:
 
 
 def _space(args) -> int:
+    _need_gradio('a Space (its front matter names the Gradio version)')
     from .space import write_space, push_space
 
     _app_source(args)

@@ -66,13 +66,8 @@ def _display(image: Image.Image, grid) -> Image.Image:
 
 def majority_row(image: Image.Image, assigned: torch.Tensor, groups: Sequence[int], grid) -> List[Image.Image]:
     """The image, then per group its patches tinted by the part most heads gave them; ``assigned`` (H, P, N)."""
-    shown = _display(image, grid)
-    row, start = [shown], 0
-    for size in groups:
-        majority = assigned[:, start:start + size].float().sum(0).argmax(0).view(*grid).numpy()
-        row.append(_labels_panel(shown, majority, start))
-        start += size
-    return row
+    panels = part_panels(image, assigned, groups, grid)
+    return [panels.image] + panels.majority
 
 
 class PartPanels(NamedTuple):
