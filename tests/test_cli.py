@@ -470,3 +470,37 @@ def test_demo_writes_the_assignment_picture(tmp_path, capsys):
     assert 'embedding  (384,) = (1 CLS + 5 [PART]s) x 64' in out and 'SYNTHETIC person image' in out
     picture = Image.open(tmp_path / 'part_assignment.png')
     assert picture.size == (3 * 128 + 2 * 6, 256)  # the image and one panel per [PART] group, tiled
+
+
+def test_extract_in_onnx_runtime_matches_pytorch(market, model_dir, tmp_path, capsys):
+    """``extract --runtime onnxruntime`` (issue #26): the model exported and run in ONNX Runtime gives PyTorch's
+    embeddings (to float rounding) and the same file otherwise; a graph passed with --onnx is checked to be MODEL's."""
+    pytest.importorskip('onnxruntime', reason='the onnx extra is not installed (the dev extra installs it)')
+    pytest.importorskip('onnxscript', reason='the onnx extra is not installed (the dev extra installs it)')
+    crops = market / 'query'
+    runs = {}
+    for runtime in ('torch', 'onnxruntime'):
+        out = tmp_path / f'{runtime}.safetensors'
+        assert main(['extract', str(model_dir), str(crops), '-o', str(out), '--runtime', runtime]) == 0
+        runs[runtime] = load_embeddings(out)
+    assert runs['onnxruntime']['paths'] == runs['torch']['paths']
+    assert torch.equal(runs['onnxruntime']['pids'], runs['torch']['pids'])
+    torch.testing.assert_close(runs['onnxruntime']['embeddings'], runs['torch']['embeddings'], atol=1e-4, rtol=1e-4)
+    assert runs['onnxruntime']['model_job'] != runs['torch']['model_job']  # another graph: never resumes the other's
+    # a graph written by export-onnx, passed in; one of another model is refused
+    graph = tmp_path / 'model.onnx'
+    assert main(['export-onnx', str(model_dir), '-o', str(graph)]) == 0
+    given = tmp_path / 'given.safetensors'
+    assert main(['extract', str(model_dir), str(crops), '-o', str(given), '--runtime', 'onnxruntime',
+                 '--onnx', str(graph)]) == 0
+    torch.testing.assert_close(load_embeddings(given)['embeddings'], runs['onnxruntime']['embeddings'])
+    torch.manual_seed(1)
+    other = tmp_path / 'other'
+    AAformerModel(AAformerConfig(**TINY)).save_pretrained(other)
+    AAformerImageProcessor().save_pretrained(other)
+    with pytest.raises(SystemExit) as stop:
+        main(['extract', str(other), str(crops), '-o', str(tmp_path / 'x.safetensors'), '--runtime', 'onnxruntime',
+              '--onnx', str(graph)])
+    assert stop.value.code == 2 and 'not' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['extract', str(model_dir), str(crops), '-o', str(tmp_path / 'y.safetensors'), '--onnx', str(graph)])

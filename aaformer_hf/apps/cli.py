@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -85,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument('-o', '--output', type=Path, required=True, help='the .safetensors file to write')
     extract.add_argument('--shard_size', type=int, default=10000,
                          help='crops per shard: the unit of resuming and of sharing among processes (default 10000)')
+    extract.add_argument('--runtime', choices=('torch', 'onnxruntime'), default='torch',
+                         help='torch (default), or onnxruntime: the model exported to ONNX (checked as export-onnx '
+                              'checks it, at --tolerance 1e-3) and run in ONNX Runtime on the CPU (extra '
+                              'aaformer-hf[onnx]; see BENCHMARKS.md for its speed)')
+    extract.add_argument('--onnx', type=Path, help='with --runtime onnxruntime: run this graph, written by export-onnx '
+                                                   'from MODEL, instead of exporting MODEL now')
     extract.add_argument('--overwrite', action='store_true', help='replace an existing output file')
 
     evaluate = commands.add_parser('evaluate', help='CMC / mAP / mINP of a model on a re-ID dataset',
@@ -249,6 +256,8 @@ def _extract(args) -> int:
     from ..files import check_output
     from .extract import collect_images, extract_to_file, load_inference_model, process_state
 
+    if args.onnx is not None and args.runtime != 'onnxruntime':
+        raise ValueError('--onnx is read with --runtime onnxruntime only')
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError('--shard_size and --batch_size must be >= 1')
     state = process_state()
@@ -274,12 +283,46 @@ def _extract(args) -> int:
     else:
         paths = collect_images(args.images)
     model = load_inference_model(args.model, args.pretrained, device=state.device)
-    out = extract_to_file(model, paths, args.output, args.model, batch_size=args.batch_size,
-                          num_workers=args.num_workers, shard_size=args.shard_size, flip=args.flip,
-                          overwrite=args.overwrite, labels=labels, images=rows)
+    with tempfile.TemporaryDirectory(prefix='aaformer-hf-onnx-') as scratch:
+        if args.runtime == 'onnxruntime':
+            model = _onnx_embedder(args, model, state, Path(scratch))
+        out = extract_to_file(model, paths, args.output, args.model, batch_size=args.batch_size,
+                              num_workers=args.num_workers, shard_size=args.shard_size, flip=args.flip,
+                              overwrite=args.overwrite, labels=labels, images=rows)
     if out is not None:
-        print(f'{out}: {len(paths)} embeddings of {args.model}')
+        print(f'{out}: {len(paths)} embeddings of {args.model}' + (' (ONNX Runtime)' if args.runtime != 'torch' else ''))
     return 0
+
+
+def _onnx_embedder(args, model, state, scratch: Path):
+    """MODEL as an exported graph in ONNX Runtime: ``--onnx``'s file (checked against MODEL on a few images), or
+    MODEL exported now (each process its own copy, checked as ``export-onnx`` checks)."""
+    import torch
+
+    from .export import OnnxEmbedder, export_onnx
+    from .extract import embed
+
+    if state.device.type != 'cpu':
+        raise ValueError('--runtime onnxruntime runs on the CPU; on a GPU use --runtime torch')
+    if args.onnx is None:
+        path = scratch / 'model.onnx'
+        # an absolute 1e-3: a trained model's embeddings run to tens, where float32 sums in another order differ by
+        # ~1e-4 (the cosine to PyTorch's stays ~1 - 1e-10)
+        export_onnx(model, path, tolerance=1e-3)
+    else:
+        path = args.onnx
+        if not path.is_file():
+            raise FileNotFoundError(f'--onnx {path}: no such file')
+    embedder = OnnxEmbedder(path, model.pretrained_cfg)
+    if args.onnx is not None:  # a file from elsewhere: is it this model's graph?
+        _, height, width = model.pretrained_cfg['input_size']
+        pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            cosine = torch.nn.functional.cosine_similarity(embedder(pixels), embed(model, pixels).float(), dim=1)
+        if cosine.min() < 0.999:
+            raise ValueError(f'--onnx {path}: its embeddings are not {args.model}\'s (cosine {cosine.min():.3f} on '
+                             'random inputs); export it from this model with aaformer-hf export-onnx')
+    return embedder
 
 
 def _hub_split(args):

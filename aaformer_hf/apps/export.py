@@ -14,7 +14,7 @@ Needs the ``onnx`` extra (``pip install "aaformer-hf[onnx]"``: onnx, onnxscript,
 """
 import contextlib
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..files import atomic_path
 from .extract import embed
 
-__all__ = ['ReIDEmbedder', 'ReIDEmbedderWithAssignments', 'export_onnx', 'assignments_fed']
+__all__ = ['ReIDEmbedder', 'ReIDEmbedderWithAssignments', 'export_onnx', 'assignments_fed', 'OnnxEmbedder']
 
 
 class ReIDEmbedder(nn.Module):
@@ -133,3 +133,39 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
                     'few in a million, so this many means the graph assigns otherwise. Raise --assignment_tolerance '
                     'only if that is acceptable for this deployment')
     return differences
+
+
+class OnnxEmbedder:
+    """An exported embedding graph run in ONNX Runtime on the CPU, in place of the PyTorch model it was exported from:
+    what ``aaformer-hf extract --runtime onnxruntime`` embeds with. Carries the model's ``pretrained_cfg`` (the
+    preprocessing) and ``onnx_digest`` (the graph file's SHA-256), which ``extract``'s job fingerprint uses in place of
+    the weights; called on (B, 3, H, W) pixels it returns the (B, D) embeddings.
+
+    Args:
+        path: the .onnx file (``export_onnx``'s).
+        pretrained_cfg: the source model's (``input_size``, ``mean``, ``std``, ...).
+        threads: ONNX Runtime's intra-op threads (default: as many as PyTorch uses).
+    """
+
+    def __init__(self, path: Path, pretrained_cfg: Dict, threads: Optional[int] = None) -> None:
+        import hashlib
+
+        import onnxruntime
+
+        self.path, self.pretrained_cfg = Path(path), dict(pretrained_cfg)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=['CPUExecutionProvider'])
+        except Exception as error:  # onnxruntime's own error types for a damaged or foreign file
+            raise ValueError(f'{self.path}: not an ONNX graph onnxruntime can run ({error})') from error
+        names = [output.name for output in self.session.get_outputs()]
+        if 'embeddings' not in names:
+            raise ValueError(f'{self.path}: no "embeddings" output (outputs: {", ".join(names)}); write the file with '
+                             'aaformer-hf export-onnx')
+        self.input_name = self.session.get_inputs()[0].name
+        self.onnx_digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        embeddings, = self.session.run(['embeddings'], {self.input_name: pixels.float().cpu().numpy()})
+        return torch.from_numpy(embeddings)

@@ -79,7 +79,9 @@ def load_inference_model(spec: str, pretrained: bool = False, device: str = 'cpu
 
 def embed(model, pixels: torch.Tensor) -> torch.Tensor:
     """The re-ID embedding of any timm model: its pooled, pre-classifier feature (a family's BNNeck'd concatenation
-    as configured)."""
+    as configured); or what an exported graph run in ONNX Runtime (``export.OnnxEmbedder``) returns for it."""
+    if getattr(model, 'onnx_digest', None) is not None:
+        return model(pixels)
     return model.forward_head(model.forward_features(pixels), pre_logits=True)
 
 
@@ -189,13 +191,17 @@ def extract_to_file(model, paths: Sequence[Path], out: Path, model_name: str, ba
 
 
 def job_fingerprint(model, flip: bool, content: str = '') -> str:
-    """What an embedding of this job depends on: the model's weights (every tensor's bytes), its class and
-    preprocessing, the test-time flip, and ``content`` (a ``datasets`` split's fingerprint)."""
+    """What an embedding of this job depends on: the model's weights (every tensor's bytes; for an ``OnnxEmbedder``,
+    its graph file's), its class and preprocessing, the test-time flip, and ``content`` (a ``datasets`` split's
+    fingerprint)."""
     digest = hashlib.sha256()
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     preprocessing = {k: cfg.get(k) for k in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode')}
     digest.update(json.dumps(dict(cls=type(model).__qualname__, preprocessing=preprocessing, flip=bool(flip),
                                   content=content), sort_keys=True, default=str).encode())
+    if getattr(model, 'onnx_digest', None) is not None:  # an exported graph: its file's bytes are its weights
+        digest.update(model.onnx_digest.encode())
+        return digest.hexdigest()
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f'{name}:{tensor.dtype}:{tuple(tensor.shape)}'.encode())
