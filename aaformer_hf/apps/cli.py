@@ -290,7 +290,8 @@ def _extract(args) -> int:
                               num_workers=args.num_workers, shard_size=args.shard_size, flip=args.flip,
                               overwrite=args.overwrite, labels=labels, images=rows)
     if out is not None:
-        print(f'{out}: {len(paths)} embeddings of {args.model}' + (' (ONNX Runtime)' if args.runtime != 'torch' else ''))
+        runtime = ' (ONNX Runtime)' if args.runtime == 'onnxruntime' else ''
+        print(f'{out}: {len(paths)} embeddings of {args.model}{runtime}')
     return 0
 
 
