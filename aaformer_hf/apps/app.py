@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import torch
 from PIL import Image
 
-from ..data.images import as_rgb
+from ..data.images import as_rgb, read_rgb
 from .gallery import Gallery, Ranked
 
 __all__ = ['ReIDDemo', 'UploadError', 'build_app', 'launch', 'model_card_text', 'DEFAULT_MODEL', 'DEFAULT_DATASET']
@@ -55,13 +55,13 @@ class ReIDDemo:
     def __init__(self, model, model_name: str, gallery: Gallery, card: str = '', max_pixels: int = 25_000_000,
                  max_upload_bytes: int = 10 * 2 ** 20) -> None:
         from ..data import build_transforms
-        from ..models.pivl_resnet import PiVLResNet
+        from .visualize import attention_depth
 
         self.model, self.model_name, self.gallery, self.card = model, model_name, gallery, card
         self.max_pixels, self.max_upload_bytes = max_pixels, max_upload_bytes
         self.transform = build_transforms(model.pretrained_cfg, train=False)
         self.kind = 'parts' if getattr(model, 'assigns_patches', False) else 'attention'
-        self.depth = 1 if isinstance(model, PiVLResNet) else len(getattr(model, 'blocks', ()))
+        self.depth = attention_depth(model)
         if not self.depth:
             raise ValueError(f'{model_name}: the app draws an AAformer, a π-VL ViT or a π-VL CNN; got '
                              f'{type(model).__name__}')
@@ -109,8 +109,6 @@ class ReIDDemo:
 
     def example(self, index: int) -> Tuple[Image.Image, Optional[Tuple[int, int]]]:
         """Example query ``index`` (a position in the strip, not a path) and its identity when known."""
-        from ..data.images import read_rgb
-
         if not 0 <= index < len(self.gallery.queries):
             raise UploadError(f'no example query {index}')
         path, identity = self.gallery.queries[index]
@@ -119,7 +117,6 @@ class ReIDDemo:
     def examples(self, limit: int = 48) -> List[Tuple[Image.Image, str]]:
         """Thumbnails of the first ``limit`` example queries, captioned with their identity and camera."""
         if self._examples is None:
-            from ..data.images import read_rgb
             self._examples = [read_rgb(path).resize(THUMB) for path, _ in self.gallery.queries[:limit]]
         return [(thumb, _identity_text(identity)) for thumb, (_, identity) in
                 zip(self._examples, self.gallery.queries[:limit])]
@@ -142,8 +139,6 @@ class ReIDDemo:
     def results(self, ranked: Ranked) -> List[Tuple[Image.Image, str]]:
         """The ranked crops with captions: rank, ✓ (same person) / ✗ when judged, distance, identity and camera
         when known."""
-        from ..data.images import read_rgb
-
         shown = []
         for rank, (index, distance) in enumerate(zip(ranked.indices, ranked.distances), start=1):
             caption = f'#{rank}'
@@ -255,7 +250,7 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
             image, what = state['image'], 'Query'
         else:
             index = state['ranked'][state['shown']]
-            image = _read(demo.gallery.paths[index])
+            image = read_rgb(demo.gallery.paths[index])
             what = f'Result #{state["shown"] + 1}'
         return demo.map_caption(layer, view, what), demo.model_map(image, layer, view)
 
@@ -279,7 +274,7 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
         try:
             image, identity = demo.example(int(selected.index))
             return run(image, identity, k, layer, view)
-        except (UploadError, ValueError) as error:
+        except ValueError as error:  # UploadError, or an unreadable example file
             return failed(str(error))
 
     def on_k(state, k, layer, view):
@@ -346,11 +341,6 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
                      trigger_mode='always_last')  # a drag: only its last value is drawn
         view.change(on_map, [state, layer, view], [map_caption, model_map], api_name=False)
     return app
-
-
-def _read(path: Path) -> Image.Image:
-    from ..data.images import read_rgb
-    return read_rgb(path)
 
 
 def launch(demo: ReIDDemo, host: str = '127.0.0.1', port: Optional[int] = None, share: bool = False,

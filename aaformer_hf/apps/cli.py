@@ -276,10 +276,8 @@ def _extract(args) -> int:
         from ..data import load_reid_dataset
         if args.split not in ('train', 'query', 'gallery'):
             raise ValueError(f'--split {args.split}: a re-ID loader has train, query and gallery')
-        split = load_reid_dataset(args.dataset, args.root)[args.split]
-        ids = 'pid_original' if 'pid_original' in split.column_names else 'pid'  # the dataset's ids, not labels
-        split = split.select_columns(['path', ids, 'camid'])
-        paths, labels = [Path(p) for p in split['path']], (split[ids], split['camid'])
+        from .gallery import dataset_split
+        paths, *labels = dataset_split(load_reid_dataset(args.dataset, args.root)[args.split])
     else:
         paths = collect_images(args.images)
     model = load_inference_model(args.model, args.pretrained, device=state.device)
@@ -367,8 +365,7 @@ def _app_source(args):
 def _load_gallery(args, model, cache_dir=None):
     from . import gallery as galleries
 
-    options = dict(cache_dir=cache_dir, batch_size=getattr(args, 'batch_size', 64),
-                   num_workers=getattr(args, 'num_workers', 0), flip=args.flip)
+    options = dict(cache_dir=cache_dir, batch_size=args.batch_size, num_workers=args.num_workers, flip=args.flip)
     if args.dataset is not None:
         return galleries.gallery_from_dataset(model, args.model, args.dataset, args.root, **options)
     if args.gallery.suffix == '.safetensors':
@@ -484,7 +481,7 @@ def _visualize(args) -> int:
     from ..data import build_transforms
     from ..data.images import read_rgb
     from .extract import collect_images, load_inference_model
-    from .visualize import attention_figure, parts_figure
+    from .visualize import attention_depth, attention_figure, parts_figure
 
     check_output(args.output, args.overwrite)
     if args.limit < 1 or args.top < 1 or args.batch_size < 1:
@@ -497,9 +494,8 @@ def _visualize(args) -> int:
     if args.kind == 'parts' and not getattr(model, 'assigns_patches', False):
         raise ValueError(f'visualize parts: {args.model} assigns no patches to [PART]s (only AAformer models do; '
                          'try visualize attention)')
-    depth, what = len(getattr(model, 'blocks', ())), 'layers'
-    if not depth and getattr(model, 'attn_pool', None) is not None:  # a CLIP ResNet: its one attention is its pool
-        depth, what = 1, 'attention layer (its attention pool)'
+    depth = attention_depth(model)
+    what = 'layers' if hasattr(model, 'blocks') else 'attention layer (its attention pool)'  # a CLIP ResNet's one
     if args.kind != 'ranks' and not -depth <= args.layer < depth:
         raise ValueError(f'--layer {args.layer}: {args.model} has {depth} {what} (0..{depth - 1}, or -1..-{depth} '
                          'from the last)')

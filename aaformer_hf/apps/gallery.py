@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .extract import collect_images, extract_to_file, job_fingerprint, load_embeddings, names_to_labels
 
 __all__ = ['Gallery', 'Ranked', 'default_cache_dir', 'gallery_from_images', 'gallery_from_dataset',
-           'gallery_from_embeddings', 'FAISS_FROM']
+           'gallery_from_embeddings', 'labelled_crops', 'dataset_split', 'embeddings_with_crops', 'FAISS_FROM']
 
 FAISS_FROM = 200_000  # gallery size from which the app searches an IVF index when FAISS is installed (exact below)
 FAISS_NPROBE = 32  # inverted lists searched per query (of 4 sqrt(N))
@@ -141,6 +141,33 @@ def _labels_tensors(saved: dict):
     return saved.get('pids'), saved.get('camids')
 
 
+def labelled_crops(paths: Sequence, labels=None) -> List[Tuple[Path, Optional[Tuple[int, int]]]]:
+    """Each crop with its (pid, camid): from ``labels`` (pids, camids) when given, else from the file names when
+    they all follow a re-ID naming convention (``names_to_labels``), else None."""
+    labels = labels if labels is not None else names_to_labels(paths)
+    if labels is None:
+        return [(Path(p), None) for p in paths]
+    return [(Path(p), (int(pid), int(cam))) for p, pid, cam in zip(paths, *labels)]
+
+
+def dataset_split(split) -> Tuple[List[Path], list, list]:
+    """A re-ID loader split's files, the dataset's own identity numbers (not the training labels) and cameras."""
+    ids = 'pid_original' if 'pid_original' in split.column_names else 'pid'
+    split = split.select_columns(['path', ids, 'camid'])
+    return [Path(p) for p in split['path']], split[ids], split['camid']
+
+
+def embeddings_with_crops(path: Path) -> dict:
+    """An embeddings file of ``aaformer-hf extract`` (``load_embeddings``) whose crops are all files here: the app
+    and a Space show them."""
+    saved = load_embeddings(Path(path))
+    missing = [p for p in saved['paths'] if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f'{path}: {len(missing)} of its {len(saved["paths"])} crops are not files here '
+                                f'(first: {missing[0]}); the crops themselves are shown')
+    return saved
+
+
 def gallery_from_images(model, model_name: str, source: Path, queries: Optional[Path] = None,
                         cache_dir: Optional[Path] = None, batch_size: int = 64, num_workers: int = 0,
                         flip: bool = False) -> Gallery:
@@ -148,12 +175,7 @@ def gallery_from_images(model, model_name: str, source: Path, queries: Optional[
     follow a re-ID naming convention. ``queries``: a folder of example query crops, labelled likewise."""
     paths = collect_images(Path(source))
     saved = _embedded(model, model_name, paths, None, cache_dir, batch_size, num_workers, flip)
-    examples = []
-    if queries is not None:
-        query_paths = collect_images(Path(queries))
-        labels = names_to_labels(query_paths)
-        examples = [(p, None if labels is None else (int(labels[0][i]), int(labels[1][i])))
-                    for i, p in enumerate(query_paths)]
+    examples = labelled_crops(collect_images(Path(queries))) if queries is not None else []
     return Gallery([Path(p) for p in saved['paths']], saved['embeddings'], *_labels_tensors(saved), examples,
                    source=str(source), flip=flip)
 
@@ -168,24 +190,17 @@ def gallery_from_dataset(model, model_name: str, name: str, root: Path, cache_di
         raise ValueError('--dataset hub: the app shows crops from files; extract the split first and pass the '
                          'embeddings file, or use a re-ID dataset folder')
     data = load_reid_dataset(name, root)
-
-    def labelled(split):
-        ids = 'pid_original' if 'pid_original' in split.column_names else 'pid'
-        split = split.select_columns(['path', ids, 'camid'])
-        return [Path(p) for p in split['path']], split[ids], split['camid']
-
-    paths, pids, cams = labelled(data['gallery'])
+    paths, pids, cams = dataset_split(data['gallery'])
     saved = _embedded(model, model_name, paths, (pids, cams), cache_dir, batch_size, num_workers, flip)
-    query_paths, query_pids, query_cams = labelled(data['query'])
-    examples = [(p, (int(pid), int(cam))) for p, pid, cam in zip(query_paths, query_pids, query_cams)]
-    return Gallery([Path(p) for p in saved['paths']], saved['embeddings'], *_labels_tensors(saved), examples,
-                   source=f'{name}:{root}', flip=flip)
+    query_paths, *query_labels = dataset_split(data['query'])
+    return Gallery([Path(p) for p in saved['paths']], saved['embeddings'], *_labels_tensors(saved),
+                   labelled_crops(query_paths, query_labels), source=f'{name}:{root}', flip=flip)
 
 
 def gallery_from_embeddings(model, model_name: str, path: Path, queries: Optional[Path] = None) -> Gallery:
     """An embeddings file of ``aaformer-hf extract``: refused when written by another model (its recorded job
     fingerprint, else its recorded model name, differs) or when its crops are not files here (the app shows them)."""
-    saved = load_embeddings(Path(path))
+    saved = embeddings_with_crops(path)
     recorded = saved.get('model_job')
     if recorded is not None:
         if recorded != job_fingerprint(model, saved['flip']):
@@ -194,18 +209,9 @@ def gallery_from_embeddings(model, model_name: str, path: Path, queries: Optiona
     elif saved['model'] != model_name and _resolved(saved['model']) != _resolved(model_name):
         raise ValueError(f'{path}: holds embeddings of {saved["model"]}, not of {model_name}: distances between two '
                          'models mean nothing')
-    paths = [Path(p) for p in saved['paths']]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f'{path}: {len(missing)} of its {len(paths)} crops are not files here (first: '
-                                f'{missing[0]}); the app shows each result\'s crop')
-    gallery = Gallery(paths, saved['embeddings'], *_labels_tensors(saved), source=str(path), flip=saved['flip'])
-    if queries is not None:
-        query_paths = collect_images(Path(queries))
-        labels = names_to_labels(query_paths)
-        gallery.queries = [(p, None if labels is None else (int(labels[0][i]), int(labels[1][i])))
-                           for i, p in enumerate(query_paths)]
-    return gallery
+    examples = labelled_crops(collect_images(Path(queries))) if queries is not None else []
+    return Gallery([Path(p) for p in saved['paths']], saved['embeddings'], *_labels_tensors(saved), examples,
+                   source=str(path), flip=saved['flip'])
 
 
 def _resolved(spec: Optional[str]) -> Optional[str]:

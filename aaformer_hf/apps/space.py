@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 
 __all__ = ['write_space', 'push_space', 'serve']
@@ -121,37 +121,21 @@ def _model_reference(model: str) -> Tuple[str, Optional[Path]]:
 
 def _crops(gallery, queries, dataset, root) -> Tuple[List[Tuple[Path, Optional[Tuple[int, int]]]], list]:
     """(path, (pid, camid) or None) of the gallery's crops and of the example queries."""
-    from .extract import collect_images, load_embeddings, names_to_labels
-
-    def labelled(paths: Sequence[Path], labels=None):
-        labels = labels if labels is not None else names_to_labels(paths)
-        if labels is None:
-            return [(Path(p), None) for p in paths]
-        return [(Path(p), (int(pid), int(cam))) for p, pid, cam in zip(paths, *labels)]
+    from .extract import collect_images
+    from .gallery import dataset_split, embeddings_with_crops, labelled_crops
 
     if dataset is not None:
         from ..data import load_reid_dataset
         data = load_reid_dataset(dataset, root)
-
-        def split(name):
-            rows = data[name]
-            ids = 'pid_original' if 'pid_original' in rows.column_names else 'pid'
-            rows = rows.select_columns(['path', ids, 'camid'])
-            return labelled(rows['path'], (rows[ids], rows['camid']))
-        return split('gallery'), split('query')
-    gallery = Path(gallery)
-    if gallery.suffix == '.safetensors':
-        saved = load_embeddings(gallery)
-        paths = [Path(p) for p in saved['paths']]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f'{gallery}: {len(missing)} of its crops are not files here (first: '
-                                    f'{missing[0]}); a Space needs the crops themselves')
+        splits = [dataset_split(data[name]) for name in ('gallery', 'query')]
+        return tuple(labelled_crops(paths, labels) for paths, *labels in splits)
+    if Path(gallery).suffix == '.safetensors':
+        saved = embeddings_with_crops(gallery)
         known = (saved['pids'].tolist(), saved['camids'].tolist()) if 'pids' in saved else None
-        crops = labelled(paths, known)
+        crops = labelled_crops(saved['paths'], known)
     else:
-        crops = labelled(collect_images(gallery))
-    return crops, labelled(collect_images(queries)) if queries is not None else []
+        crops = labelled_crops(collect_images(Path(gallery)))
+    return crops, labelled_crops(collect_images(queries)) if queries is not None else []
 
 
 def _copy_crops(crops, folder: Path) -> None:

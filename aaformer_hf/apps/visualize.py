@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ['PALETTE', 'PartPanels', 'part_panels', 'parts_figure', 'attention_figure', 'attention_pool_attention',
-           'ranks_figure', 'tile']
+__all__ = ['PALETTE', 'PartPanels', 'part_panels', 'parts_figure', 'attention_figure', 'attention_depth',
+           'attention_pool_attention', 'ranks_figure', 'tile']
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -122,7 +122,7 @@ def attention_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor,
 
     from ..models.aaformer import AAformer
     from ..models.pivl_resnet import PiVLResNet
-    depth = 1 if isinstance(model, PiVLResNet) else len(model.blocks)  # a CNN's one attention: its pool
+    depth = attention_depth(model)
     if not -depth <= layer < depth:
         raise ValueError(f'--layer {layer}: the model has {depth} attention layer(s) (0..{depth - 1}, '
                          'or negative from the last)')
@@ -149,6 +149,13 @@ def attention_figure(model, images: Sequence[Image.Image], pixels: torch.Tensor,
         row += [_heat_panel(shown, to_patches[:, t].mean(0).view(*grid).numpy()) for t in range(1, prefix)]
         rows.append(row)
     return tile(rows)
+
+
+def attention_depth(model) -> int:
+    """The attention layers ``attention_figure`` can draw: a ViT's blocks, or π-VL's CNN's one, its attention pool
+    (0: none)."""
+    from ..models.pivl_resnet import PiVLResNet
+    return 1 if isinstance(model, PiVLResNet) else len(getattr(model, 'blocks', ()))
 
 
 def vit_attention(model, pixels: torch.Tensor, layer: int = -1) -> torch.Tensor:

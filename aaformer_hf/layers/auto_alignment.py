@@ -276,22 +276,12 @@ class MultiHeadAutoAlignment(nn.Module):
             if in_place:
                 # inference: the [PART] rows written over the plain attention's rows 1..P of this fresh output, in
                 # place (nothing reads those rows, no gradient flows), rather than into a copy of the whole output
-                rows, assigned = part_rows_only(
-                    q, k, v, assigned, [self.group_gather_index, self.group_slot_size, self.group_of_part,
-                                        self.slot_of_part, self.group_size_of_part],
-                    list(self.part_groups), self.assignment == 'nearest', self.assignment_score == 'cosine',
-                    self.sinkhorn_epsilon, self.sinkhorn_iters, self.part_self_key == 'always', self.scale,
-                    self.fused_assignment)
+                rows, assigned = part_rows_only(q, k, v, assigned, *self._operator_arguments())
                 out[:, 1:1 + p] = rows
             elif one_op:
                 # Eq. 2 (and the assignment): the few [PART] rows, each restricted to its own patches, as one
                 # registered operator (part_rows.py)
-                out, assigned = part_rows(
-                    q, k, v, out, assigned, [self.group_gather_index, self.group_slot_size, self.group_of_part,
-                                             self.slot_of_part, self.group_size_of_part],
-                    list(self.part_groups), self.assignment == 'nearest', self.assignment_score == 'cosine',
-                    self.sinkhorn_epsilon, self.sinkhorn_iters, self.part_self_key == 'always', self.scale,
-                    self.fused_assignment)
+                out, assigned = part_rows(q, k, v, out, assigned, *self._operator_arguments())
             elif p:
                 part_out = part_rows_reference(q, k, v, assigned, self.part_self_key == 'always', self.scale,
                                                self.attn_drop)
@@ -299,6 +289,14 @@ class MultiHeadAutoAlignment(nn.Module):
         out = out.reshape(b, seq_len, dim)
         out = self.proj_drop(self.proj(out))
         return out, probs, assigned
+
+    def _operator_arguments(self) -> tuple:
+        """What the [PART]-row operators take after q, k, v (, the output) and the assignment: the part-group
+        tensors, the groups and the assignment settings."""
+        return ([self.group_gather_index, self.group_slot_size, self.group_of_part, self.slot_of_part,
+                 self.group_size_of_part], list(self.part_groups), self.assignment == 'nearest',
+                self.assignment_score == 'cosine', self.sinkhorn_epsilon, self.sinkhorn_iters,
+                self.part_self_key == 'always', self.scale, self.fused_assignment)
 
     def _part_rows_as_one_op(self, x: torch.Tensor, drop: float) -> bool:
         """Whether the [PART] rows run as the registered ``aaformer::part_rows`` operator: not when exporting or

@@ -163,18 +163,25 @@ def part_rows_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: 
     operator's outputs never alias its inputs), and on a CPU that copy of the whole output was a third of the
     operator's time (issue #26). No autograd: the layer calls it only when no gradient is needed. q, k, v may be the
     permuted views of the layer's qkv output; k is copied once here for the two products that read it."""
-    k = k.contiguous()
+    rows, assigned = _rows_pytorch(q, k.contiguous(), v, assigned, layout, part_groups, nearest, cosine, epsilon,
+                                   iters, self_key_always, scale, fused)
+    return rows.contiguous(), assigned
+
+
+def _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters, self_key_always, scale,
+                  fused):
+    """The assignment (unless given) and the [PART] rows as a (B, P, H, d) view."""
     assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
-    return part_rows_reference(q, k, v, assigned, self_key_always, scale).transpose(1, 2).contiguous(), assigned
+    return part_rows_reference(q, k, v, assigned, self_key_always, scale).transpose(1, 2), assigned
 
 
 def _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
                        self_key_always, scale, fused):
-    assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
-    rows = part_rows_reference(q, k, v, assigned, self_key_always, scale)
+    rows, assigned = _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                                   self_key_always, scale, fused)
     merged = torch.empty(attn_out.shape, dtype=attn_out.dtype, device=attn_out.device)
     merged.copy_(attn_out)
-    merged[:, 1:1 + rows.shape[2]] = rows.transpose(1, 2)
+    merged[:, 1:1 + rows.shape[1]] = rows
     return merged, assigned
 
 
