@@ -118,3 +118,38 @@ def test_onnx_check_refuses_a_graph_that_computes_otherwise(tmp_path, monkeypatc
                                          r'graph\'s own patch assignments fed to PyTorch .* --opset'):
         export.export_onnx(model, tmp_path / 'bad.onnx')
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_check_tolerance_is_relative_to_the_embeddings_size(tmp_path, monkeypatch):
+    """A trained model's embeddings run to tens or thousands, where float32 arithmetic in another order differs by
+    more than 1e-4 absolute: the graph here differs from PyTorch by a factor 1 + 3e-5 on embeddings of ~1000 (an
+    absolute difference of ~0.1) and is written; 1 + 1e-3 is refused. The reported difference is relative."""
+    import aaformer_hf.apps.export as export
+    torch.manual_seed(0)
+    model = timm.create_model('aaformer_tiny', depth=1).eval()
+    with torch.no_grad():
+        model.norm.weight.mul_(1000)
+        model.norm.bias.mul_(1000)
+        size = float(export.embed(model, torch.randn(3, 3, 256, 128)).abs().max())
+    assert size > 500
+    real_export = export._export
+
+    def scaled_by(factor):
+        class Scaled(torch.nn.Module):
+            def __init__(self, module):
+                super().__init__()
+                self.module = module
+                self.register_buffer('factor', torch.tensor(factor))
+
+            def forward(self, x):
+                embeddings, assignments = self.module(x)
+                return embeddings * self.factor, assignments
+        return lambda module, *args: real_export(Scaled(module), *args)
+
+    monkeypatch.setattr(export, '_export', scaled_by(1 + 3e-5))
+    out = export.export_onnx(model, tmp_path / 'large.onnx')
+    assert (tmp_path / 'large.onnx').is_file()
+    assert 2e-5 < max(out[b] for b in (1, 3)) < 5e-5
+    monkeypatch.setattr(export, '_export', scaled_by(1 + 1e-3))
+    with pytest.raises(ValueError, match=r'larger.onnx: not written: .* by up to 1\.0\de-03 \(relative'):
+        export.export_onnx(model, tmp_path / 'larger.onnx')

@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument('--pretrained', action='store_true', help='for a timm name: its pretrained weights')
     onnx.add_argument('--opset', type=int, default=18, help='ONNX opset (>= 17; default 18)')
     onnx.add_argument('--tolerance', type=float, default=1e-4,
-                      help='largest absolute embedding difference from PyTorch accepted (default 1e-4); for an '
+                      help='largest embedding difference from PyTorch accepted, relative to the largest embedding '
+                           'value (absolute where that is below 1; default 1e-4); for an '
                            'AAformer, PyTorch runs with the graph\'s own patch assignments, so near-ties that round '
                            'the other way in onnxruntime do not count here')
     onnx.add_argument('--assignment_tolerance', type=float, default=1e-3,
@@ -435,6 +436,7 @@ def _export_onnx(args) -> int:
         f' (with the graph\'s own patch assignments); assignment decisions differing: {mismatch:.4%} (largest '
         f'embedding difference they caused: {unfed:.1e}); outputs embeddings and assignments')
     print(f'{args.output}: {args.model}, opset {args.opset}, dynamic batch; onnxruntime vs PyTorch max |diff| '
+          f'(relative to the largest embedding value) '
           f'{checked}{assigned}')
     return 0
 
