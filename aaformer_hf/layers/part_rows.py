@@ -94,9 +94,10 @@ def part_key_mask(assigned: torch.Tensor, self_key_always: bool) -> torch.Tensor
     return torch.cat([cls_key, torch.diag_embed(self_key), assigned], dim=-1)
 
 
-def _part_probs(q_parts: torch.Tensor, k: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+def _part_probs(q_parts: torch.Tensor, k: torch.Tensor, keys: torch.Tensor, scale: float,
+                matmul=torch.matmul) -> torch.Tensor:
     # an explicit small softmax (on CPU, fused attention with a boolean mask was several times slower for 5 rows)
-    logits = (q_parts * scale) @ k.transpose(-2, -1)
+    logits = matmul(q_parts * scale, k.transpose(-2, -1))
     return logits.masked_fill(~keys, float('-inf')).softmax(dim=-1)
 
 
@@ -154,25 +155,81 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch
     return part_rows_forward_triton(q, k, v, attn_out, assigned, self_key_always, scale, traceable=True)
 
 
-@_operator('aaformer::part_rows_only')
 def part_rows_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: Optional[torch.Tensor],
                    layout: List[torch.Tensor], part_groups: List[int], nearest: bool, cosine: bool, epsilon: float,
                    iters: int, self_key_always: bool, scale: float, fused: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``part_rows`` for inference without Triton: the [PART] rows alone, (B, P, H, d), and the assignment, which
-    the layer writes over its own attention output's rows in place - ``part_rows`` must return a new tensor (an
-    operator's outputs never alias its inputs), and on a CPU that copy of the whole output was a third of the
-    operator's time (issue #26). No autograd: the layer calls it only when no gradient is needed. q, k, v may be the
-    permuted views of the layer's qkv output; k is copied once here for the two products that read it."""
-    rows, assigned = _rows_pytorch(q, k.contiguous(), v, assigned, layout, part_groups, nearest, cosine, epsilon,
-                                   iters, self_key_always, scale, fused)
-    return rows.contiguous(), assigned
+    """``part_rows`` for inference without Triton: the [PART] rows alone, a (B, P, H, d) view, and the assignment,
+    which the layer writes over its own attention output's rows in place - ``part_rows`` must return a new tensor
+    (an operator's outputs never alias its inputs), and on a CPU that copy of the whole output was a third of the
+    operator's time (issue #26). A plain function, not a registered operator: it computes the same operators either
+    way, and the registration's dispatch cost ~50 us per layer on a CPU. No autograd: the layer calls it only when no
+    gradient is needed (and never under torch.compile). q, k, v may be the permuted views of the layer's qkv
+    output."""
+    return _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters, self_key_always,
+                         scale, fused)
 
 
 def _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters, self_key_always, scale,
                   fused):
-    """The assignment (unless given) and the [PART] rows as a (B, P, H, d) view."""
-    assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
-    return part_rows_reference(q, k, v, assigned, self_key_always, scale).transpose(1, 2), assigned
+    """The assignment (unless given) and the [PART] rows as a (B, P, H, d) view, from ONE product of the [PART]
+    queries with the patch keys: the assignment's similarities and the rows' attention logits are the same dot
+    products q_p . k_n, scaled per row and column (cosine) or by 1/eps for the one, by the attention scale and
+    restricted to the assigned patches for the other. The plain path (``assign_patches`` + ``part_rows_reference``,
+    the tests' reference) computes them twice, and its logits over the whole sequence only to mask all but the
+    patches (and the part's own key) away. On a CPU this path's ~40 small operators were the [PART] cost (issue #26).
+    """
+    p = sum(part_groups)
+    q_parts, k_patches, v_patches = q[:, :, 1:1 + p], k[:, :, 1 + p:], v[:, :, 1 + p:]
+    wide = torch.promote_types(q.dtype, torch.float32)
+    with autocast_off(q.device.type):
+        # float32 products (or wider): what the assignment reads (as the plain path's); the logits need no less
+        products = _matmul(q_parts.to(wide), k_patches.to(wide).transpose(-2, -1))  # (B, H, P, N)
+        if assigned is not None:
+            assigned = assigned.clone()  # an operator's outputs never alias its inputs
+        elif fused and kernel_can_assign(nearest, cosine, epsilon) and triton_available(q):
+            group_layout = PartGroupLayout.from_tensors(part_groups, *layout[:4])
+            assigned = assign_patches(q_parts, k_patches, group_layout, layout[4], nearest, cosine, epsilon, iters,
+                                      fused, traceable=True)
+        else:
+            assigned = _assign_from_products(products, q_parts, k_patches, PartGroupLayout.from_tensors(
+                part_groups, *layout[:4]), nearest, cosine, epsilon, iters)
+        logits = torch.where(assigned, products * scale, float('-inf'))
+        if self_key_always:
+            own = (q_parts.to(wide) * k[:, :, 1:1 + p].to(wide)).sum(dim=-1, keepdim=True) * scale
+            probs = torch.cat([own, logits], dim=-1).softmax(dim=-1)
+            rows = _matmul(probs[..., 1:].to(v.dtype), v_patches) + probs[..., :1].to(v.dtype) * v[:, :, 1:1 + p]
+        else:
+            # a part with no patch attends to its own key alone: its row is its own value (its all -inf logits
+            # give NaN probabilities, replaced here)
+            rows = _matmul(logits.softmax(dim=-1).to(v.dtype), v_patches)
+            empty = assigned.view(torch.uint8).amax(dim=-1, keepdim=True) == 0
+            rows = torch.where(empty, v[:, :, 1:1 + p], rows)
+    return rows.transpose(1, 2), assigned
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for (B, H, ., .) operands. On a CPU, when ``b`` is a view whose (B, H) dims do not flatten into one
+    batch dim (the permuted q, k, v views of a layer's qkv output), ``torch.matmul`` would copy it whole first - a
+    1.5 MB gather per product at batch 4 - so one batched product per image instead (each image's heads are evenly
+    strided). Not on other devices (a launch per image), nor under torch.compile, which plans its own layouts."""
+    if (b.device.type != 'cpu' or b.stride(0) == b.stride(1) * b.shape[1] or b.shape[0] == 1
+            or torch.compiler.is_compiling()):
+        return a @ b
+    return torch.stack([torch.bmm(a_image, b_image) for a_image, b_image in zip(a, b)])
+
+
+def _assign_from_products(products, q_parts, k_patches, layout, nearest, cosine, epsilon, iters) -> torch.Tensor:
+    """``assign_patches`` from the float32 products q_p . k_n already computed: the same similarities (cosine:
+    divided by both norms) and the same Sinkhorn-Knopp (or nearest part) rounding."""
+    with torch.no_grad():
+        row_scale = 1.0 if nearest else 1.0 / epsilon
+        if cosine:
+            row_norms = q_parts.float().norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            column_norms = k_patches.float().norm(dim=-1).clamp(min=1e-12).unsqueeze(-2)
+            scores = products * (row_scale / row_norms) / column_norms
+        else:
+            scores = products * row_scale
+        return round_scores(scores, layout, nearest, iters, log_domain=not cosine or epsilon < 0.05)
 
 
 def _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
@@ -222,14 +279,16 @@ def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tens
 def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always, scale):
     p = assigned.shape[-2]
     q_parts = q[:, :, 1:1 + p]
-    probs = _part_probs(q_parts, k, part_key_mask(assigned, self_key_always), scale)
+    # q, k, v may be the permuted views of the layer's qkv output (on a CPU): _matmul multiplies them as they are
+    probs = _part_probs(q_parts, k, part_key_mask(assigned, self_key_always), scale, _matmul)
     grad_rows = grad_merged[:, 1:1 + p].transpose(1, 2).to(probs.dtype)  # (B, H, P, d)
     grad_v = probs.transpose(-2, -1) @ grad_rows
-    grad_probs = grad_rows @ v.transpose(-2, -1)
-    grad_logits = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
-    grad_q = torch.zeros_like(q)
-    grad_q[:, :, 1:1 + p] = (grad_logits @ k) * scale
-    grad_k = (grad_logits.transpose(-2, -1) @ q_parts) * scale
+    grad_probs = _matmul(grad_rows, v.transpose(-2, -1))
+    # the attention scale applied to these few rows rather than to the (B, H, L, d) products
+    grad_logits = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True)) * scale
+    grad_q = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    grad_q[:, :, 1:1 + p] = _matmul(grad_logits, k)
+    grad_k = _matmul(grad_logits.transpose(-2, -1), q_parts)
     # the plain rows' gradient goes through to attn_out; the P rows the operator replaced get none
     grad_attn_out = grad_merged.clone()
     grad_attn_out[:, 1:1 + p] = 0
