@@ -9,10 +9,13 @@ Why one operator: in eager mode every top-level operator costs a few microsecond
 [PART] path's ~70 small operators per layer each do less work than that (issue #13). As one registered operator it
 is one dispatch. Where Triton is installed it is a ``torch.library.triton_op``: on CUDA with ``use_triton_kernels``
 it runs the fused kernels of ``triton_part_rows.py`` (one launch forward, one backward), everywhere else this
-module's PyTorch code, the reference; ``torch.compile`` traces into it (the kernels through ``wrap_triton``, no
-graph break). Without Triton it is a plain ``custom_op`` with the same code. The layer calls the unregistered PyTorch
-path instead when exporting (ONNX, ``torch.export``, tracing), and under ``torch.compile`` on CUDA without the
-kernels, where inductor fuses that path itself.
+module's PyTorch code (``_rows_pytorch``: one product of the [PART] queries with the patch keys for both the
+assignment and the attention); ``torch.compile`` traces into it (the kernels through ``wrap_triton``, no graph
+break). Without Triton it is a plain ``custom_op`` with the same code. The layer calls the plain PyTorch path
+(``assign_patches`` + ``part_rows_reference``, the tests' reference) instead when exporting (ONNX, ``torch.export``,
+tracing), and under ``torch.compile`` on CUDA without the kernels, where inductor fuses that path itself. At
+inference without the kernels it calls ``part_rows_only`` - the same code as a plain function, whose rows it writes
+over its attention output in place.
 """
 from contextlib import nullcontext
 from typing import List, Optional, Tuple
