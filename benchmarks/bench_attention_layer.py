@@ -1,11 +1,13 @@
-"""One attention layer at inference, AAformer's against a ViT's at equal sequence length (issue #26's CPU part), side
-by side in this one process: ViT-B + 5 register tokens' ``Attention``, AAformer's ``MultiHeadAutoAlignment`` as it
-runs now (the [PART] rows written over the attention output in place, no copy of q, k, v) and as before
-(``rows_in_place=False``: one contiguous qkv copy, the rows merged into a copy of the output). Layer 5 of
-``aaformer_base`` at random init, its real input width and sequence (batch, 134 tokens, 768). Many short
-interleaved runs; the minimum is the least disturbed by other work on the machine, the median is also printed.
+"""One attention layer, AAformer's against a ViT's at equal sequence length (issue #26's CPU part), side by side in
+this one process: ViT-B + 5 register tokens' ``Attention``, AAformer's ``MultiHeadAutoAlignment`` as it runs at
+inference (the [PART] rows written over the attention output in place) and with its rows merged into a copy of the
+output (``rows_in_place=False``, the training path's forward); with ``--train``, a forward and backward of each
+instead. Layer 5 of ``aaformer_base`` at random init, its real input width and sequence (batch, 134 tokens, 768).
+Many short interleaved runs; the minimum is the least disturbed by other work on the machine, the median of the
+per-run differences to the ViT layer is also printed (milliseconds a layer adds; x 12 for the model).
 
     python benchmarks/bench_attention_layer.py --batch 4 --runs 60
+    python benchmarks/bench_attention_layer.py --batch 4 --runs 30 --train
 """
 import argparse
 import platform
@@ -23,21 +25,31 @@ def main(argv=None) -> None:
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--runs', type=int, default=60, help='interleaved runs per contender (each of --calls)')
     parser.add_argument('--calls', type=int, default=5, help='layer calls per timed run')
+    parser.add_argument('--train', action='store_true', help='time forward + backward (a training step\'s share)')
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    ours = timm.create_model('aaformer_base', num_classes=0).eval().blocks[5].attn
+    ours = timm.create_model('aaformer_base', num_classes=0).train(args.train).blocks[5].attn
     vit = timm.create_model('vit_base_patch16_224', img_size=(256, 128), num_classes=0,
-                            reg_tokens=ours.num_parts).eval().blocks[5].attn
-    x = torch.randn(args.batch, 1 + ours.num_parts + 128, 768)
+                            reg_tokens=ours.num_parts).train(args.train).blocks[5].attn
+    x = torch.randn(args.batch, 1 + ours.num_parts + 128, 768, requires_grad=args.train)
+    grad = torch.randn_like(x)
+
+    def step(layer):
+        out = layer(x)
+        if args.train:
+            (out[0] if isinstance(out, tuple) else out).backward(grad)
 
     def aaformer(in_place: bool):
         def call():
             ours.rows_in_place = in_place
-            ours(x)
+            step(ours)
         return call
-    contenders = {f'ViT-B+{ours.num_parts}reg attention': lambda: vit(x), 'aaformer, rows in place': aaformer(True),
-                  'aaformer, merged (before)': aaformer(False)}
+    contenders = {f'ViT-B+{ours.num_parts}reg attention': lambda: step(vit)}
+    if args.train:
+        contenders['aaformer'] = aaformer(True)
+    else:
+        contenders.update({'aaformer, rows in place': aaformer(True), 'aaformer, rows merged': aaformer(False)})
 
     def timed(fn) -> float:
         start = time.perf_counter()
@@ -46,7 +58,7 @@ def main(argv=None) -> None:
         return (time.perf_counter() - start) / args.calls * 1e3
 
     times = {name: [] for name in contenders}
-    with torch.inference_mode():
+    with torch.inference_mode(not args.train):
         for fn in contenders.values():
             timed(fn)
         for run in range(args.runs):
@@ -54,11 +66,13 @@ def main(argv=None) -> None:
             for name, fn in order if run % 2 == 0 else order[::-1]:
                 times[name].append(timed(fn))
     print(f'{platform.processor() or platform.machine()}, torch {torch.__version__}, threads '
-          f'{torch.get_num_threads()}, batch {args.batch}, {args.runs} interleaved runs of {args.calls} calls')
-    base = min(times[next(iter(contenders))])
+          f'{torch.get_num_threads()}, batch {args.batch}, {args.runs} interleaved runs of {args.calls} calls, '
+          + ('forward + backward' if args.train else 'inference'))
+    reference = times[next(iter(contenders))]
     for name, values in times.items():
-        print(f'{name:28s} min {min(values):7.3f} ms ({min(values) / base:.3f}x)   median '
-              f'{statistics.median(values):7.3f} ms')
+        added = statistics.median(t - r for t, r in zip(values, reference))
+        print(f'{name:28s} min {min(values):7.3f} ms ({min(values) / min(reference):.3f}x)   median '
+              f'{statistics.median(values):7.3f} ms   added per layer (median of runs) {added:6.3f} ms')
 
 
 if __name__ == '__main__':

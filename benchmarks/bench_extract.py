@@ -5,8 +5,10 @@ CPU serving runtimes a deployment would pick for the exported graph - all side b
    the same crops with the same batch size (decode, resize, normalise and the DataLoader included), with 0 and 2
    loader workers: the pipeline's images/s as a share of the bare forward's (target: >= 90 %).
 2. PyTorch against ONNX Runtime fp32 and int8 (dynamic quantization of the MatMul/Gemm weights, onnxruntime's
-   ``quantize_dynamic``) on the same pre-made batches: images/s, and the embeddings' agreement with PyTorch (cosine);
-   with ``--dataset``/``--root``, mAP and rank-1 of each on that re-ID set (queries against its gallery).
+   ``quantize_dynamic``, per tensor and per channel) and, when ``openvino`` is installed (it is not a dependency:
+   ``pip install openvino``), OpenVINO on the same .onnx file in float32 and in the precision it picks for this CPU
+   by itself, on the same pre-made batches: images/s, and the embeddings' agreement with PyTorch (cosine); with
+   ``--dataset``/``--root``, mAP and rank-1 of each on that re-ID set (queries against its gallery).
 
     python benchmarks/bench_extract.py --model aaformer_base --images 256 --batch_size 32        # speed
     python benchmarks/bench_extract.py --model outputs/synthetic/model --dataset market1501 \\
@@ -96,13 +98,13 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             reference = torch.cat([embed(model, pixels) for pixels in batches]).float()
         torch_rate = rate(bare, len(paths), args.rounds)
-        print(f'   {"PyTorch eager fp32":24s} {torch_rate:8.1f}  (1.000x)')
+        print(f'   {"PyTorch eager fp32":38s} {torch_rate:8.1f}  (1.000x)')
         for name, run in runtimes.items():
             run(batches[0])  # warm-up
             embeddings = torch.cat([run(pixels) for pixels in batches])
             cosine = F.cosine_similarity(embeddings, reference, dim=1)
             value = rate(lambda: [run(pixels) for pixels in batches], len(paths), args.rounds)
-            print(f'   {name:24s} {value:8.1f}  ({value / torch_rate:.3f}x)   cosine {cosine.min():.5f} / '
+            print(f'   {name:38s} {value:8.1f}  ({value / torch_rate:.3f}x)   cosine {cosine.min():.5f} / '
                   f'{cosine.mean():.5f}')
         if args.dataset:
             retrieval(model, transform, runtimes, args.dataset, args.root, args.batch_size)
@@ -110,23 +112,49 @@ def main(argv=None) -> int:
 
 
 def onnx_runtimes(model, folder: Path, export_onnx):
-    """{name: pixels -> embeddings} for onnxruntime fp32 and int8 (dynamic quantization) on the CPU."""
+    """{name: pixels -> embeddings} for onnxruntime fp32 and int8 (dynamic quantization, per tensor and per channel)
+    on the CPU, and OpenVINO (float32, and its own pick of precision) where it is installed."""
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = folder / 'model.onnx'
     export_onnx(model, fp32, tolerance=1e-3)  # the check of export-onnx; agreement is reported below
-    int8 = folder / 'model.int8.onnx'
+    int8, int8_channel = folder / 'model.int8.onnx', folder / 'model.int8c.onnx'
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32), str(int8_channel), weight_type=QuantType.QInt8, per_channel=True)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same cores as PyTorch
     runtimes = {}
-    for name, path in (('ONNX Runtime fp32', fp32), ('ONNX Runtime int8 dynamic', int8)):
+    for name, path in (('ONNX Runtime fp32', fp32), ('ONNX Runtime int8 dynamic', int8),
+                       ('ONNX Runtime int8 per channel', int8_channel)):
         session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
         def run(pixels, session=session):
             return torch.from_numpy(session.run(['embeddings'], {session.get_inputs()[0].name: pixels.numpy()})[0])
         runtimes[name] = run
+    runtimes.update(openvino_runtimes(fp32))
+    return runtimes
+
+
+def openvino_runtimes(onnx_file: Path):
+    """OpenVINO on the exported file, on the CPU with PyTorch's thread count: float32, and the precision OpenVINO
+    picks for this CPU by itself (bf16 where the CPU has it). {} when openvino is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        print('   (openvino not installed: pip install openvino to time it too)')
+        return {}
+    core = openvino.Core()
+    runtimes = {}
+    for label, precision in (('f32', {'INFERENCE_PRECISION_HINT': 'f32'}), ('its pick', {})):
+        compiled = core.compile_model(core.read_model(str(onnx_file)), 'CPU', {
+            'INFERENCE_NUM_THREADS': torch.get_num_threads(), 'PERFORMANCE_HINT': 'LATENCY', **precision})
+        picked = compiled.get_property('INFERENCE_PRECISION_HINT')
+        output = compiled.output('embeddings')
+
+        def run(pixels, compiled=compiled, output=output):
+            return torch.from_numpy(compiled(pixels.numpy())[output].copy())
+        runtimes[f'OpenVINO {openvino.__version__.split("-")[0]} {label} ({picked})'] = run
     return runtimes
 
 
@@ -147,7 +175,7 @@ def retrieval(model, transform, runtimes, dataset: str, root: Path, batch_size: 
             feats = {s: torch.cat([run(x) for x in splits[s][0]]).float() for s in splits}
         result = evaluate(feats['query'], feats['gallery'], splits['query'][1], splits['gallery'][1],
                           splits['query'][2], splits['gallery'][2], normalize=True)
-        print(f'   {name:24s} mAP {100 * result["mAP"]:.2f}  rank-1 {100 * result["cmc"][0]:.2f}')
+        print(f'   {name:38s} mAP {100 * result["mAP"]:.2f}  rank-1 {100 * result["cmc"][0]:.2f}')
 
 
 if __name__ == '__main__':
