@@ -244,12 +244,12 @@ class MultiHeadAutoAlignment(nn.Module):
         one_op = bool(p) and not output_attentions and self._part_rows_as_one_op(x, drop)
         in_place = one_op and self._rows_in_place(x)
         qkv = self.qkv(x).reshape(b, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if p and not (one_op and (triton_kernels_on(x) or x.device.type == 'cpu')):
+        if p and not in_place and not (one_op and (triton_kernels_on(x) or x.device.type == 'cpu')):
             # one copy into (3, B, H, L, d) where the [PART] products would otherwise copy k and v each: the plain
-            # path, and the operator on a GPU without its kernels. The Triton kernels read the permuted views as they
-            # are, and so does the operator on a CPU (image by image, part_rows._matmul), which keeps q, k, v as a
-            # ViT does: CPU fused attention then writes its output in (B, L, H, d) order, which the in-place [PART]
-            # rows and the final reshape keep without a copy
+            # path, and the training operator on a GPU without its kernels. The Triton kernels read the permuted views
+            # as they are, and so does the operator on a CPU (image by image, part_rows._matmul), which keeps q, k, v
+            # as a ViT does: CPU fused attention then writes its output in (B, L, H, d) order, which the in-place
+            # [PART] rows and the final reshape keep without a copy
             qkv = qkv.contiguous()
         q, k, v = qkv.unbind(0)
 
