@@ -170,3 +170,17 @@ def test_the_cpu_path_copies_what_a_vit_layer_copies():
     assert large_copies(layer, grad=False) == large_copies(vit, grad=False)
     merge = [2, x.shape[1], 2, 64]
     assert large_copies(layer, grad=True) == sorted(large_copies(vit, grad=True) + [merge, merge])
+
+
+@pytest.mark.parametrize('grad', [False, True], ids=['inference', 'training'])
+def test_a_batch_of_no_images(grad):
+    """An empty batch (a loader's last, filtered-out shard) goes through, as through a ViT layer: the per-image
+    products of the CPU path have no image to stack."""
+    layer = _layer().train(grad)
+    x = torch.randn(0, 1 + layer.num_parts + 12, 24, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out, _, assigned = layer(x)
+    assert out.shape == x.shape and assigned.shape == (0, 3, layer.num_parts, 12)
+    if grad:
+        out.sum().backward()
+        assert x.grad.shape == x.shape

@@ -215,7 +215,7 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     batch dim (the permuted q, k, v views of a layer's qkv output), ``torch.matmul`` would copy it whole first - a
     1.5 MB gather per product at batch 4 - so one batched product per image instead (each image's heads are evenly
     strided). Not on other devices (a launch per image), nor under torch.compile, which plans its own layouts."""
-    if (b.device.type != 'cpu' or b.stride(0) == b.stride(1) * b.shape[1] or b.shape[0] == 1
+    if (b.device.type != 'cpu' or b.stride(0) == b.stride(1) * b.shape[1] or b.shape[0] <= 1
             or torch.compiler.is_compiling()):
         return a @ b
     return torch.stack([torch.bmm(a_image, b_image) for a_image, b_image in zip(a, b)])
