@@ -7,8 +7,8 @@ batch, heads, parts, patches) bool, what ``visualize parts`` draws). They make t
 Sinkhorn assignment rounds scores that are nearly equal for two parts, and two runtimes that sum in another order
 may round such a patch the other way - a trained model has a few of those in a million decisions. So the graph's
 embeddings are compared with PyTorch's computed *with the graph's own assignments* (any other difference is the
-runtime's arithmetic, held to ``tolerance`` relative to the embedding's size), and the share of assignment decisions that differ from PyTorch's own is
-reported and held to ``assignment_tolerance``.
+runtime's arithmetic, held to ``tolerance`` relative to the embedding's size), and the share of assignment
+decisions that differ from PyTorch's own is reported and held to ``assignment_tolerance``.
 
 Needs the ``onnx`` extra (``pip install "aaformer-hf[onnx]"``: onnx, onnxscript, onnxruntime).
 """
@@ -75,13 +75,13 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
     """Export ``model`` (a timm model in eval mode) to ``path``; run the file in onnxruntime at each batch size of
     ``check_batches`` on random inputs and keep it only if its embeddings are within ``tolerance`` of PyTorch's,
     relative to the largest embedding value (absolute where that is below 1: a trained model's embeddings run to
-    tens, where float32 arithmetic in another order differs by more than 1e-4 absolute) - for a model that assigns patches itself, PyTorch's with the graph's own assignments fed in (see the
-    module docstring) - and at most ``assignment_tolerance`` of its (layer, image, head, part, patch) assignment
-    decisions differ from PyTorch's own.
+    tens, where float32 arithmetic in another order differs by more than 1e-4 absolute) - for a model that assigns
+    patches itself, PyTorch's with the graph's own assignments fed in (see the module docstring) - and at most
+    ``assignment_tolerance`` of its (layer, image, head, part, patch) assignment decisions differ from PyTorch's own.
 
-    Returns the largest embedding difference per batch size (relative, as held to ``tolerance``) and, for a model that assigns patches, ``'assignments'``
-    (the share of decisions that differ) and ``'unfed'`` (the largest difference from PyTorch's embedding with its
-    own assignments: what near-ties cost at worst on these inputs)."""
+    Returns the largest embedding difference per batch size (relative, as held to ``tolerance``) and, for a model
+    that assigns patches, ``'assignments'`` (the share of decisions that differ) and ``'unfed'`` (the largest absolute
+    difference from PyTorch's embedding with its own assignments: what near-ties cost at worst on these inputs)."""
     try:
         import onnxruntime
     except ImportError as error:

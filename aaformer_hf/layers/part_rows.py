@@ -9,13 +9,13 @@ Why one operator: in eager mode every top-level operator costs a few microsecond
 [PART] path's ~70 small operators per layer each do less work than that (issue #13). As one registered operator it
 is one dispatch. Where Triton is installed it is a ``torch.library.triton_op``: on CUDA with ``use_triton_kernels``
 it runs the fused kernels of ``triton_part_rows.py`` (one launch forward, one backward), everywhere else this
-module's PyTorch code (``_rows_pytorch``: one product of the [PART] queries with the patch keys for both the
-assignment and the attention); ``torch.compile`` traces into it (the kernels through ``wrap_triton``, no graph
-break). Without Triton it is a plain ``custom_op`` with the same code. The layer calls the plain PyTorch path
+module's PyTorch code (``part_rows_only`` and the merge: one product of the [PART] queries with the patch keys for
+both the assignment and the attention); ``torch.compile`` traces into it (the kernels through ``wrap_triton``, no
+graph break). Without Triton it is a plain ``custom_op`` with the same code. The layer calls the plain PyTorch path
 (``assign_patches`` + ``part_rows_reference``, the tests' reference) instead when exporting (ONNX, ``torch.export``,
 tracing), and under ``torch.compile`` on CUDA without the kernels, where inductor fuses that path itself. At
-inference without the kernels it calls ``part_rows_only`` - the same code as a plain function, whose rows it writes
-over its attention output in place.
+inference without the kernels it calls ``part_rows_only`` directly and writes the rows over its attention output in
+place.
 """
 from contextlib import nullcontext
 from typing import List, Optional, Tuple
@@ -161,25 +161,18 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch
 def part_rows_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: Optional[torch.Tensor],
                    layout: List[torch.Tensor], part_groups: List[int], nearest: bool, cosine: bool, epsilon: float,
                    iters: int, self_key_always: bool, scale: float, fused: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``part_rows`` for inference without Triton: the [PART] rows alone, a (B, P, H, d) view, and the assignment,
-    which the layer writes over its own attention output's rows in place - ``part_rows`` must return a new tensor
-    (an operator's outputs never alias its inputs), and on a CPU that copy of the whole output was a third of the
-    operator's time (issue #26). A plain function, not a registered operator: it computes the same operators either
-    way, and the registration's dispatch cost ~50 us per layer on a CPU. No autograd: the layer calls it only when no
-    gradient is needed (and never under torch.compile). q, k, v may be the permuted views of the layer's qkv
-    output."""
-    return _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters, self_key_always,
-                         scale, fused)
+    """The assignment (unless given) and the [PART] rows alone, a (B, P, H, d) view: ``part_rows``' PyTorch code
+    without the merge. At inference without Triton the layer calls it directly and writes the rows over its own
+    attention output in place (``part_rows`` must return a new tensor: an operator's outputs never alias its inputs;
+    on a CPU that copy of the whole output was a third of the operator's time, issue #26) - a plain function, whose
+    registration's dispatch cost ~50 us per layer on a CPU. q, k, v may be the permuted views of the layer's qkv
+    output.
 
-
-def _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters, self_key_always, scale,
-                  fused):
-    """The assignment (unless given) and the [PART] rows as a (B, P, H, d) view, from ONE product of the [PART]
-    queries with the patch keys: the assignment's similarities and the rows' attention logits are the same dot
-    products q_p . k_n, scaled per row and column (cosine) or by 1/eps for the one, by the attention scale and
-    restricted to the assigned patches for the other. The plain path (``assign_patches`` + ``part_rows_reference``,
-    the tests' reference) computes them twice, and its logits over the whole sequence only to mask all but the
-    patches (and the part's own key) away. On a CPU this path's ~40 small operators were the [PART] cost (issue #26).
+    ONE product of the [PART] queries with the patch keys serves both halves: the assignment's similarities and the
+    rows' attention logits are the same dot products q_p . k_n, scaled per row and column (cosine) or by 1/eps for
+    the one, by the attention scale and restricted to the assigned patches for the other. The plain path
+    (``assign_patches`` + ``part_rows_reference``, the tests' reference) computes them twice, and its logits over the
+    whole sequence only to mask all but the patches (and the part's own key) away.
     """
     p = sum(part_groups)
     q_parts, k_patches, v_patches = q[:, :, 1:1 + p], k[:, :, 1 + p:], v[:, :, 1 + p:]
@@ -187,15 +180,11 @@ def _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsil
     with autocast_off(q.device.type):
         # float32 products (or wider): what the assignment reads (as the plain path's); the logits need no less
         products = _matmul(q_parts.to(wide), k_patches.to(wide).transpose(-2, -1))  # (B, H, P, N)
-        if assigned is not None:
-            assigned = assigned.clone()  # an operator's outputs never alias its inputs
-        elif fused and kernel_can_assign(nearest, cosine, epsilon) and triton_available(q):
-            group_layout = PartGroupLayout.from_tensors(part_groups, *layout[:4])
-            assigned = assign_patches(q_parts, k_patches, group_layout, layout[4], nearest, cosine, epsilon, iters,
-                                      fused, traceable=True)
-        else:
+        if assigned is None and not (fused and kernel_can_assign(nearest, cosine, epsilon) and triton_available(q)):
             assigned = _assign_from_products(products, q_parts, k_patches, PartGroupLayout.from_tensors(
                 part_groups, *layout[:4]), nearest, cosine, epsilon, iters)
+        else:  # the given assignment (copied), or the fused Triton kernel's
+            assigned = _assignment(q, k, assigned, layout, part_groups, nearest, cosine, epsilon, iters, fused)
         logits = torch.where(assigned, products * scale, float('-inf'))
         if self_key_always:
             own = (q_parts.to(wide) * k[:, :, 1:1 + p].to(wide)).sum(dim=-1, keepdim=True) * scale
@@ -237,8 +226,8 @@ def _assign_from_products(products, q_parts, k_patches, layout, nearest, cosine,
 
 def _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
                        self_key_always, scale, fused):
-    rows, assigned = _rows_pytorch(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
-                                   self_key_always, scale, fused)
+    rows, assigned = part_rows_only(q, k, v, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                                    self_key_always, scale, fused)
     merged = torch.empty(attn_out.shape, dtype=attn_out.dtype, device=attn_out.device)
     merged.copy_(attn_out)
     merged[:, 1:1 + rows.shape[1]] = rows
