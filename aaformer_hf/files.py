@@ -10,7 +10,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
-__all__ = ['atomic_path', 'check_output', 'hold_lock', 'read_lock', 'LockedError']
+__all__ = ['atomic_path', 'cache_root', 'check_output', 'hold_lock', 'read_lock', 'LockedError']
+
+
+def cache_root() -> Path:
+    """The package's cache folder: ``$AAFORMER_HF_CACHE``, by default ``~/.cache/aaformer-hf`` (``$XDG_CACHE_HOME``
+    if set)."""
+    root = os.environ.get('AAFORMER_HF_CACHE') or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'),
+                                                         'aaformer-hf')
+    return Path(root)
 
 
 def check_output(path: Union[str, Path], overwrite: bool, flag: str = '--overwrite') -> Path:

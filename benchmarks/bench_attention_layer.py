@@ -1,8 +1,9 @@
 """One attention layer, AAformer's against a ViT's at equal sequence length (issue #26's CPU part), side by side in
 this one process: ViT-B + 5 register tokens' ``Attention``, AAformer's ``MultiHeadAutoAlignment`` as it runs at
 inference (the [PART] rows written over the attention output in place) and with its rows merged into a copy of the
-output (``rows_in_place=False``, the training path's forward); with ``--train``, a forward and backward of each
-instead. Layer 5 of ``aaformer_base`` at random init, its real input width and sequence (batch, 134 tokens, 768).
+output (``rows_in_place=False``, the training path's forward), each with its [PART] rows in one C function
+(``cpu_part_rows``, the default where a compiler works) and in PyTorch; with ``--train``, a forward and backward of
+each instead. Layer 5 of ``aaformer_base`` at random init, its real input width and sequence (batch, 134 tokens, 768).
 Many short interleaved runs; the minimum is the least disturbed by other work on the machine, the median of the
 per-run differences to the ViT layer is also printed (milliseconds a layer adds; x 12 for the model).
 
@@ -18,6 +19,7 @@ import timm
 import torch
 
 import aaformer_hf  # noqa: F401  (registers the models with timm)
+from aaformer_hf.layers import cpu_part_rows
 
 
 def main(argv=None) -> None:
@@ -40,16 +42,19 @@ def main(argv=None) -> None:
         if args.train:
             (out[0] if isinstance(out, tuple) else out).backward(grad)
 
-    def aaformer(in_place: bool):
+    def aaformer(in_place: bool, c_function: bool):
         def call():
             ours.rows_in_place = in_place
+            cpu_part_rows.enabled = c_function
             step(ours)
         return call
     contenders = {f'ViT-B+{ours.num_parts}reg attention': lambda: step(vit)}
-    if args.train:
-        contenders['aaformer'] = aaformer(True)
-    else:
-        contenders.update({'aaformer, rows in place': aaformer(True), 'aaformer, rows merged': aaformer(False)})
+    for c_function, rows in ((True, 'C'), (False, 'PyTorch')):
+        if args.train:
+            contenders[f'aaformer, {rows} rows'] = aaformer(True, c_function)
+        else:
+            contenders.update({f'aaformer, {rows} rows in place': aaformer(True, c_function),
+                               f'aaformer, {rows} rows merged': aaformer(False, c_function)})
 
     def timed(fn) -> float:
         start = time.perf_counter()
@@ -67,11 +72,11 @@ def main(argv=None) -> None:
                 times[name].append(timed(fn))
     print(f'{platform.processor() or platform.machine()}, torch {torch.__version__}, threads '
           f'{torch.get_num_threads()}, batch {args.batch}, {args.runs} interleaved runs of {args.calls} calls, '
-          + ('forward + backward' if args.train else 'inference'))
+          + ('forward + backward' if args.train else 'inference') + f'; C function: {cpu_part_rows.status()}')
     reference = times[next(iter(contenders))]
     for name, values in times.items():
         added = statistics.median(t - r for t, r in zip(values, reference))
-        print(f'{name:28s} min {min(values):7.3f} ms ({min(values) / min(reference):.3f}x)   median '
+        print(f'{name:34s} min {min(values):7.3f} ms ({min(values) / min(reference):.3f}x)   median '
               f'{statistics.median(values):7.3f} ms   added per layer (median of runs) {added:6.3f} ms')
 
 

@@ -12,7 +12,10 @@ the forward.
 
 ``--compile_mode reduce-overhead`` is torch.compile with CUDA graphs (every contender, so the baseline is graphed
 too). ``--triton_kernels on`` runs AAformer's [PART] rows through the fused Triton kernels
-(``aaformer_hf.layers.part_rows.use_triton_kernels``); ``compare`` times the model both ways side by side.
+(``aaformer_hf.layers.part_rows.use_triton_kernels``); ``compare`` times the model both ways side by side. On a CPU
+``--cpu_kernel compare`` times the [PART] rows in one C function (``cpu_part_rows``, the default) against PyTorch.
+
+    python benchmarks/bench_model.py --rounds 11 --repeats 2 --batch 4 --cpu_kernel compare
 """
 import argparse
 import copy
@@ -25,7 +28,7 @@ import timm
 import torch
 
 import aaformer_hf  # noqa: F401
-from aaformer_hf.layers import part_rows
+from aaformer_hf.layers import cpu_part_rows, part_rows
 
 
 def sync(device):
@@ -57,6 +60,9 @@ def main():
                         help="torch.compile's mode; reduce-overhead = CUDA graphs")
     parser.add_argument('--triton_kernels', default='off', choices=['off', 'on', 'compare'],
                         help="AAformer's [PART] rows through the fused Triton kernels (CUDA), or both ways")
+    parser.add_argument('--cpu_kernel', default='on', choices=['off', 'on', 'compare'],
+                        help="AAformer's [PART] rows on a CPU in one C function (cpu_part_rows, the default where a "
+                             'compiler works) or in PyTorch, or both ways')
     parser.add_argument('--model', default='aaformer_base')
     parser.add_argument('--compare_plain_rows', action='store_true',
                         help='also time the same model with its [PART] rows in plain PyTorch instead of the one '
@@ -94,6 +100,12 @@ def main():
     elif args.triton_kernels == 'compare':
         contenders[f'{args.model} triton'] = copy.deepcopy(model)
         kernels_on[f'{args.model} triton'] = True
+    # which contenders run the C function for the [PART] rows on a CPU (a module switch too)
+    c_function = {name: args.cpu_kernel != 'off' for name in contenders}
+    if args.cpu_kernel == 'compare':
+        contenders[f'{args.model} PyTorch rows'] = copy.deepcopy(model)
+        c_function[f'{args.model} PyTorch rows'] = False
+        kernels_on[f'{args.model} PyTorch rows'] = False
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == 'bf16' else nullcontext()
@@ -106,6 +118,7 @@ def main():
 
         def begin():
             part_rows.use_triton_kernels = kernels_on[name]
+            cpu_part_rows.enabled = c_function[name]
             if graphed:  # a new iteration: earlier graph outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
 
@@ -168,6 +181,8 @@ def main():
           + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''))
     print(f'batch {args.batch}, dtype {args.dtype}, compile {args.compile} ({args.compile_mode}), triton kernels '
           f'{args.triton_kernels}, {args.rounds} interleaved rounds, 256x128; ratios are medians of per-round ratios')
+    cpu_part_rows.enabled = args.cpu_kernel != 'off'
+    print(f'C function for the [PART] rows ({args.cpu_kernel}): {cpu_part_rows.status()}')
     for task in ('inference', 'train_step'):
         base = times[names[0], task]
         cells = []

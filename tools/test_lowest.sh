@@ -3,8 +3,9 @@
 #   1. build the wheel; 2. a fresh .venv-lowest with every declared lower bound pinned (tools/lowest_constraints.py)
 #   and the wheel installed (not editable); 3. the installed package works as a user meets it: the aaformer-hf
 #   command, the card templates, registration with timm and transformers; 4. the front-door tests (timm,
-#   transformers, Hub, pipeline, processor, round trips, export, CLI, web app) against it, from a copy of tests/
-#   outside the source tree so that `import aaformer_hf` can only find the wheel.
+#   transformers, Hub, pipeline, processor, round trips, export, CLI, web app, the C [PART] rows built from the
+#   installed source) against it, from a copy of tests/ outside the source tree so that `import aaformer_hf` can
+#   only find the wheel.
 # CI runs it after tools/test.sh (the newest releases). Downloads torch's lowest supported release from PyPI (about
 # 8 GB installed, removed again when the tests pass).
 set -euo pipefail
@@ -59,7 +60,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
   tests/test_timm_api.py tests/test_timm_conformance.py tests/test_hf_common.py tests/test_hub.py \
   tests/test_roundtrip.py tests/test_preprocessing.py tests/test_export.py tests/test_convert_clipreid.py \
   tests/test_bad_weights_and_config.py tests/test_cli.py tests/test_cli_hardening.py tests/test_lazy_import.py \
-  tests/test_search.py tests/test_families.py tests/test_app.py "$@"
+  tests/test_search.py tests/test_families.py tests/test_app.py tests/test_cpu_part_rows.py "$@"
 # passed: give the disk back (the environment is rebuilt from scratch every run; a failed run keeps it to look into)
 cd "$ROOT"
 rm -rf "$VENV" dist build "$WORK"

@@ -9,7 +9,6 @@ preprocessing (``job_fingerprint``) and the crops (resolved path, size, modifica
 or gallery is embedded anew; an unchanged one loads in a moment. A query then costs one forward and one search.
 """
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -17,6 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..files import cache_root
 from .extract import collect_images, extract_to_file, job_fingerprint, load_embeddings, names_to_labels
 
 __all__ = ['Gallery', 'Ranked', 'default_cache_dir', 'gallery_from_images', 'gallery_from_dataset',
@@ -28,9 +28,7 @@ FAISS_NPROBE = 32  # inverted lists searched per query (of 4 sqrt(N))
 
 def default_cache_dir() -> Path:
     """``$AAFORMER_HF_CACHE/galleries``, by default ``~/.cache/aaformer-hf/galleries``."""
-    root = os.environ.get('AAFORMER_HF_CACHE') or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'),
-                                                         'aaformer-hf')
-    return Path(root) / 'galleries'
+    return cache_root() / 'galleries'
 
 
 @dataclass

@@ -15,13 +15,15 @@ graph break). Without Triton it is a plain ``custom_op`` with the same code. The
 (``assign_patches`` + ``part_rows_reference``, the tests' reference) instead when exporting (ONNX, ``torch.export``,
 tracing), and under ``torch.compile`` on CUDA without the kernels, where inductor fuses that path itself. At
 inference without the kernels it calls ``part_rows_only`` directly and writes the rows over its attention output in
-place.
+place. On a CPU, ``part_rows_only`` hands float32 q, k, v with the paper's assignment to one C function
+(``cpu_part_rows.py``) where a compiler could build it, at inference and in the operator's forward.
 """
 from contextlib import nullcontext
 from typing import List, Optional, Tuple
 
 import torch
 
+from .cpu_part_rows import applies as cpu_function_applies, part_rows as cpu_function_rows
 from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped
 from .triton_assign import sinkhorn_assign_cosine_triton, triton, triton_available
 from .triton_part_rows import part_rows_backward_triton, part_rows_forward_triton
@@ -175,6 +177,9 @@ def part_rows_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: 
     whole sequence only to mask all but the patches (and the part's own key) away.
     """
     p = sum(part_groups)
+    if cpu_function_applies(q, k, v, assigned, nearest, cosine, epsilon, iters, p):
+        # on a CPU, the same work as one C function (issue #26)
+        return cpu_function_rows(q, k, v, part_groups, epsilon, iters, self_key_always, scale)
     q_parts, k_patches, v_patches = q[:, :, 1:1 + p], k[:, :, 1 + p:], v[:, :, 1 + p:]
     wide = torch.promote_types(q.dtype, torch.float32)
     with autocast_off(q.device.type):
