@@ -190,14 +190,16 @@ def main():
             ratio = statistics.median(t / b for t, b in zip(times[name, task], base))
             cells.append(f'{name} {statistics.median(times[name, task]) * 1e3:8.2f} ms ({ratio:.3f}x)')
         print(f'{task:<11} ' + '   '.join(cells))
-    ours, same_len = times[args.model, 'inference'], times[names[1], 'inference']
+    def at_equal_length(name, task):
+        """Median of the per-round ratios to the equal-length ViT, and their quartiles (the spread)."""
+        ratios = [a / b for a, b in zip(times[name, task], times[names[1], task])]
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        return f'{statistics.median(ratios):.3f}x (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})'
     print(f'{args.model} / {names[1]} (cost of auto-alignment at equal length): inference '
-          f'{statistics.median(a / b for a, b in zip(ours, same_len)):.3f}x, train step '
-          f'{statistics.median(a / b for a, b in zip(times[args.model, "train_step"], times[names[1], "train_step"])):.3f}x')
+          f'{at_equal_length(args.model, "inference")}, train step {at_equal_length(args.model, "train_step")}')
     for name in names[3:]:  # the model's variants, at equal length too
-        ratios = {task: statistics.median(a / b for a, b in zip(times[name, task], times[names[1], task]))
-                  for task in ('inference', 'train_step')}
-        print(f'{name} / {names[1]}: inference {ratios["inference"]:.3f}x, train step {ratios["train_step"]:.3f}x')
+        print(f'{name} / {names[1]}: inference {at_equal_length(name, "inference")}, train step '
+              f'{at_equal_length(name, "train_step")}')
     print(f'assignment (scores + Sinkhorn + rounding, all {len(blocks)} layers, eager) = '
           f'{100 * statistics.median(share):.2f}% of the {args.model} forward')
 

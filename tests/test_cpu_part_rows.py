@@ -98,13 +98,14 @@ def test_applies_only_where_it_computes_the_same():
 
 
 @needs_compiler
-def test_the_layer_takes_it_at_inference_and_in_training_forward(monkeypatch):
-    """Default AAformer settings go through the C function (at inference, and in the training operator's forward,
-    whose backward stays PyTorch); the same layer with it switched off gives the same outputs and gradients."""
+def test_the_layer_takes_it_at_inference_and_in_training(monkeypatch):
+    """Default AAformer settings go through the C functions: at inference, and in a training step's forward and
+    backward; the same layer with them switched off (PyTorch) gives the same outputs, assignments and gradients."""
     calls = []
     library = cpu_part_rows._load()
     monkeypatch.setattr(cpu_part_rows, '_library', SimpleNamespace(
-        part_rows_cpu=lambda *args: calls.append(1) or library.part_rows_cpu(*args)))
+        part_rows_cpu=lambda *args: calls.append('forward') or library.part_rows_cpu(*args),
+        part_rows_backward_cpu=lambda *args: calls.append('backward') or library.part_rows_backward_cpu(*args)))
     torch.manual_seed(0)
     layer = MultiHeadAutoAlignment(32, num_heads=2, qkv_bias=True, part_groups=(2, 3), grid_size=(4, 4))
     x = torch.randn(2, 1 + 5 + 16, 32)
@@ -121,12 +122,39 @@ def test_the_layer_takes_it_at_inference_and_in_training_forward(monkeypatch):
         return out, assigned, train_out.detach(), grads
 
     with_c = run(True)
-    assert len(calls) == 2
+    assert calls == ['forward', 'forward', 'backward']
     without = run(False)
-    assert len(calls) == 2
+    assert len(calls) == 3
     assert torch.equal(with_c[1], without[1])
     for got, expected in zip([with_c[0], with_c[2]] + with_c[3], [without[0], without[2]] + without[3]):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+@pytest.mark.parametrize('groups,patches,head_dim', [((2, 3), 128, 64), ((6,), 40, 12), ((2, 3), 1, 16)],
+                         ids=['vit-b', 'one-group', 'one-patch'])
+@pytest.mark.parametrize('self_key_always', [False, True], ids=['if_empty', 'always'])
+@pytest.mark.parametrize('threads', [1, 2])
+def test_backward_equals_autograd_through_the_plain_path(groups, patches, head_dim, self_key_always, threads,
+                                                          monkeypatch):
+    """The C backward against autograd through ``part_rows_reference`` (PyTorch's own softmax and matmul
+    derivatives, not our hand-written backward), on a ViT layer's strided q, k, v views; with one patch most parts
+    are empty (their own value, or with 'always' their own key and value)."""
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: threads)
+    q, k, v = _qkv(3, 4, sum(groups), patches, head_dim, seed=3)
+    scale = head_dim ** -0.5
+    _, assigned = _reference(q, k, v, groups, 0.05, 3, self_key_always, scale)
+    b, h, seq_len, d = q.shape
+    p = sum(groups)
+    grad_merged = torch.randn(b, seq_len, h, d)
+    assert cpu_part_rows.backward_applies(grad_merged, q, k, v, assigned)
+    grads = cpu_part_rows.part_rows_backward(grad_merged, q, k, v, assigned, self_key_always, scale)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    rows = part_rows_reference(*leaves, assigned, self_key_always, scale)  # (B, H, P, d)
+    rows.backward(grad_merged[:, 1:1 + p].transpose(1, 2))
+    for grad, leaf in zip(grads, leaves):
+        assert grad.shape == leaf.shape
+        torch.testing.assert_close(grad, leaf.grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture

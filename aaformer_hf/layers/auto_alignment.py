@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows, part_rows_only, part_rows_reference,
-                        round_scores, similarity, triton_kernels_on)
+from .part_rows import (assign_patches, autocast_off, part_key_mask, part_rows_autograd, part_rows_only,
+                        part_rows_reference, round_scores, similarity, triton_kernels_on)
 from .choices import check_choice
 from .sinkhorn import PartGroupLayout, stripe_assignment
 
@@ -282,7 +282,7 @@ class MultiHeadAutoAlignment(nn.Module):
             elif one_op:
                 # Eq. 2 (and the assignment): the few [PART] rows, each restricted to its own patches, as one
                 # registered operator (part_rows.py)
-                out, assigned = part_rows(q, k, v, out, assigned, *self._operator_arguments())
+                out, assigned = part_rows_autograd(q, k, v, out, assigned, *self._operator_arguments())
             elif p:
                 part_out = part_rows_reference(q, k, v, assigned, self.part_self_key == 'always', self.scale,
                                                self.attn_drop)

@@ -259,3 +259,180 @@ int part_rows_cpu(const Job *template_job, int64_t threads) {
     }
     return failed;
 }
+
+/* ---- The backward: softmax attention's backward for the P rows, probabilities recomputed from q, k and the
+   assignment (what part_rows._part_rows_backward_pytorch computes), written into whole gradients of q, k, v. ---- */
+
+typedef struct {
+    const float *q, *k, *v;           /* element (0, 0, 0, 0) of the (B, H, L, d) views; d has stride 1 */
+    int64_t q_sb, q_sh, q_sl, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl;
+    const float *grad_out;            /* the gradient of the (B, L, H, d) merged output */
+    int64_t g_sb, g_sl, g_sh;
+    const uint8_t *assigned;          /* (B, H, P, N), contiguous */
+    float *grad_q, *grad_k, *grad_v;  /* (B, L, H, d), contiguous: every element written */
+    int64_t batch, heads, dim, parts, patches, self_key_always;
+    float scale;
+    int64_t first, last;
+} BackwardJob;
+
+static void one_image_backward(const BackwardJob *job, int64_t b, int64_t first_head, int64_t last_head,
+                               float *scratch) {
+    const int64_t d = job->dim, parts = job->parts, n = job->patches, heads = last_head - first_head;
+    const int64_t seq_len = 1 + parts + n, width = job->heads * d;  /* a (B, L, H, d) gradient's row */
+    float *probs = scratch;                            /* (heads, P, N): logits, then probabilities */
+    float *grad_logits = probs + heads * parts * n;    /* (heads, P, N): grad of probs, then of logits */
+    float *own = grad_logits + heads * parts * n;      /* (heads, P): own-key logit, then probability */
+    float *own_grad = own + heads * parts;             /* (heads, P): grad of own prob, then of own logit */
+    float *grad_q_rows = own_grad + heads * parts;     /* (heads, P, d) */
+    const float *q_image = job->q + b * job->q_sb, *k_image = job->k + b * job->k_sb;
+    const float *v_image = job->v + b * job->v_sb, *g_image = job->grad_out + b * job->g_sb;
+    const uint8_t *assigned = job->assigned + (b * job->heads + first_head) * parts * n;
+
+    /* logits of the assigned patches (keys row by row), and of the own keys */
+    for (int64_t j = 0; j < n; j++) {
+        const float *key_row = k_image + (1 + parts + j) * job->k_sl;
+        for (int64_t h = 0; h < heads; h++) {
+            const float *key = key_row + (first_head + h) * job->k_sh;
+            const float *q = q_image + (first_head + h) * job->q_sh;
+            for (int64_t p = 0; p < parts; p++) {
+                const int64_t at = (h * parts + p) * n + j;
+                probs[at] = assigned[at] ? dot(q + (1 + p) * job->q_sl, key, d) * job->scale : -INFINITY;
+            }
+        }
+    }
+    /* softmax per part over its patches and own key (always, or when it has no patch) */
+    for (int64_t h = 0; h < heads; h++) {
+        const float *q = q_image + (first_head + h) * job->q_sh, *k = k_image + (first_head + h) * job->k_sh;
+        for (int64_t p = 0; p < parts; p++) {
+            float *row = probs + (h * parts + p) * n;
+            float top = -INFINITY;
+#pragma omp simd reduction(max:top)
+            for (int64_t j = 0; j < n; j++) top = row[j] > top ? row[j] : top;
+            float own_logit = -INFINITY;
+            if (job->self_key_always || top == -INFINITY)
+                own_logit = dot(q + (1 + p) * job->q_sl, k + (1 + p) * job->k_sl, d) * job->scale;
+            top = own_logit > top ? own_logit : top;
+            for (int64_t j = 0; j < n; j++) row[j] = row[j] == -INFINITY ? 0.0f : exp_nonpositive(row[j] - top);
+            float sum = 0.0f;
+#pragma omp simd reduction(+:sum)
+            for (int64_t j = 0; j < n; j++) sum += row[j];
+            const float own_weight = own_logit == -INFINITY ? 0.0f : exp_nonpositive(own_logit - top);
+            sum += own_weight;
+            for (int64_t j = 0; j < n; j++) row[j] /= sum;
+            own[h * parts + p] = own_weight / sum;
+        }
+    }
+    /* grad of the probabilities: each part's output gradient . each value it weighs (values row by row) */
+    for (int64_t j = 0; j < n; j++) {
+        const float *value_row = v_image + (1 + parts + j) * job->v_sl;
+        for (int64_t h = 0; h < heads; h++) {
+            const float *value = value_row + (first_head + h) * job->v_sh;
+            for (int64_t p = 0; p < parts; p++) {
+                const int64_t at = (h * parts + p) * n + j;
+                const float *grad_row = g_image + (1 + p) * job->g_sl + (first_head + h) * job->g_sh;
+                grad_logits[at] = assigned[at] ? dot(grad_row, value, d) : 0.0f;
+            }
+        }
+    }
+    /* grad of the logits: p * (g - sum(p g)) * scale; and the [PART] queries' gradient rows start at 0 */
+    for (int64_t h = 0; h < heads; h++) {
+        for (int64_t p = 0; p < parts; p++) {
+            float *row_probs = probs + (h * parts + p) * n, *row_grad = grad_logits + (h * parts + p) * n;
+            const float *grad_row = g_image + (1 + p) * job->g_sl + (first_head + h) * job->g_sh;
+            const float *own_value = v_image + (first_head + h) * job->v_sh + (1 + p) * job->v_sl;
+            const float own_prob = own[h * parts + p];
+            const float own_g = own_prob != 0.0f ? dot(grad_row, own_value, d) : 0.0f;
+            float weighted = own_prob * own_g;
+#pragma omp simd reduction(+:weighted)
+            for (int64_t j = 0; j < n; j++) weighted += row_probs[j] * row_grad[j];
+            for (int64_t j = 0; j < n; j++) row_grad[j] = row_probs[j] * (row_grad[j] - weighted) * job->scale;
+            own_grad[h * parts + p] = own_prob * (own_g - weighted) * job->scale;
+            float *grad_q = grad_q_rows + (h * parts + p) * d;
+            for (int64_t i = 0; i < d; i++) grad_q[i] = 0.0f;
+        }
+    }
+    /* the gradients of the patch keys and values (rows written whole), and the queries' (keys row by row) */
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t row = 1 + parts + j;
+        const float *key_row = k_image + row * job->k_sl;
+        for (int64_t h = 0; h < heads; h++) {
+            const float *key = key_row + (first_head + h) * job->k_sh;
+            const float *q = q_image + (first_head + h) * job->q_sh;
+            float *grad_k = job->grad_k + (b * seq_len + row) * width + (first_head + h) * d;
+            float *grad_v = job->grad_v + (b * seq_len + row) * width + (first_head + h) * d;
+            for (int64_t i = 0; i < d; i++) grad_k[i] = grad_v[i] = 0.0f;
+            for (int64_t p = 0; p < parts; p++) {
+                const int64_t at = (h * parts + p) * n + j;
+                if (!assigned[at]) continue;
+                const float prob = probs[at];
+                const float grad_logit = grad_logits[at];
+                const float *q_part = q + (1 + p) * job->q_sl;
+                const float *grad_row = g_image + (1 + p) * job->g_sl + (first_head + h) * job->g_sh;
+                float *grad_q = grad_q_rows + (h * parts + p) * d;
+                for (int64_t i = 0; i < d; i++) {
+                    grad_k[i] += grad_logit * q_part[i];
+                    grad_v[i] += prob * grad_row[i];
+                    grad_q[i] += grad_logit * key[i];
+                }
+            }
+        }
+    }
+    /* CLS and [PART] rows: the queries' gradient, the own keys' and values' terms, zeros elsewhere */
+    for (int64_t h = 0; h < heads; h++) {
+        const float *q = q_image + (first_head + h) * job->q_sh, *k = k_image + (first_head + h) * job->k_sh;
+        for (int64_t row = 0; row < 1 + parts; row++) {
+            const int64_t offset = (b * seq_len + row) * width + (first_head + h) * d;
+            float *grad_q = job->grad_q + offset, *grad_k = job->grad_k + offset, *grad_v = job->grad_v + offset;
+            if (row == 0) {
+                for (int64_t i = 0; i < d; i++) grad_q[i] = grad_k[i] = grad_v[i] = 0.0f;
+                continue;
+            }
+            const int64_t p = row - 1;
+            const float own_prob = own[h * parts + p], own_grad_logit = own_grad[h * parts + p];
+            const float *q_part = q + row * job->q_sl, *own_key = k + row * job->k_sl;
+            const float *grad_row = g_image + row * job->g_sl + (first_head + h) * job->g_sh;
+            const float *grad_q_row = grad_q_rows + (h * parts + p) * d;
+            for (int64_t i = 0; i < d; i++) {
+                grad_q[i] = grad_q_row[i] + own_grad_logit * own_key[i];
+                grad_k[i] = own_grad_logit * q_part[i];
+                grad_v[i] = own_prob * grad_row[i];
+            }
+        }
+    }
+    /* the rows of the patch queries get no gradient from the [PART] rows */
+    for (int64_t j = 0; j < n; j++) {
+        float *grad_q = job->grad_q + (b * seq_len + 1 + parts + j) * width + first_head * d;
+        for (int64_t i = 0; i < heads * d; i++) grad_q[i] = 0.0f;
+    }
+}
+
+static int run_backward_job(const BackwardJob *job) {
+    const int64_t parts = job->parts, n = job->patches, heads = job->heads;
+    float *scratch = (float *)malloc(sizeof(float) * (size_t)(2 * heads * parts * n + 2 * heads * parts
+                                                              + heads * parts * job->dim));
+    if (!scratch) return 1;
+    for (int64_t pair = job->first; pair < job->last;) {
+        const int64_t b = pair / heads, h = pair % heads;
+        const int64_t end = (b + 1) * heads < job->last ? (b + 1) * heads : job->last;
+        one_image_backward(job, b, h, h + (end - pair), scratch);
+        pair = end;
+    }
+    free(scratch);
+    return 0;
+}
+
+/* Returns 0, or 1 when out of memory. Threads as for part_rows_cpu. */
+int part_rows_backward_cpu(const BackwardJob *template_job, int64_t threads) {
+    const int64_t pairs = template_job->batch * template_job->heads;
+    if (threads > pairs) threads = pairs;
+    if (threads < 1) threads = 1;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(|:failed)
+    for (int64_t t = 0; t < threads; t++) {
+        BackwardJob job = *template_job;
+        job.first = pairs * t / threads;
+        job.last = pairs * (t + 1) / threads;
+        failed |= run_backward_job(&job);
+    }
+    return failed;
+}

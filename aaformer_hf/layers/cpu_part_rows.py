@@ -35,7 +35,7 @@ import torch
 
 from ..files import cache_root
 
-__all__ = ['applies', 'part_rows', 'status', 'enabled']
+__all__ = ['applies', 'part_rows', 'backward_applies', 'part_rows_backward', 'status', 'enabled']
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +54,30 @@ _library: Optional[ctypes.CDLL] = None
 _status = 'not loaded yet'
 
 
+_TENSOR_STRIDES = ('q_sb', 'q_sh', 'q_sl', 'k_sb', 'k_sh', 'k_sl', 'v_sb', 'v_sh', 'v_sl')
+
+
 class _Job(ctypes.Structure):
     """The C ``Job``: field for field, in order."""
     _fields_ = ([('q', ctypes.c_void_p), ('k', ctypes.c_void_p), ('v', ctypes.c_void_p)]
-                + [(name, ctypes.c_int64) for name in ('q_sb', 'q_sh', 'q_sl', 'k_sb', 'k_sh', 'k_sl', 'v_sb',
-                                                       'v_sh', 'v_sl')]
+                + [(name, ctypes.c_int64) for name in _TENSOR_STRIDES]
                 + [('out', ctypes.c_void_p), ('o_sb', ctypes.c_int64), ('o_sl', ctypes.c_int64),
                    ('o_sh', ctypes.c_int64), ('assigned', ctypes.c_void_p), ('group_sizes', ctypes.c_void_p)]
                 + [(name, ctypes.c_int64) for name in ('batch', 'heads', 'dim', 'parts', 'patches', 'groups', 'iters',
                                                        'self_key_always')]
                 + [('epsilon', ctypes.c_float), ('scale', ctypes.c_float), ('first', ctypes.c_int64),
                    ('last', ctypes.c_int64)])
+
+
+class _BackwardJob(ctypes.Structure):
+    """The C ``BackwardJob``: field for field, in order."""
+    _fields_ = ([('q', ctypes.c_void_p), ('k', ctypes.c_void_p), ('v', ctypes.c_void_p)]
+                + [(name, ctypes.c_int64) for name in _TENSOR_STRIDES]
+                + [('grad_out', ctypes.c_void_p), ('g_sb', ctypes.c_int64), ('g_sl', ctypes.c_int64),
+                   ('g_sh', ctypes.c_int64), ('assigned', ctypes.c_void_p), ('grad_q', ctypes.c_void_p),
+                   ('grad_k', ctypes.c_void_p), ('grad_v', ctypes.c_void_p)]
+                + [(name, ctypes.c_int64) for name in ('batch', 'heads', 'dim', 'parts', 'patches', 'self_key_always')]
+                + [('scale', ctypes.c_float), ('first', ctypes.c_int64), ('last', ctypes.c_int64)])
 
 
 def status() -> str:
@@ -157,7 +170,8 @@ def _load() -> Optional[ctypes.CDLL]:
                                       f'{stderr.decode(errors="replace")[-300:]}')
                         continue
                     library.part_rows_cpu.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64]
-                    library.part_rows_cpu.restype = ctypes.c_int
+                    library.part_rows_backward_cpu.argtypes = [ctypes.POINTER(_BackwardJob), ctypes.c_int64]
+                    library.part_rows_cpu.restype = library.part_rows_backward_cpu.restype = ctypes.c_int
                     threads = f"PyTorch's OpenMP threads ({openmp})" if openmp else 'one thread (no OpenMP runtime)'
                     _library, _status = library, f'loaded: {target}, on {threads}'
                     return library
@@ -210,3 +224,38 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part_groups: Se
     if _library.part_rows_cpu(ctypes.byref(job), max(1, torch.get_num_threads())):
         raise MemoryError('cpu_part_rows: no memory for its scratch buffers')
     return rows, assigned
+
+
+def backward_applies(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     assigned: torch.Tensor) -> bool:
+    """Whether the C function computes the [PART] rows' backward: float32 CPU tensors with unit stride along d, the
+    (B, H, P, N) assignment contiguous, not while compiling or tracing, and the function loaded."""
+    if not enabled or not all(type(t) is torch.Tensor and t.device.type == 'cpu' and t.dtype == torch.float32
+                              and t.stride(-1) == 1 for t in (grad_merged, q, k, v)):
+        return False
+    b, h, seq_len, d = q.shape
+    p = assigned.shape[-2]
+    if k.shape != q.shape or v.shape != q.shape or grad_merged.shape != (b, seq_len, h, d):
+        return False
+    if not (assigned.dtype == torch.bool and assigned.is_contiguous() and assigned.shape == (b, h, p, seq_len - 1 - p)):
+        return False
+    if b * h == 0 or p == 0 or seq_len <= 1 + p or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return _load() is not None
+
+
+def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       assigned: torch.Tensor, self_key_always: bool, scale: float
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of q, k, v (B, H, L, d) from the [PART] rows' output gradient (rows 1..P of ``grad_merged``
+    (B, L, H, d)), where ``backward_applies``: (B, L, H, d) tensors seen as (B, H, L, d), as q, k, v are."""
+    b, h, seq_len, d = q.shape
+    p = assigned.shape[-2]
+    grads = [torch.empty(b, seq_len, h, d, dtype=q.dtype) for _ in range(3)]
+    job = _BackwardJob(q.data_ptr(), k.data_ptr(), v.data_ptr(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+                       grad_merged.data_ptr(), *grad_merged.stride()[:3], assigned.data_ptr(),
+                       *(grad.data_ptr() for grad in grads), b, h, d, p, seq_len - 1 - p, int(self_key_always), scale,
+                       0, 0)
+    if _library.part_rows_backward_cpu(ctypes.byref(job), max(1, torch.get_num_threads())):
+        raise MemoryError('cpu_part_rows: no memory for its scratch buffers')
+    return tuple(grad.transpose(1, 2) for grad in grads)

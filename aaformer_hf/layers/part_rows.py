@@ -24,6 +24,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from .cpu_part_rows import applies as cpu_function_applies, part_rows as cpu_function_rows
+from .cpu_part_rows import backward_applies as cpu_function_backward_applies
+from .cpu_part_rows import part_rows_backward as cpu_function_backward
 from .sinkhorn import PartGroupLayout, nearest_assign, sinkhorn_assign_grouped
 from .triton_assign import sinkhorn_assign_cosine_triton, triton, triton_available
 from .triton_part_rows import part_rows_backward_triton, part_rows_forward_triton
@@ -275,6 +277,12 @@ def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tens
 
 def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always, scale):
     p = assigned.shape[-2]
+    if cpu_function_backward_applies(grad_merged, q, k, v, assigned):
+        # on a CPU, the same as one C function (issue #26)
+        grad_q, grad_k, grad_v = cpu_function_backward(grad_merged, q, k, v, assigned, self_key_always, scale)
+        grad_attn_out = grad_merged.clone()
+        grad_attn_out[:, 1:1 + p] = 0
+        return grad_q, grad_k, grad_v, grad_attn_out
     q_parts = q[:, :, 1:1 + p]
     # q, k, v may be the permuted views of the layer's qkv output (on a CPU): _matmul multiplies them as they are
     probs = _part_probs(q_parts, k, part_key_mask(assigned, self_key_always), scale, _matmul)
@@ -293,6 +301,37 @@ def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always,
 
 
 part_rows.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerCpuPartRows(torch.autograd.Function):
+    """``part_rows`` with the same forward and backward code, as a plain ``autograd.Function``: in eager mode on a CPU
+    the registered operator's autograd wrapper (its argument checks and pytree handling, in Python) cost ~0.8 ms a
+    layer per training step, more than its products (issue #26). Only where nothing needs the registration."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine, epsilon, iters,
+                self_key_always, scale, fused):
+        merged, assigned = _part_rows_pytorch(q, k, v, attn_out, assigned, layout, part_groups, nearest, cosine,
+                                              epsilon, iters, self_key_always, scale, fused)
+        ctx.self_key_always, ctx.scale = self_key_always, scale
+        ctx.save_for_backward(q, k, v, assigned)
+        ctx.mark_non_differentiable(assigned)
+        return merged, assigned
+
+    @staticmethod
+    def backward(ctx, grad_merged, _grad_assigned):
+        q, k, v, assigned = ctx.saved_tensors
+        grads = _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, ctx.self_key_always, ctx.scale)
+        return tuple(grads) + (None,) * 10
+
+
+def part_rows_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch.Tensor,
+                       assigned: Optional[torch.Tensor], *arguments) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``part_rows`` as the layer calls it when gradients are recorded: the registered operator, except in eager mode
+    on a CPU (``_EagerCpuPartRows``: the same code, a cheaper wrapper)."""
+    if q.device.type == 'cpu' and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        return _EagerCpuPartRows.apply(q, k, v, attn_out, assigned, *arguments)
+    return part_rows(q, k, v, attn_out, assigned, *arguments)
 
 
 _AUTOCAST_DEVICES = frozenset({'cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia'})
