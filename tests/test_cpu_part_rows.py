@@ -262,3 +262,17 @@ def test_the_c_source_ships_with_the_package():
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / 'pyproject.toml').read_text())
     assert 'cpu_part_rows.c' in pyproject['tool']['setuptools']['package-data']['aaformer_hf.layers']
     assert cpu_part_rows.SOURCE.is_file()
+
+
+@needs_compiler
+def test_a_cache_that_cannot_be_written(fresh_state, monkeypatch):
+    """A read-only cache (a container's home): built in a private folder for this process, and said so."""
+    blocker = fresh_state / 'a-file'
+    blocker.write_text('not a folder')
+    monkeypatch.setenv('AAFORMER_HF_CACHE', str(blocker / 'cache'))
+    q, k, v = _qkv(2, 2, 5, 12, 8)
+    assert cpu_part_rows.applies(q, k, v, None, False, True, 0.05, 3, 5)
+    assert cpu_part_rows.status().endswith(f'(the cache {blocker / "cache" / "kernels"} cannot be written: built for '
+                                           'this process only)')
+    rows, assigned = cpu_part_rows.part_rows(q, k, v, (2, 3), 0.05, 3, False, 0.35)
+    assert torch.equal(assigned, _reference(q, k, v, (2, 3), 0.05, 3, False, 0.35)[1])

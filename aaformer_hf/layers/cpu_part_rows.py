@@ -152,6 +152,8 @@ def _load() -> Optional[ctypes.CDLL]:
             logger.warning('aaformer-hf: %s', _status)
             return None
         runtime = _openmp_runtime()
+        folder, writable = _cache_folder()
+        private = None  # where the cache cannot be written: a private folder for this process
         errors = []
         for compiler in compilers:
             for openmp in dict.fromkeys([runtime, None]):
@@ -159,25 +161,45 @@ def _load() -> Optional[ctypes.CDLL]:
                     key = hashlib.sha256(b'\0'.join([source, compiler.encode(), ' '.join(flags).encode(),
                                                      str(openmp).encode(), _compiler_version(compiler),
                                                      _cpu_identity().encode()]))
-                    target = cache_root() / 'kernels' / f'cpu_part_rows-{key.hexdigest()[:20]}.so'
+                    name = f'cpu_part_rows-{key.hexdigest()[:20]}.so'
+                    target = folder / name
                     try:
                         if not target.is_file():
+                            if not writable:
+                                private = private or Path(tempfile.mkdtemp(prefix='aaformer-hf-kernels-'))
+                                target = private / name
                             _compile(compiler, flags, openmp, target)
                         library = ctypes.CDLL(str(target))
-                    except (OSError, subprocess.SubprocessError) as error:
+                        library.part_rows_cpu.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64]
+                        library.part_rows_backward_cpu.argtypes = [ctypes.POINTER(_BackwardJob), ctypes.c_int64]
+                        library.part_rows_cpu.restype = library.part_rows_backward_cpu.restype = ctypes.c_int
+                    except (OSError, AttributeError, subprocess.SubprocessError) as error:
                         stderr = getattr(error, 'stderr', b'') or b''
                         errors.append(f'{compiler} {" ".join(flags)} (OpenMP: {openmp}): {error} '
                                       f'{stderr.decode(errors="replace")[-300:]}')
                         continue
-                    library.part_rows_cpu.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64]
-                    library.part_rows_backward_cpu.argtypes = [ctypes.POINTER(_BackwardJob), ctypes.c_int64]
-                    library.part_rows_cpu.restype = library.part_rows_backward_cpu.restype = ctypes.c_int
                     threads = f"PyTorch's OpenMP threads ({openmp})" if openmp else 'one thread (no OpenMP runtime)'
                     _library, _status = library, f'loaded: {target}, on {threads}'
+                    if private:
+                        _status += f' (the cache {folder} cannot be written: built for this process only)'
                     return library
         _status = 'off: compiling cpu_part_rows.c failed; the PyTorch path runs. ' + ' | '.join(errors)
         logger.warning('aaformer-hf: %s', _status)
         return None
+
+
+def _cache_folder() -> Tuple[Path, bool]:
+    """The cache folder of compiled files, and whether it can be written (a read-only one, e.g. baked into a
+    container image, is still read)."""
+    folder = cache_root() / 'kernels'
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe, probe_path = tempfile.mkstemp(dir=folder, prefix='.probe-')
+        os.close(probe)
+        os.unlink(probe_path)
+        return folder, True
+    except OSError:
+        return folder, False
 
 
 def _compiler_version(compiler: str) -> bytes:

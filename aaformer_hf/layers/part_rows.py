@@ -15,8 +15,9 @@ graph break). Without Triton it is a plain ``custom_op`` with the same code. The
 (``assign_patches`` + ``part_rows_reference``, the tests' reference) instead when exporting (ONNX, ``torch.export``,
 tracing), and under ``torch.compile`` on CUDA without the kernels, where inductor fuses that path itself. At
 inference without the kernels it calls ``part_rows_only`` directly and writes the rows over its attention output in
-place. On a CPU, ``part_rows_only`` hands float32 q, k, v with the paper's assignment to one C function
-(``cpu_part_rows.py``) where a compiler could build it, at inference and in the operator's forward.
+place. On a CPU, ``part_rows_only`` and the backward hand float32 q, k, v with the paper's assignment to C functions
+(``cpu_part_rows.py``) where a compiler could build them, and eager CPU training calls this module's code through a
+plain ``autograd.Function`` (``part_rows_autograd``), whose wrapper costs less than the registered operator's.
 """
 from contextlib import nullcontext
 from typing import List, Optional, Tuple
@@ -328,8 +329,9 @@ class _EagerCpuPartRows(torch.autograd.Function):
 def part_rows_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_out: torch.Tensor,
                        assigned: Optional[torch.Tensor], *arguments) -> Tuple[torch.Tensor, torch.Tensor]:
     """``part_rows`` as the layer calls it when gradients are recorded: the registered operator, except in eager mode
-    on a CPU (``_EagerCpuPartRows``: the same code, a cheaper wrapper)."""
-    if q.device.type == 'cpu' and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+    on a CPU without the Triton kernels (``_EagerCpuPartRows``: the same code, a cheaper wrapper)."""
+    if (q.device.type == 'cpu' and not triton_kernels_on(q) and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()):
         return _EagerCpuPartRows.apply(q, k, v, attn_out, assigned, *arguments)
     return part_rows(q, k, v, attn_out, assigned, *arguments)
 
