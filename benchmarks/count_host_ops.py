@@ -4,7 +4,9 @@ while the [PART] path's kernels do only a few microseconds of work each.
 
 Counts top-level operator calls (torch profiler on CPU: ``aten::`` and custom-op events with no operator above
 them) of an ``aaformer_tiny`` forward, and of a forward + backward, minus those of the same model with
-``part_groups=()`` (a plain ViT), divided by the depth:
+``part_groups=()`` (a plain ViT), divided by the depth. Twice: as on a GPU (the registered operator in training, the
+PyTorch code at inference), and as this CPU runs it (the C functions of ``cpu_part_rows``, where a compiler built
+them, and a plain ``autograd.Function`` in training; on a CPU a dispatch costs microseconds, not a launch):
 
     python benchmarks/count_host_ops.py
 """
@@ -16,6 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import aaformer_hf  # noqa: F401
+from aaformer_hf.layers import auto_alignment, cpu_part_rows, part_rows
 
 _OP_PREFIXES = ('aten::', 'aaformer::')
 
@@ -59,15 +62,21 @@ def main() -> None:
     torch.manual_seed(0)
     size = dict(embed_dim=64, depth=args.depth, num_heads=2)
     x = torch.randn(2, 3, 256, 128)
-    for mode, backward in (('inference', False), ('forward + backward', True)):
-        aaformer = count(timm.create_model('aaformer_tiny', **size), x, backward)
-        plain = count(timm.create_model('aaformer_tiny', part_groups=(), **size), x, backward)
-        extra = sum(aaformer.values()) - sum(plain.values())
-        print(f'{mode}: {sum(aaformer.values())} top-level operator calls with [PART]s, {sum(plain.values())} '
-              f'without; {extra / args.depth:.1f} extra per layer')
-        if args.show:
-            diff = aaformer - plain
-            print('  ' + ', '.join(f'{name} x{n}' for name, n in diff.most_common()))
+    as_on_this_cpu = auto_alignment.part_rows_autograd
+    for path, on_this_cpu in (('as on a GPU', False), ('on this CPU', True)):
+        cpu_part_rows.enabled = on_this_cpu
+        auto_alignment.part_rows_autograd = as_on_this_cpu if on_this_cpu else part_rows.part_rows
+        print(path)
+        for mode, backward in (('inference', False), ('forward + backward', True)):
+            aaformer = count(timm.create_model('aaformer_tiny', **size), x, backward)
+            plain = count(timm.create_model('aaformer_tiny', part_groups=(), **size), x, backward)
+            extra = sum(aaformer.values()) - sum(plain.values())
+            print(f'  {mode}: {sum(aaformer.values())} top-level operator calls with [PART]s, {sum(plain.values())} '
+                  f'without; {extra / args.depth:.1f} extra per layer')
+            if args.show:
+                diff = aaformer - plain
+                print('    ' + ', '.join(f'{name} x{n}' for name, n in diff.most_common()))
+    print(f'C functions: {cpu_part_rows.status()}')
 
 
 if __name__ == '__main__':
