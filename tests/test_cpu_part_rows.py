@@ -1,7 +1,8 @@
-"""The [PART] rows as one C function on a CPU (``cpu_part_rows``, issue #26): the same assignments and rows as the
-plain PyTorch path (``assign_patches`` + ``part_rows_reference``) on a ViT layer's strided q, k, v views, in every
-group layout it takes, with empty parts, ties and both self-key rules; taken where it applies and nowhere else; and
-the PyTorch path with a clear status where no compiler works."""
+"""The [PART] rows as C functions on a CPU (``cpu_part_rows``, issue #26): the same assignments and rows as the
+plain PyTorch path (``assign_patches`` + ``part_rows_reference``), and the same gradients as autograd through it, on
+a ViT layer's strided q, k, v views, in every group layout they take, with empty parts, ties and both self-key
+rules; taken where they apply and nowhere else; built once, cached, on PyTorch's OpenMP threads; and the PyTorch path
+with a clear status where no compiler works."""
 import ctypes
 import re
 import shutil
@@ -95,6 +96,14 @@ def test_applies_only_where_it_computes_the_same():
     assert not cpu_part_rows.applies(grad_q, k, v, *args)
     with torch.no_grad():
         assert cpu_part_rows.applies(grad_q, k, v, *args) == (cpu_part_rows._load() is not None)
+    # the backward's
+    assigned = torch.zeros(2, 2, 5, 12, dtype=torch.bool)
+    grad = torch.randn(2, 1 + 5 + 12, 2, 8)
+    assert cpu_part_rows.backward_applies(grad, q, k, v, assigned) == (cpu_part_rows._load() is not None)
+    assert not cpu_part_rows.backward_applies(grad.double(), q, k, v, assigned)
+    assert not cpu_part_rows.backward_applies(grad, q, k, v, assigned.transpose(0, 1).contiguous().transpose(0, 1))
+    assert not cpu_part_rows.backward_applies(grad, q, k, v, assigned[..., :-1])
+    assert not cpu_part_rows.backward_applies(grad.transpose(1, 2), q, k, v, assigned)
 
 
 @needs_compiler

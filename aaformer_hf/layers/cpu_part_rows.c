@@ -1,12 +1,13 @@
-/* The [PART] rows of a Multi-Head Auto-Alignment layer on a CPU, as one C function (issue #26).
+/* The [PART] rows of a Multi-Head Auto-Alignment layer on a CPU as C functions, forward and backward (issue #26).
 
    What part_rows.part_rows_only computes with ~45 small PyTorch operators per layer, for float32 q, k, v and the
    default assignment (Sinkhorn-Knopp on cosine scores, exp domain, no final column step, argmax rounding per group):
    image by image, ONE pass over the patch keys gives the products q_p . k_n that feed both the assignment and the
    attention logits, then per head the Sinkhorn, the rounding and the softmax over each part's patches, then one
    pass over the values gives the rows. The steps are those of the PyTorch code, so results agree to float rounding;
-   see part_rows.py for the why of each. Plain C (no Python or PyTorch headers): compiled on first use by the system compiler and called through
-   ctypes, which releases the GIL; (image, head) pairs are split over PyTorch's OpenMP threads. */
+   see part_rows.py for the why of each. The backward (at the end) recomputes the probabilities. Plain C (no Python
+   or PyTorch headers): compiled on first use by the system compiler (cpu_part_rows.py) and called through ctypes,
+   which releases the GIL; (image, head) pairs are split over PyTorch's OpenMP threads. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>

@@ -1,23 +1,25 @@
-"""The [PART] rows at inference on a CPU as one C function (``cpu_part_rows.c``, issue #26).
+"""The [PART] rows on a CPU as C functions (``cpu_part_rows.c``, issue #26): forward and backward.
 
-On a CPU the PyTorch path of ``part_rows_only`` is ~45 small operators per layer, each of which costs more in dispatch
+On a CPU the PyTorch code of ``part_rows_only`` is ~45 small operators per layer, each of which costs more in dispatch
 and cold caches than in arithmetic: together ~1.3 ms a layer of ViT-B at batch 4, about 3 % of the forward. The C
-function does the same work (the products, the cosine Sinkhorn-Knopp, the rounding, the masked softmax and the rows)
-image by image, reading keys and values row by row, split over PyTorch's own OpenMP threads
-(``torch.get_num_threads()``), with the same results to float rounding (assignments can differ only where two parts
-tie to ~1e-7).
+forward does the same work (the products, the cosine Sinkhorn-Knopp, the rounding, the masked softmax and the rows)
+image by image, reading keys and values row by row; the C backward recomputes the probabilities and writes the
+gradients of q, k and v. Both split the images and heads over PyTorch's own OpenMP threads
+(``torch.get_num_threads()``) and give the PyTorch code's results to float rounding (assignments can differ only
+where two parts tie to ~1e-7).
 
-It is compiled on first use with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ~1 s) and
-cached in ``$AAFORMER_HF_CACHE/kernels`` (``~/.cache/aaformer-hf/kernels``), one file per source, compiler, CPU (it
-is built for the CPU it runs on) and OpenMP runtime: it links to the one PyTorch has loaded, so that it runs on
-PyTorch's thread pool, whose workers spin between operators (a thread of its own would share a core with one);
-where none is found (not Linux), it runs on one thread. Plain C through ``ctypes``, not a ``torch.utils.cpp_extension``: no PyTorch
-headers, so no minute-long build and no ``ninja``. Where no compiler works, or with ``AAFORMER_HF_CPU_KERNEL=0``,
-the PyTorch path runs as before; ``status()`` says which and why.
+They are compiled on first use with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ~1 s) and
+cached in ``$AAFORMER_HF_CACHE/kernels`` (``~/.cache/aaformer-hf/kernels``; a private temporary folder where that
+cannot be written), one file per source, compiler, CPU (it is built for the CPU it runs on) and OpenMP runtime: it
+links to the one PyTorch has loaded, so that it runs on PyTorch's thread pool, whose workers spin between operators
+(a thread of its own would share a core with one); where none is found (not Linux) it runs on one thread. Plain C
+through ``ctypes``, not a ``torch.utils.cpp_extension``: no PyTorch headers, so no minute-long build and no
+``ninja``. Where no compiler works, or with ``AAFORMER_HF_CPU_KERNEL=0``, the PyTorch code runs as before;
+``status()`` says which and why.
 
-It covers what AAformer runs by default: float32, the assignment computed here (not given) by Sinkhorn on cosine
-scores with ε >= 0.05, either ``part_self_key``; other settings, other dtypes, autograd, torch.compile and tracing take
-the PyTorch path.
+They cover what AAformer runs by default: float32, the assignment computed here (not given) by Sinkhorn on cosine
+scores with ε >= 0.05, either ``part_self_key``. Other settings and dtypes, torch.compile, tracing, and calls that
+autograd would record (the layer's operator calls them with its own backward) take the PyTorch code.
 """
 import ctypes
 import hashlib
@@ -40,13 +42,13 @@ __all__ = ['applies', 'part_rows', 'backward_applies', 'part_rows_backward', 'st
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name('cpu_part_rows.c')
-MAX_PARTS, MAX_HEAD_DIM = 64, 256  # as in the C source
+MAX_PARTS = 64  # as in the C source
 # -march=native: built for this CPU (the cache key holds the CPU); retried without it for compilers that lack it
 ARCH_FLAGS = (['-march=native'], [])
 COMMON_FLAGS = ['-O3', '-std=gnu11', '-fPIC']
 
-# False switches the C function off for this process (tests compare both paths); AAFORMER_HF_CPU_KERNEL=0 does so
-# before it is ever compiled
+# False switches the C functions off for this process (tests compare both paths); AAFORMER_HF_CPU_KERNEL=0 does so
+# before they are ever compiled
 enabled = os.environ.get('AAFORMER_HF_CPU_KERNEL', '1').strip().lower() not in ('0', 'false', 'no', 'off')
 
 _lock = threading.Lock()
@@ -219,8 +221,8 @@ def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: Optiona
     if not all(type(t) is torch.Tensor and t.device.type == 'cpu' and t.dtype == torch.float32 and t.stride(-1) == 1
                for t in (q, k, v)):
         return False  # FakeTensors (torch.compile's tracing) and other subclasses are subclasses
-    b, h, seq_len, d = q.shape
-    if k.shape != q.shape or v.shape != q.shape or not (0 < num_parts <= MAX_PARTS and 0 < d <= MAX_HEAD_DIM):
+    b, h, seq_len, _ = q.shape
+    if k.shape != q.shape or v.shape != q.shape or not 0 < num_parts <= MAX_PARTS:
         return False
     if b * h == 0 or seq_len <= 1 + num_parts:
         return False
