@@ -24,7 +24,6 @@ typedef struct {
     const int64_t *group_sizes;       /* parts per group, parts ordered group by group */
     int64_t batch, heads, dim, parts, patches, groups, iters, self_key_always;
     float epsilon, scale;
-    int64_t first, last;              /* this thread's (image, head) pairs */
 } Job;
 
 /* exp for x <= 0 (Sinkhorn kernels, softmax numerators): Cody-Waite range reduction and a degree-6 polynomial,
@@ -161,7 +160,8 @@ static void assign_and_weigh(const Job *job, const float *q, const float *produc
 
 /* All heads [first_head, last_head) of image b. Keys and values are read row by row, every head of a row together
    (a row's heads are adjacent in memory), rather than head by head down the rows. */
-static void one_image(const Job *job, int64_t b, int64_t first_head, int64_t last_head, float *scratch) {
+static void one_image(const void *job_, int64_t b, int64_t first_head, int64_t last_head, float *scratch) {
+    const Job *job = (const Job *)job_;
     const int64_t d = job->dim, parts = job->parts, n = job->patches, heads = last_head - first_head;
     float *products = scratch;                        /* (heads, P, N) */
     float *weights = products + heads * parts * n;    /* (heads, P, N) */
@@ -222,43 +222,46 @@ static void one_image(const Job *job, int64_t b, int64_t first_head, int64_t las
     }
 }
 
-static size_t scratch_floats(const Job *job, int64_t heads) {
-    const int64_t parts = job->parts, n = job->patches;
-    return (size_t)(2 * heads * parts * n + heads * n + heads * parts * job->dim + n + 2 * heads * parts + n);
-}
+/* Runs ``image`` over the (image, head) pairs [first, last), image by image, with one scratch buffer of ``floats``
+   floats; 1 when out of memory. */
+typedef void (*ImageFunction)(const void *job, int64_t b, int64_t first_head, int64_t last_head, float *scratch);
 
-/* This run's (image, head) pairs, image by image; 1 when out of memory. */
-static int run_job(const Job *job) {
-    float *scratch = (float *)malloc(sizeof(float) * scratch_floats(job, job->heads));
+static int image_by_image(const void *job, int64_t heads, size_t floats, int64_t first, int64_t last,
+                          ImageFunction image) {
+    float *scratch = (float *)malloc(sizeof(float) * floats);
     if (!scratch) return 1;
-    for (int64_t pair = job->first; pair < job->last;) {
-        const int64_t b = pair / job->heads, h = pair % job->heads;
-        const int64_t end = (b + 1) * job->heads < job->last ? (b + 1) * job->heads : job->last;
-        one_image(job, b, h, h + (end - pair), scratch);
+    for (int64_t pair = first; pair < last;) {
+        const int64_t b = pair / heads, h = pair % heads;
+        const int64_t end = (b + 1) * heads < last ? (b + 1) * heads : last;
+        image(job, b, h, h + (end - pair), scratch);
         pair = end;
     }
     free(scratch);
     return 0;
 }
 
-/* Returns 0, or 1 when out of memory (nothing is then guaranteed written). The (image, head) pairs are split into
-   ``threads`` runs of the OpenMP runtime's team: built against the runtime PyTorch has loaded, this is PyTorch's own
-   thread pool, whose workers are awake between operators (a thread of our own would share a core with one of them
-   spinning); built without OpenMP, the runs go one after the other. */
-int part_rows_cpu(const Job *template_job, int64_t threads) {
-    const int64_t pairs = template_job->batch * template_job->heads;
-    if (template_job->parts > MAX_PARTS) return 1;
+/* The batch x heads (image, head) pairs split into ``threads`` runs of the OpenMP runtime's team: built against the
+   runtime PyTorch has loaded, this is PyTorch's own thread pool, whose workers are awake between operators (a thread
+   of our own would share a core with one of them spinning); built without OpenMP, the runs go one after the other.
+   Returns 0, or 1 when out of memory (nothing is then guaranteed written). */
+static int over_threads(const void *job, int64_t batch, int64_t heads, size_t floats, int64_t threads,
+                        ImageFunction image) {
+    const int64_t pairs = batch * heads;
     if (threads > pairs) threads = pairs;
     if (threads < 1) threads = 1;
     int failed = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(|:failed)
-    for (int64_t t = 0; t < threads; t++) {
-        Job job = *template_job;
-        job.first = pairs * t / threads;
-        job.last = pairs * (t + 1) / threads;
-        failed |= run_job(&job);
-    }
+    for (int64_t t = 0; t < threads; t++)
+        failed |= image_by_image(job, heads, floats, pairs * t / threads, pairs * (t + 1) / threads, image);
     return failed;
+}
+
+int part_rows_cpu(const Job *job, int64_t threads) {
+    if (job->parts > MAX_PARTS) return 1;
+    const int64_t heads = job->heads, parts = job->parts, n = job->patches;
+    const size_t floats = (size_t)(2 * heads * parts * n + heads * n + heads * parts * job->dim + n
+                                   + 2 * heads * parts + n);
+    return over_threads(job, job->batch, heads, floats, threads, one_image);
 }
 
 /* ---- The backward: softmax attention's backward for the P rows, probabilities recomputed from q, k and the
@@ -273,11 +276,10 @@ typedef struct {
     float *grad_q, *grad_k, *grad_v;  /* (B, L, H, d), contiguous: every element written */
     int64_t batch, heads, dim, parts, patches, self_key_always;
     float scale;
-    int64_t first, last;
 } BackwardJob;
 
-static void one_image_backward(const BackwardJob *job, int64_t b, int64_t first_head, int64_t last_head,
-                               float *scratch) {
+static void one_image_backward(const void *job_, int64_t b, int64_t first_head, int64_t last_head, float *scratch) {
+    const BackwardJob *job = (const BackwardJob *)job_;
     const int64_t d = job->dim, parts = job->parts, n = job->patches, heads = last_head - first_head;
     const int64_t seq_len = 1 + parts + n, width = job->heads * d;  /* a (B, L, H, d) gradient's row */
     float *probs = scratch;                            /* (heads, P, N): logits, then probabilities */
@@ -407,33 +409,8 @@ static void one_image_backward(const BackwardJob *job, int64_t b, int64_t first_
     }
 }
 
-static int run_backward_job(const BackwardJob *job) {
-    const int64_t parts = job->parts, n = job->patches, heads = job->heads;
-    float *scratch = (float *)malloc(sizeof(float) * (size_t)(2 * heads * parts * n + 2 * heads * parts
-                                                              + heads * parts * job->dim));
-    if (!scratch) return 1;
-    for (int64_t pair = job->first; pair < job->last;) {
-        const int64_t b = pair / heads, h = pair % heads;
-        const int64_t end = (b + 1) * heads < job->last ? (b + 1) * heads : job->last;
-        one_image_backward(job, b, h, h + (end - pair), scratch);
-        pair = end;
-    }
-    free(scratch);
-    return 0;
-}
-
-/* Returns 0, or 1 when out of memory. Threads as for part_rows_cpu. */
-int part_rows_backward_cpu(const BackwardJob *template_job, int64_t threads) {
-    const int64_t pairs = template_job->batch * template_job->heads;
-    if (threads > pairs) threads = pairs;
-    if (threads < 1) threads = 1;
-    int failed = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(|:failed)
-    for (int64_t t = 0; t < threads; t++) {
-        BackwardJob job = *template_job;
-        job.first = pairs * t / threads;
-        job.last = pairs * (t + 1) / threads;
-        failed |= run_backward_job(&job);
-    }
-    return failed;
+int part_rows_backward_cpu(const BackwardJob *job, int64_t threads) {
+    const int64_t heads = job->heads, parts = job->parts;
+    const size_t floats = (size_t)(2 * heads * parts * job->patches + 2 * heads * parts + heads * parts * job->dim);
+    return over_threads(job, job->batch, heads, floats, threads, one_image_backward);
 }

@@ -67,8 +67,7 @@ class _Job(ctypes.Structure):
                    ('o_sh', ctypes.c_int64), ('assigned', ctypes.c_void_p), ('group_sizes', ctypes.c_void_p)]
                 + [(name, ctypes.c_int64) for name in ('batch', 'heads', 'dim', 'parts', 'patches', 'groups', 'iters',
                                                        'self_key_always')]
-                + [('epsilon', ctypes.c_float), ('scale', ctypes.c_float), ('first', ctypes.c_int64),
-                   ('last', ctypes.c_int64)])
+                + [('epsilon', ctypes.c_float), ('scale', ctypes.c_float)])
 
 
 class _BackwardJob(ctypes.Structure):
@@ -79,7 +78,7 @@ class _BackwardJob(ctypes.Structure):
                    ('g_sh', ctypes.c_int64), ('assigned', ctypes.c_void_p), ('grad_q', ctypes.c_void_p),
                    ('grad_k', ctypes.c_void_p), ('grad_v', ctypes.c_void_p)]
                 + [(name, ctypes.c_int64) for name in ('batch', 'heads', 'dim', 'parts', 'patches', 'self_key_always')]
-                + [('scale', ctypes.c_float), ('first', ctypes.c_int64), ('last', ctypes.c_int64)])
+                + [('scale', ctypes.c_float)])
 
 
 def status() -> str:
@@ -244,7 +243,7 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part_groups: Se
     group_sizes = (ctypes.c_int64 * len(part_groups))(*part_groups)
     job = _Job(q.data_ptr(), k.data_ptr(), v.data_ptr(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
                rows.data_ptr(), *rows.stride()[:3], assigned.data_ptr(), ctypes.addressof(group_sizes),
-               b, h, d, p, n, len(part_groups), iters, int(self_key_always), epsilon, scale, 0, 0)
+               b, h, d, p, n, len(part_groups), iters, int(self_key_always), epsilon, scale)
     if _library.part_rows_cpu(ctypes.byref(job), max(1, torch.get_num_threads())):
         raise MemoryError('cpu_part_rows: no memory for its scratch buffers')
     return rows, assigned
@@ -278,8 +277,7 @@ def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tens
     grads = [torch.empty(b, seq_len, h, d, dtype=q.dtype) for _ in range(3)]
     job = _BackwardJob(q.data_ptr(), k.data_ptr(), v.data_ptr(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
                        grad_merged.data_ptr(), *grad_merged.stride()[:3], assigned.data_ptr(),
-                       *(grad.data_ptr() for grad in grads), b, h, d, p, seq_len - 1 - p, int(self_key_always), scale,
-                       0, 0)
+                       *(grad.data_ptr() for grad in grads), b, h, d, p, seq_len - 1 - p, int(self_key_always), scale)
     if _library.part_rows_backward_cpu(ctypes.byref(job), max(1, torch.get_num_threads())):
         raise MemoryError('cpu_part_rows: no memory for its scratch buffers')
     return tuple(grad.transpose(1, 2) for grad in grads)
