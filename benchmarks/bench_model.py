@@ -190,6 +190,7 @@ def main():
             ratio = statistics.median(t / b for t, b in zip(times[name, task], base))
             cells.append(f'{name} {statistics.median(times[name, task]) * 1e3:8.2f} ms ({ratio:.3f}x)')
         print(f'{task:<11} ' + '   '.join(cells))
+
     def at_equal_length(name, task):
         """Median of the per-round ratios to the equal-length ViT, and their quartiles (the spread)."""
         ratios = [a / b for a, b in zip(times[name, task], times[names[1], task])]
