@@ -64,10 +64,27 @@ static inline float dot(const float *a, const float *b, int64_t d) {
     return sum;
 }
 
+/* One part's softmax numerators over its assigned patches (``mask``) and, where ``own_logit`` is finite, its own
+   key: ``row`` holds the logits on entry (any value off the mask) and exp(logit - max) on return (0 off the mask).
+   Returns their sum; the own key's numerator goes to ``own_weight``. A part with no patch and no own key attends to
+   its own key alone (the plain path's rule): any finite logit gives it probability 1. */
+static float part_softmax(float *row, const uint8_t *mask, int64_t n, float own_logit, float *own_weight) {
+    float top = own_logit;
+#pragma omp simd reduction(max:top)
+    for (int64_t j = 0; j < n; j++) top = mask[j] && row[j] > top ? row[j] : top;
+    if (top == -INFINITY) top = own_logit = 0.0f;
+    for (int64_t j = 0; j < n; j++) row[j] = mask[j] ? exp_nonpositive(row[j] - top) : 0.0f;
+    float sum = 0.0f;
+#pragma omp simd reduction(+:sum)
+    for (int64_t j = 0; j < n; j++) sum += row[j];
+    *own_weight = own_logit == -INFINITY ? 0.0f : exp_nonpositive(own_logit - top);
+    return sum + *own_weight;
+}
+
 /* Per head, from its products and key norms: the cosine Sinkhorn-Knopp per group as scaling vectors u (rows) and
    v (columns), the rounding into ``assigned``, then each part's unnormalised softmax weights over its patches in
    ``weights`` (0 elsewhere) and their sum in ``sums``. ``own`` (P): the parts' own-key logits when
-   self_key_always; on return their weights (a part with no patch and no own key: weight 1 on its own value). */
+   self_key_always; on return their numerators (see part_softmax). */
 static void assign_and_weigh(const Job *job, const float *q, const float *products, const float *column_norms,
                              float *weights, float *v_scale, int32_t *best, uint8_t *assigned, float *own,
                              float *sums) {
@@ -134,27 +151,9 @@ static void assign_and_weigh(const Job *job, const float *q, const float *produc
 
     /* each part's softmax over its assigned patches (and its own key: always, or when it has none) */
     for (int64_t p = 0; p < parts; p++) {
-        const uint8_t *mask = assigned + p * n;
         float *row = weights + p * n;
-        float top = job->self_key_always ? own[p] : -INFINITY;
-#pragma omp simd reduction(max:top)
-        for (int64_t j = 0; j < n; j++) {
-            const float logit = products[p * n + j] * job->scale;
-            top = mask[j] && logit > top ? logit : top;
-        }
-        if (top == -INFINITY) {  /* no patch and no own key: the row is the part's own value */
-            for (int64_t j = 0; j < n; j++) row[j] = 0.0f;
-            own[p] = 1.0f;
-            sums[p] = 1.0f;
-            continue;
-        }
-        for (int64_t j = 0; j < n; j++)
-            row[j] = mask[j] ? exp_nonpositive(products[p * n + j] * job->scale - top) : 0.0f;
-        float sum = 0.0f;
-#pragma omp simd reduction(+:sum)
-        for (int64_t j = 0; j < n; j++) sum += row[j];
-        own[p] = job->self_key_always ? exp_nonpositive(own[p] - top) : 0.0f;
-        sums[p] = sum + own[p];
+        for (int64_t j = 0; j < n; j++) row[j] = products[p * n + j] * job->scale;
+        sums[p] = part_softmax(row, assigned + p * n, n, job->self_key_always ? own[p] : -INFINITY, &own[p]);
     }
 }
 
@@ -282,9 +281,9 @@ static void one_image_backward(const void *job_, int64_t b, int64_t first_head, 
     const BackwardJob *job = (const BackwardJob *)job_;
     const int64_t d = job->dim, parts = job->parts, n = job->patches, heads = last_head - first_head;
     const int64_t seq_len = 1 + parts + n, width = job->heads * d;  /* a (B, L, H, d) gradient's row */
-    float *probs = scratch;                            /* (heads, P, N): logits, then probabilities */
+    float *probs = scratch;                            /* (heads, P, N): logits (assigned only), then probabilities */
     float *grad_logits = probs + heads * parts * n;    /* (heads, P, N): grad of probs, then of logits */
-    float *own = grad_logits + heads * parts * n;      /* (heads, P): own-key logit, then probability */
+    float *own = grad_logits + heads * parts * n;      /* (heads, P): own-key probability */
     float *own_grad = own + heads * parts;             /* (heads, P): grad of own prob, then of own logit */
     float *grad_q_rows = own_grad + heads * parts;     /* (heads, P, d) */
     const float *q_image = job->q + b * job->q_sb, *k_image = job->k + b * job->k_sb;
@@ -299,7 +298,7 @@ static void one_image_backward(const void *job_, int64_t b, int64_t first_head, 
             const float *q = q_image + (first_head + h) * job->q_sh;
             for (int64_t p = 0; p < parts; p++) {
                 const int64_t at = (h * parts + p) * n + j;
-                probs[at] = assigned[at] ? dot(q + (1 + p) * job->q_sl, key, d) * job->scale : -INFINITY;
+                if (assigned[at]) probs[at] = dot(q + (1 + p) * job->q_sl, key, d) * job->scale;
             }
         }
     }
@@ -308,19 +307,10 @@ static void one_image_backward(const void *job_, int64_t b, int64_t first_head, 
         const float *q = q_image + (first_head + h) * job->q_sh, *k = k_image + (first_head + h) * job->k_sh;
         for (int64_t p = 0; p < parts; p++) {
             float *row = probs + (h * parts + p) * n;
-            float top = -INFINITY;
-#pragma omp simd reduction(max:top)
-            for (int64_t j = 0; j < n; j++) top = row[j] > top ? row[j] : top;
-            float own_logit = -INFINITY;
-            if (job->self_key_always || top == -INFINITY)
-                own_logit = dot(q + (1 + p) * job->q_sl, k + (1 + p) * job->k_sl, d) * job->scale;
-            top = own_logit > top ? own_logit : top;
-            for (int64_t j = 0; j < n; j++) row[j] = row[j] == -INFINITY ? 0.0f : exp_nonpositive(row[j] - top);
-            float sum = 0.0f;
-#pragma omp simd reduction(+:sum)
-            for (int64_t j = 0; j < n; j++) sum += row[j];
-            const float own_weight = own_logit == -INFINITY ? 0.0f : exp_nonpositive(own_logit - top);
-            sum += own_weight;
+            const float own_logit = job->self_key_always
+                ? dot(q + (1 + p) * job->q_sl, k + (1 + p) * job->k_sl, d) * job->scale : -INFINITY;
+            float own_weight;
+            const float sum = part_softmax(row, assigned + (h * parts + p) * n, n, own_logit, &own_weight);
             for (int64_t j = 0; j < n; j++) row[j] /= sum;
             own[h * parts + p] = own_weight / sum;
         }

@@ -210,26 +210,35 @@ def _compiler_version(compiler: str) -> bytes:
         return b''
 
 
-def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: Optional[torch.Tensor], nearest: bool,
-            cosine: bool, epsilon: float, iters: int, num_parts: int) -> bool:
-    """Whether the C function computes these [PART] rows (and loads it on first use): float32 CPU tensors of one
-    (B, H, L, d) shape with unit stride along d, no gradient to record, not while compiling or tracing, the
-    assignment computed here by Sinkhorn on cosine scores with ε >= 0.05 (the exp-domain iterations)."""
-    if not enabled or assigned is not None or nearest or not cosine or epsilon < 0.05 or iters < 1:
+def _takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_parts: int, *others: torch.Tensor) -> bool:
+    """What both C functions need (and loads them on first use): float32 CPU tensors (not FakeTensors or other
+    subclasses) with unit stride along d, q, k, v of one (B, H, L, d) shape with at least one image, head and patch,
+    not while compiling or tracing."""
+    if not enabled or not all(type(t) is torch.Tensor and t.device.type == 'cpu' and t.dtype == torch.float32
+                              and t.stride(-1) == 1 for t in (q, k, v, *others)):
         return False
-    if not all(type(t) is torch.Tensor and t.device.type == 'cpu' and t.dtype == torch.float32 and t.stride(-1) == 1
-               for t in (q, k, v)):
-        return False  # FakeTensors (torch.compile's tracing) and other subclasses are subclasses
     b, h, seq_len, _ = q.shape
     if k.shape != q.shape or v.shape != q.shape or not 0 < num_parts <= MAX_PARTS:
         return False
-    if b * h == 0 or seq_len <= 1 + num_parts:
+    if b * h == 0 or seq_len <= 1 + num_parts or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return _load() is not None
+
+
+def _qkv_fields(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple:
+    """The Job structs' leading fields: q, k, v's addresses and their (B, H, L) strides."""
+    return (q.data_ptr(), k.data_ptr(), v.data_ptr(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+
+
+def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, assigned: Optional[torch.Tensor], nearest: bool,
+            cosine: bool, epsilon: float, iters: int, num_parts: int) -> bool:
+    """Whether the C function computes these [PART] rows (``_takes``), with no gradient to record and the assignment
+    computed here by Sinkhorn on cosine scores with ε >= 0.05 (the exp-domain iterations)."""
+    if assigned is not None or nearest or not cosine or epsilon < 0.05 or iters < 1:
         return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    return _load() is not None
+    return _takes(q, k, v, num_parts)
 
 
 def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part_groups: Sequence[int], epsilon: float,
@@ -241,9 +250,9 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part_groups: Se
     rows = torch.empty(b, p, h, d, dtype=q.dtype)
     assigned = torch.empty(b, h, p, n, dtype=torch.bool)
     group_sizes = (ctypes.c_int64 * len(part_groups))(*part_groups)
-    job = _Job(q.data_ptr(), k.data_ptr(), v.data_ptr(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-               rows.data_ptr(), *rows.stride()[:3], assigned.data_ptr(), ctypes.addressof(group_sizes),
-               b, h, d, p, n, len(part_groups), iters, int(self_key_always), epsilon, scale)
+    job = _Job(*_qkv_fields(q, k, v), rows.data_ptr(), *rows.stride()[:3], assigned.data_ptr(),
+               ctypes.addressof(group_sizes), b, h, d, p, n, len(part_groups), iters, int(self_key_always), epsilon,
+               scale)
     if _library.part_rows_cpu(ctypes.byref(job), max(1, torch.get_num_threads())):
         raise MemoryError('cpu_part_rows: no memory for its scratch buffers')
     return rows, assigned
@@ -251,20 +260,15 @@ def part_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part_groups: Se
 
 def backward_applies(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      assigned: torch.Tensor) -> bool:
-    """Whether the C function computes the [PART] rows' backward: float32 CPU tensors with unit stride along d, the
-    (B, H, P, N) assignment contiguous, not while compiling or tracing, and the function loaded."""
-    if not enabled or not all(type(t) is torch.Tensor and t.device.type == 'cpu' and t.dtype == torch.float32
-                              and t.stride(-1) == 1 for t in (grad_merged, q, k, v)):
-        return False
+    """Whether the C function computes the [PART] rows' backward (``_takes``): the output gradient (B, L, H, d) and
+    the (B, H, P, N) assignment contiguous."""
     b, h, seq_len, d = q.shape
     p = assigned.shape[-2]
-    if k.shape != q.shape or v.shape != q.shape or grad_merged.shape != (b, seq_len, h, d):
+    if grad_merged.shape != (b, seq_len, h, d):
         return False
     if not (assigned.dtype == torch.bool and assigned.is_contiguous() and assigned.shape == (b, h, p, seq_len - 1 - p)):
         return False
-    if b * h == 0 or p == 0 or seq_len <= 1 + p or torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    return _load() is not None
+    return _takes(q, k, v, p, grad_merged)
 
 
 def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -275,8 +279,7 @@ def part_rows_backward(grad_merged: torch.Tensor, q: torch.Tensor, k: torch.Tens
     b, h, seq_len, d = q.shape
     p = assigned.shape[-2]
     grads = [torch.empty(b, seq_len, h, d, dtype=q.dtype) for _ in range(3)]
-    job = _BackwardJob(q.data_ptr(), k.data_ptr(), v.data_ptr(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-                       grad_merged.data_ptr(), *grad_merged.stride()[:3], assigned.data_ptr(),
+    job = _BackwardJob(*_qkv_fields(q, k, v), grad_merged.data_ptr(), *grad_merged.stride()[:3], assigned.data_ptr(),
                        *(grad.data_ptr() for grad in grads), b, h, d, p, seq_len - 1 - p, int(self_key_always), scale)
     if _library.part_rows_backward_cpu(ctypes.byref(job), max(1, torch.get_num_threads())):
         raise MemoryError('cpu_part_rows: no memory for its scratch buffers')

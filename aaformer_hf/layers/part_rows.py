@@ -281,9 +281,18 @@ def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always,
     if cpu_function_backward_applies(grad_merged, q, k, v, assigned):
         # on a CPU, the same as one C function (issue #26)
         grad_q, grad_k, grad_v = cpu_function_backward(grad_merged, q, k, v, assigned, self_key_always, scale)
-        grad_attn_out = grad_merged.clone()
-        grad_attn_out[:, 1:1 + p] = 0
-        return grad_q, grad_k, grad_v, grad_attn_out
+    else:
+        grad_q, grad_k, grad_v = _qkv_gradients(grad_merged, q, k, v, assigned, self_key_always, scale)
+    # the plain rows' gradient goes through to attn_out; the P rows the operator replaced get none
+    grad_attn_out = grad_merged.clone()
+    grad_attn_out[:, 1:1 + p] = 0
+    return grad_q, grad_k, grad_v, grad_attn_out
+
+
+def _qkv_gradients(grad_merged, q, k, v, assigned, self_key_always, scale):
+    """Softmax attention's backward for the P rows in PyTorch, probabilities recomputed from q, k and the assignment:
+    the gradients of q, k, v."""
+    p = assigned.shape[-2]
     q_parts = q[:, :, 1:1 + p]
     # q, k, v may be the permuted views of the layer's qkv output (on a CPU): _matmul multiplies them as they are
     probs = _part_probs(q_parts, k, part_key_mask(assigned, self_key_always), scale, _matmul)
@@ -295,10 +304,7 @@ def _part_rows_backward_pytorch(grad_merged, q, k, v, assigned, self_key_always,
     grad_q = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
     grad_q[:, :, 1:1 + p] = _matmul(grad_logits, k)
     grad_k = _matmul(grad_logits.transpose(-2, -1), q_parts)
-    # the plain rows' gradient goes through to attn_out; the P rows the operator replaced get none
-    grad_attn_out = grad_merged.clone()
-    grad_attn_out[:, 1:1 + p] = 0
-    return grad_q, grad_k, grad_v, grad_attn_out
+    return grad_q, grad_k, grad_v
 
 
 part_rows.register_autograd(_backward, setup_context=_setup_context)
