@@ -309,12 +309,12 @@ def test_app_command_serves_the_demo_model_by_default_and_a_given_gallery(market
     shutil.copytree(market, tmp_path / 'data' / 'synthetic_market')
     cache = ['--cache_dir', str(tmp_path / 'cache')]
     assert main(['app'] + cache) == 0
-    demo, (host, port, share, concurrency, max_mb) = served[-1]
-    assert (host, port, share, concurrency, max_mb) == ('127.0.0.1', None, False, 2, 10)
+    demo, (host, port, share, concurrency) = served[-1]
+    assert (host, port, share, concurrency, demo.max_upload_bytes) == ('127.0.0.1', None, False, 2, 10 * 2 ** 20)
     assert demo.model_name == 'outputs/synthetic/model' and demo.gallery.queries  # the dataset's queries
     crops = sorted((market / 'bounding_box_test').glob('*.jpg'))
     assert main(['app', str(model_dir), '--gallery', str(market / 'bounding_box_test'), '--port', '7999',
                  '--concurrency', '3'] + cache) == 0
-    demo, (host, port, share, concurrency, _) = served[-1]
+    demo, (host, port, share, concurrency) = served[-1]
     assert len(demo.gallery) == len(crops) and port == 7999 and concurrency == 3 and not demo.gallery.queries
     assert f'{len(crops)} gallery crops' in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The web app in a real browser (Debian's Chromium under Playwright), against the app served by the test on
 127.0.0.1: the page loads, a query goes in through the file input, the k results are drawn with their captions, the
-model's map follows the layer slider and a clicked result, a bad upload says why and the next good query still works.
+model's map follows the layer slider and a clicked result, a bad upload and one over the size limit say why and the
+next good query still works.
 A screenshot is left in the test's temporary folder (its path is printed; ``AAFORMER_HF_SCREENSHOTS`` names a folder
 to copy it to).
 
@@ -39,6 +40,7 @@ def page_on_app(demo):  # noqa: F811
 def test_query_results_map_and_a_bad_upload_in_the_browser(page_on_app, demo, tmp_path):  # noqa: F811
     page = page_on_app
     assert 'person re-identification' in page.title()
+    assert 'up to 10 MB' in page.locator('#status').inner_text()  # the limit is said before it is met
     image, _ = demo.example(3)
     good = tmp_path / 'person.png'
     image.save(good)
@@ -68,6 +70,17 @@ def test_query_results_map_and_a_bad_upload_in_the_browser(page_on_app, demo, tm
     page.set_input_files(UPLOAD, str(bad))
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('not an image')")
     assert page.locator('#results img').count() == 0
+    query(page, good, k=5)
+    assert len(captions(page)) == 5
+    # over the size limit: Gradio refuses it in the browser with its own toast; the status line says why as well and
+    # the last results go, as for any refused query; then a good one works again
+    big = tmp_path / 'big.png'
+    big.write_bytes(b'\0' * (demo.max_upload_bytes + 1))
+    page.set_input_files(UPLOAD, str(big))
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('the limit is 10 MB')")
+    assert 'the upload is 10.0 MB' in page.locator('#status').inner_text()
+    page.wait_for_function("() => document.querySelector('#results img') === null")
+    assert 'exceed the maximum allowed size' in page.locator('body').inner_text()  # Gradio's toast
     query(page, good, k=5)
     assert len(captions(page)) == 5
 

@@ -75,8 +75,7 @@ class ReIDDemo:
         if not data:
             raise UploadError('the upload is empty')
         if len(data) > self.max_upload_bytes:
-            raise UploadError(f'the upload is {len(data) / 2 ** 20:.1f} MB; the limit is '
-                              f'{self.max_upload_bytes / 2 ** 20:.0f} MB')
+            raise UploadError(self.size_refusal(len(data)))
         try:
             with warnings.catch_warnings():  # PIL's bomb warning: the size check below refuses such images itself
                 warnings.simplefilter('ignore', Image.DecompressionBombWarning)
@@ -106,6 +105,14 @@ class ReIDDemo:
         if max(image.size) > KEEP_SIDE:  # kept for the session's redraws; the model sees 256x128 anyway
             image.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.BICUBIC)
         return image
+
+    def size_refusal(self, size: float) -> str:
+        """Why an upload of ``size`` bytes is refused (the page's own check in the browser reports sizes through
+        this too, so both say the same)."""
+        return f'the upload is {size / 2 ** 20:.1f} MB; the limit is {self.upload_limit_text()}'
+
+    def upload_limit_text(self) -> str:
+        return f'{self.max_upload_bytes / 2 ** 20:g} MB'
 
     def example(self, index: int) -> Tuple[Image.Image, Optional[Tuple[int, int]]]:
         """Example query ``index`` (a position in the strip, not a path) and its identity when known."""
@@ -260,9 +267,17 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
         caption, drawn = shown(state, layer, view)
         return state, image, demo.summary(ranked, identity), demo.results(ranked), caption, drawn
 
-    def failed(message):
-        gr.Warning(message)
+    def failed(message, toast=True):
+        if toast:
+            gr.Warning(message)
         return None, None, f'**Could not use this query:** {message}', [], '', None
+
+    def on_refused(size):  # the browser refused an over-size upload and showed Gradio's own toast for it
+        try:
+            size = float(size)
+        except (TypeError, ValueError):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return failed(demo.size_refusal(size), toast=False)
 
     def on_upload(data, k, layer, view):
         try:
@@ -315,7 +330,8 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
                                       columns=6, height=300, allow_preview=False, visible=has_examples,
                                       elem_id='examples')
             with gr.Column(scale=3):
-                status = gr.Markdown('Upload a crop to search the gallery.', elem_id='status')
+                status = gr.Markdown(f'Upload a crop (JPEG, PNG, BMP or WebP, up to {demo.upload_limit_text()}) '
+                                     'to search the gallery.', elem_id='status')
                 results = gr.Gallery(label='Ranked gallery (click a result to map it)', columns=5, height=420,
                                      allow_preview=False, object_fit='contain', elem_id='results')
                 with gr.Row():
@@ -328,6 +344,10 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
                                      elem_id='model_map')
         with gr.Accordion('Model card', open=False):
             gr.Markdown(demo.card or model_card_text(demo.model_name, demo.model), elem_id='card')
+        # Gradio's client refuses an over-size upload before any event runs (its toast says so); this pair, in the DOM
+        # but not shown, lets the page's own listener (WATCH_SIZES) carry the size to the status line as well
+        refused_size = gr.Number(visible='hidden', elem_id='refused_size')
+        refused = gr.Button(visible='hidden', elem_id='refused')
 
         outputs = [state, query, status, results, map_caption, model_map]
         # the last query's results go at once, in the browser (no round trip), while the new one is searched
@@ -340,16 +360,33 @@ def build_app(demo: ReIDDemo, title: str = 'aaformer-hf: person re-identificatio
         layer.change(on_map, [state, layer, view], [map_caption, model_map], api_name=False,
                      trigger_mode='always_last')  # a drag: only its last value is drawn
         view.change(on_map, [state, layer, view], [map_caption, model_map], api_name=False)
+        refused.click(on_refused, [refused_size], outputs, js='() => [window.__aaformer_refused]', api_name=False,
+                      queue=False)
+        app.load(None, js=WATCH_SIZES.replace('LIMIT', str(demo.max_upload_bytes)))
     return app
 
 
+# on the document, before Gradio's own handler on the file input: the size of an upload over the limit, then a click
+WATCH_SIZES = """() => {
+  document.addEventListener('change', (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || input.type !== 'file') return;
+    const over = [...input.files].find((file) => file.size > LIMIT);
+    if (!over) return;
+    window.__aaformer_refused = over.size;
+    document.querySelector('#refused')?.click();
+  }, true);
+}"""
+
+
 def launch(demo: ReIDDemo, host: str = '127.0.0.1', port: Optional[int] = None, share: bool = False,
-           concurrency: int = 2, max_upload_mb: int = 10, block: bool = True):
+           concurrency: int = 2, block: bool = True):
     """Serve the page: Gradio's queue runs at most ``concurrency`` queries at once (the rest wait their turn), uploads
-    above ``max_upload_mb`` are refused, and no public link is made unless ``share``. Returns the app (with
-    ``block=False``, serving in the background: its ``local_url`` and ``close()``)."""
+    above the demo's ``max_upload_bytes`` are refused (by Gradio, in the browser and on the server, before they are
+    read), and no public link is made unless ``share``. Returns the app (with ``block=False``, serving in the
+    background: its ``local_url`` and ``close()``)."""
     app = build_app(demo)
     app.queue(default_concurrency_limit=concurrency, max_size=64)
-    app.launch(server_name=host, server_port=port, share=share, max_file_size=f'{max_upload_mb}mb',
+    app.launch(server_name=host, server_port=port, share=share, max_file_size=demo.max_upload_bytes,
                prevent_thread_lock=not block, show_error=False, quiet=not block)  # no server details to visitors
     return app

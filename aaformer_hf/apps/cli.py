@@ -400,7 +400,7 @@ def _app(args) -> int:
                     max_pixels=int(args.max_megapixels * 1e6), max_upload_bytes=args.max_upload_mb * 2 ** 20)
     print(f'{args.model}: {len(gallery)} gallery crops from {gallery.source}; serving on {args.host} '
           '(Ctrl+C stops)', flush=True)
-    launch(demo, args.host, args.port, args.share, args.concurrency, args.max_upload_mb)
+    launch(demo, args.host, args.port, args.share, args.concurrency)
     return 0
 
 
