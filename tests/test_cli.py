@@ -504,3 +504,73 @@ def test_extract_in_onnx_runtime_matches_pytorch(market, model_dir, tmp_path, ca
     assert stop.value.code == 2 and 'not' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(['extract', str(model_dir), str(crops), '-o', str(tmp_path / 'y.safetensors'), '--onnx', str(graph)])
+
+
+def test_export_onnx_quantized_to_int8_runs_in_extract(market, model_dir, tmp_path, capsys):
+    """``export-onnx --quantize int8`` (issue #26): the kept file holds int8 integer products, not float ones, is
+    smaller, is marked as quantized, and ``extract --onnx`` runs it: embeddings close to PyTorch's on real crops
+    (cosine) but not equal to them - it is not the float graph; a --min_cosine it cannot meet writes nothing."""
+    pytest.importorskip('onnxruntime', reason='the onnx extra is not installed (the dev extra installs it)')
+    pytest.importorskip('onnxscript', reason='the onnx extra is not installed (the dev extra installs it)')
+    import onnx
+    float_graph, int8_graph = tmp_path / 'float.onnx', tmp_path / 'int8.onnx'
+    assert main(['export-onnx', str(model_dir), '-o', str(float_graph)]) == 0
+    assert main(['export-onnx', str(model_dir), '-o', str(int8_graph), '--quantize', 'int8']) == 0
+    assert 'quantized to int8' in capsys.readouterr().out
+    def operators(path):
+        return [node.op_type for node in onnx.load(str(path)).graph.node]
+    # the weights' products become integer ones; the attention's products of two activations stay float
+    assert 'MatMulInteger' not in operators(float_graph) and 'MatMulInteger' in operators(int8_graph)
+    assert operators(int8_graph).count('MatMul') < operators(float_graph).count('MatMul')
+    assert int8_graph.stat().st_size < 0.7 * float_graph.stat().st_size
+    props = {p.key: p.value for p in onnx.load(str(int8_graph)).metadata_props}
+    assert 'int8' in props['aaformer_hf.quantization']
+    crops = market / 'query'
+    runs = {}
+    for name, extra in (('torch', []), ('int8', ['--runtime', 'onnxruntime', '--onnx', str(int8_graph)])):
+        out = tmp_path / f'{name}.safetensors'
+        assert main(['extract', str(model_dir), str(crops), '-o', str(out)] + extra) == 0
+        runs[name] = load_embeddings(out)['embeddings']
+    cosine = torch.nn.functional.cosine_similarity(runs['int8'], runs['torch'], dim=1)
+    assert cosine.min() > 0.9 and (runs['int8'] - runs['torch']).abs().max() > 1e-3
+    with pytest.raises(SystemExit) as stop:  # a cosine of 1 is more than int8 products give: nothing written
+        main(['export-onnx', str(model_dir), '-o', str(tmp_path / 'strict.onnx'), '--quantize', 'int8',
+              '--min_cosine', '1'])
+    assert stop.value.code == 2 and 'not written' in capsys.readouterr().err
+    assert not (tmp_path / 'strict.onnx').exists()
+    with pytest.raises(SystemExit):  # read with --quantize only
+        main(['export-onnx', str(model_dir), '-o', str(tmp_path / 'x.onnx'), '--min_cosine', '0.9'])
+
+
+def test_extract_accepts_a_quantized_graph_at_a_lower_cosine_than_a_float_one(market, model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    """``extract --onnx`` checks that the graph is MODEL's: a float graph must give its embeddings to a cosine of
+    0.999, a graph marked as quantized only to 0.98 (int8 products move a trained ViT-B's by ~0.004 on random inputs).
+    Here the graph's embeddings are made to differ by a cosine of ~0.995."""
+    pytest.importorskip('onnxruntime', reason='the onnx extra is not installed (the dev extra installs it)')
+    pytest.importorskip('onnxscript', reason='the onnx extra is not installed (the dev extra installs it)')
+    from aaformer_hf.apps import export
+    graph = tmp_path / 'model.onnx'
+    assert main(['export-onnx', str(model_dir), '-o', str(graph)]) == 0
+    exact, made = export.OnnxEmbedder.__call__, export.OnnxEmbedder.__init__
+
+    def off_by_a_little(self, pixels):  # each embedding turned away by an angle of cosine 1/sqrt(1.01) = 0.995
+        embeddings = exact(self, pixels)
+        noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(0))
+        noise -= (noise * embeddings).sum(1, keepdim=True) / (embeddings * embeddings).sum(1, keepdim=True) * embeddings
+        return embeddings + 0.1 * noise * embeddings.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True)
+    monkeypatch.setattr(export.OnnxEmbedder, '__call__', off_by_a_little)
+    crops = market / 'query'
+    for marked in (None, 'int8 dynamic'):
+        def marked_as(self, *args, marked=marked, **kwargs):
+            made(self, *args, **kwargs)
+            self.quantization = marked
+        monkeypatch.setattr(export.OnnxEmbedder, '__init__', marked_as)
+        argv = ['extract', str(model_dir), str(crops), '-o', str(tmp_path / f'{marked}.safetensors'), '--runtime',
+                'onnxruntime', '--onnx', str(graph)]
+        if marked is None:
+            with pytest.raises(SystemExit) as stop:
+                main(argv)
+            assert stop.value.code == 2 and 'cosine 0.99' in capsys.readouterr().err
+        else:
+            assert main(argv) == 0
