@@ -153,3 +153,20 @@ def test_onnx_check_tolerance_is_relative_to_the_embeddings_size(tmp_path, monke
     monkeypatch.setattr(export, '_export', scaled_by(1 + 1e-3))
     with pytest.raises(ValueError, match=r'larger.onnx: not written: .* by up to 1\.0\de-03 \(relative'):
         export.export_onnx(model, tmp_path / 'larger.onnx')
+
+
+def test_a_failing_int8_quantization_leaves_nothing_beside_the_output(tmp_path, monkeypatch):
+    """``export_onnx(..., quantize='int8')`` quantizes in a temporary folder (onnxruntime's quantizer writes files
+    beside its input): when quantizing fails, neither the output nor any other file is left in the output's folder."""
+    import onnx
+
+    from aaformer_hf.apps.export import export_onnx
+    torch.manual_seed(0)
+    model = timm.create_model('aaformer_tiny', depth=1).eval()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError('metadata could not be set')
+    monkeypatch.setattr(onnx.helper, 'set_model_props', fail)
+    with pytest.raises(RuntimeError, match='metadata'):
+        export_onnx(model, tmp_path / 'model.onnx', quantize='int8')
+    assert list(tmp_path.iterdir()) == []

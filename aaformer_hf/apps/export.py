@@ -82,18 +82,21 @@ def _export(module: nn.Module, path: Path, opset: int, height: int, width: int, 
 
 def _quantize_int8(path: Path) -> None:
     """Replace the float32 graph at ``path`` by its dynamic int8 quantization (weights per output channel), marked as
-    such in its metadata."""
+    such in its metadata. Done in a temporary folder beside it: onnxruntime's quantizer writes files of its own beside
+    its input, which a failure would leave behind."""
     import os
+    import tempfile
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantized = path.with_name(path.name + '.int8')
-    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
-    graph = onnx.load(str(quantized))
-    onnx.helper.set_model_props(graph, {QUANTIZATION_KEY: 'int8 dynamic, weights per channel (onnxruntime)'})
-    onnx.save(graph, str(quantized))
-    os.replace(quantized, path)
+    with tempfile.TemporaryDirectory(prefix='.quantize-', dir=path.parent) as scratch:
+        source, quantized = Path(scratch) / 'float32.onnx', Path(scratch) / 'int8.onnx'
+        os.replace(path, source)
+        quantize_dynamic(str(source), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
+        graph = onnx.load(str(quantized))
+        onnx.helper.set_model_props(graph, {QUANTIZATION_KEY: 'int8 dynamic, weights per channel (onnxruntime)'})
+        onnx.save(graph, str(path))
 
 
 def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float = 1e-4, check_batches=(1, 3),
