@@ -522,7 +522,7 @@ def test_export_onnx_quantized_to_int8_runs_in_extract(market, model_dir, tmp_pa
     # the weights' products become integer ones; the attention's products of two activations stay float
     assert 'MatMulInteger' not in operators(float_graph) and 'MatMulInteger' in operators(int8_graph)
     assert operators(int8_graph).count('MatMul') < operators(float_graph).count('MatMul')
-    assert int8_graph.stat().st_size < 0.7 * float_graph.stat().st_size
+    assert int8_graph.stat().st_size < 0.8 * float_graph.stat().st_size  # the tiny model: much of it is the conv
     props = {p.key: p.value for p in onnx.load(str(int8_graph)).metadata_props}
     assert 'int8' in props['aaformer_hf.quantization']
     crops = market / 'query'
