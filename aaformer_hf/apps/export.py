@@ -142,6 +142,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
         differences: Dict = {}
         differing = decisions = 0
         unfed = 0.0
+        checked = []  # (inputs, PyTorch's own embeddings): what a quantized graph is compared with below
         for batch in check_batches:
             x = torch.randn(batch, 3, height, width, generator=generator)
             got = session.run(None, {'pixel_values': x.numpy()})
@@ -149,6 +150,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
                 if with_assignments:
                     graph_assignments = torch.from_numpy(got[1]).bool()
                     own = exported(x)
+                    checked.append((x, own[0]))
                     with assignments_fed(model, list(graph_assignments)):
                         expected = embed(model, x)
                     differing += int((graph_assignments != own[1]).sum())
@@ -156,6 +158,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
                     unfed = max(unfed, float((torch.from_numpy(got[0]) - own[0].float()).abs().max()))
                 else:
                     expected = embed(model, x)
+                    checked.append((x, expected))
             scale = max(1.0, float(expected.float().abs().max()))
             differences[batch] = float((torch.from_numpy(got[0]) - expected.float()).abs().max()) / scale
         worst = max(differences.values())
@@ -177,7 +180,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
                     'only if that is acceptable for this deployment')
         if quantize == 'int8':
             _quantize_int8(tmp)
-            differences['cosine'] = _least_cosine(tmp, exported, check_batches, height, width)
+            differences['cosine'] = _least_cosine(tmp, checked)
             if differences['cosine'] < min_cosine:
                 raise ValueError(
                     f'{path}: not written: the int8 graph\'s embeddings reach a cosine of only '
@@ -186,19 +189,15 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 18, tolerance: float 
     return differences
 
 
-def _least_cosine(path: Path, exported: nn.Module, check_batches, height: int, width: int) -> float:
-    """The least cosine between the graph's embeddings at ``path`` and PyTorch's on random check inputs."""
+def _least_cosine(path: Path, checked) -> float:
+    """The least cosine between the graph's embeddings at ``path`` and PyTorch's, over ``checked``'s (inputs,
+    PyTorch's embeddings) pairs."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    generator = torch.Generator().manual_seed(1)
     least = 1.0
-    for batch in check_batches:
-        x = torch.randn(batch, 3, height, width, generator=generator)
+    for x, expected in checked:
         got = torch.from_numpy(session.run(['embeddings'], {'pixel_values': x.numpy()})[0])
-        with torch.no_grad():
-            expected = exported(x)
-        expected = expected[0] if isinstance(expected, tuple) else expected
         least = min(least, float(torch.nn.functional.cosine_similarity(got, expected.float(), dim=1).min()))
     return least
 
